@@ -1,0 +1,362 @@
+"""Providers and models as data.
+
+A model has one stable name across providers ("Nano Banana Pro"); each provider maps it onto
+its own id, which differs per reseller (providers.md section 1). A workflow stores the stable
+name, so it runs for a user who has a different provider. Capabilities (aspect ratios,
+resolutions, reference limits, which parameters are honoured) and prices live here, never in
+if/elif chains in protocol or node code.
+
+User-defined gateways are read from a JSON file in the same shape (see config.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Mapping
+
+NANO_BANANA = "Nano Banana"
+NANO_BANANA_PRO = "Nano Banana Pro"
+NANO_BANANA_2 = "Nano Banana 2"
+
+RATIOS_10 = ("1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9")
+RATIOS_14 = RATIOS_10 + ("1:4", "4:1", "1:8", "8:1")
+AUTO = "auto"  # let the provider decide (Gemini: follow the last reference image, else 1:1)
+MATCH_INPUT = "match input"  # the supported ratio nearest the first reference image, chosen here
+RESOLUTIONS_ALL = ("0.5K", "1K", "2K", "4K")
+
+FAMILIES = ("gemini", "openai_images", "openai_chat", "fal_queue", "async_tasks", "vydra")
+AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key")
+
+
+@dataclass(frozen=True)
+class ModelOffer:
+    """A model as one provider sells it."""
+
+    name: str  # stable, cross-provider name shown in the node
+    model_id: str  # this provider's id
+    aspect_ratios: tuple[str, ...]  # "W:H" values, plus AUTO where the provider can choose
+    resolutions: tuple[str, ...] = ()  # canonical "0.5K".."4K"; empty: fixed (about 1K)
+    max_refs: int = 3
+    seed: bool = True
+    temperature: bool = True
+    system_prompt: bool = True
+    web_search: bool = False
+    max_count: int = 1  # images one call can return (the provider's own n); more run in parallel
+    prices: Mapping[str, float] = field(default_factory=dict)  # resolution ("" when fixed) -> price per image
+    price_unit: str = "usd"  # "usd" or "credits"
+    ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
+    edit_model_id: str | None = None  # a separate endpoint for edits (fal)
+    known: bool = True  # False for a free-text id the catalog does not describe
+
+    def id_for(self, resolution: str | None, editing: bool = False) -> str:
+        if editing and self.edit_model_id:
+            return self.edit_model_id
+        return self.ids_by_resolution.get(resolution or "", self.model_id)
+
+    def price(self, resolution: str | None) -> float | None:
+        if not self.prices:
+            return None
+        return self.prices.get(resolution or "", self.prices.get(self.default_resolution or "", None))
+
+    @property
+    def default_resolution(self) -> str | None:
+        if not self.resolutions:
+            return None
+        return "1K" if "1K" in self.resolutions else self.resolutions[0]
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    id: str  # stable id: used in workflows, env names (BANANA_<ID>_API_KEY) and the keys file
+    display_name: str
+    family: str  # protocol module in providers/protocols/
+    base_url: str
+    auth: str  # one of AUTH_SCHEMES
+    models: tuple[ModelOffer, ...]
+    key_id: str = ""  # whose key this preset uses (presets of one reseller share a key)
+    key_env: tuple[str, ...] = ()  # conventional variable names, after BANANA_<KEY_ID>_API_KEY
+    key_help: str = ""  # where a user gets a key
+    concurrency: int = 4  # requests in flight at once, process-wide
+    read_timeout: float = 360.0  # 4K Pro generations take minutes
+    max_wait: float = 900.0  # asynchronous jobs: total wait before giving up (the job is journaled)
+    upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
+    options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
+    custom: bool = False
+
+    @property
+    def key_owner(self) -> str:
+        return self.key_id or self.id
+
+    def model(self, name: str) -> ModelOffer | None:
+        for offer in self.models:
+            if offer.name == name or offer.model_id == name:
+                return offer
+        return None
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+
+def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping))
+
+
+# -- Google's own capabilities, the baseline every reseller's offer starts from --------------------
+
+GOOGLE_MODELS = (
+    ModelOffer(
+        name=NANO_BANANA,
+        model_id="gemini-2.5-flash-image",
+        aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10,
+        max_refs=3,
+        prices=_freeze({"": 0.039}),
+    ),
+    ModelOffer(
+        name=NANO_BANANA_PRO,
+        model_id="gemini-3-pro-image-preview",
+        aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10,
+        resolutions=("1K", "2K", "4K"),
+        max_refs=14,
+        web_search=True,
+        prices=_freeze({"1K": 0.134, "2K": 0.134, "4K": 0.24}),
+    ),
+    ModelOffer(
+        name=NANO_BANANA_2,
+        model_id="gemini-3.1-flash-image-preview",
+        aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_14,
+        resolutions=RESOLUTIONS_ALL,
+        max_refs=14,
+        web_search=True,
+        prices=_freeze({"0.5K": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151}),
+    ),
+)
+
+
+def _offer(name: str, model_id: str, **changes: Any) -> ModelOffer:
+    base = next(m for m in GOOGLE_MODELS if m.name == name)
+    for key in ("prices", "ids_by_resolution"):
+        if key in changes:
+            changes[key] = _freeze(changes[key])
+    changes.setdefault("prices", _freeze({}))
+    return replace(base, model_id=model_id, **changes)
+
+
+_NO_SAMPLING = dict(seed=False, temperature=False, system_prompt=False)
+
+# -- The presets ---------------------------------------------------------------------------------
+
+PRESETS: tuple[ProviderSpec, ...] = (
+    ProviderSpec(
+        id="google",
+        display_name="Google Gemini API",
+        family="gemini",
+        base_url="https://generativelanguage.googleapis.com/v1beta",
+        auth="x-goog-api-key",
+        models=GOOGLE_MODELS,
+        key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        key_help="https://aistudio.google.com/apikey (image models need billing enabled)",
+        concurrency=4,
+    ),
+    ProviderSpec(
+        id="apiyi",
+        display_name="APIYI (Gemini native)",
+        family="gemini",
+        base_url="https://api.apiyi.com/v1beta",
+        auth="bearer",
+        models=tuple(_offer(m.name, m.model_id) for m in GOOGLE_MODELS),
+        key_help="https://api.apiyi.com (token page); keys start with sk-",
+        concurrency=4,
+        read_timeout=600.0,  # APIYI: 360 s, 600 s for 4K or many references
+    ),
+    ProviderSpec(
+        id="apiyi_chat",
+        display_name="APIYI (chat mode)",
+        family="openai_chat",
+        base_url="https://api.apiyi.com/v1",
+        auth="bearer",
+        key_id="apiyi",
+        # Compat mode has no ratio or size control: generation is 1:1, edits follow the input.
+        models=tuple(_offer(m.name, m.model_id, aspect_ratios=(AUTO,), resolutions=(), **_NO_SAMPLING) for m in GOOGLE_MODELS),
+        key_help="https://api.apiyi.com (token page); keys start with sk-",
+        read_timeout=600.0,
+        options=_freeze({"size_controls": "none"}),
+    ),
+    ProviderSpec(
+        id="openai_hk",
+        display_name="openai-hk (OpenAI Images)",
+        family="openai_images",
+        base_url="https://api.openai-hk.com/v1",
+        auth="bearer",
+        models=(
+            _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"), **_NO_SAMPLING),
+            # openai-hk's nano-banana-2 launched the day after Nano Banana Pro: it is Pro there.
+            _offer(
+                NANO_BANANA_PRO,
+                "nano-banana-2",
+                aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"),
+                ids_by_resolution={"1K": "nano-banana-2", "2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"},
+                **_NO_SAMPLING,
+            ),
+            _offer(
+                NANO_BANANA_2,
+                "gemini-3.1-flash-image-preview",
+                aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"),
+                resolutions=("1K", "2K", "4K"),
+                ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"},
+                **_NO_SAMPLING,
+            ),
+        ),
+        key_help="https://openai-hk.com (keys start with hk-)",
+        options=_freeze({"size_field": "size", "size_format": "{w}x{h}", "resolution_field": None}),
+    ),
+    ProviderSpec(
+        id="openai_hk_chat",
+        display_name="openai-hk (chat mode)",
+        family="openai_chat",
+        base_url="https://api.openai-hk.com/v1",
+        auth="bearer",
+        key_id="openai_hk",
+        models=(
+            _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO,), **_NO_SAMPLING),
+            _offer(NANO_BANANA_PRO, "nano-banana-2", aspect_ratios=(AUTO,), ids_by_resolution={"2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"}, **_NO_SAMPLING),
+            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO,), resolutions=("1K", "2K", "4K"), ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"}, **_NO_SAMPLING),
+        ),
+        key_help="https://openai-hk.com (keys start with hk-)",
+        options=_freeze({"size_controls": "none"}),
+    ),
+    ProviderSpec(
+        id="openai_hk_fal",
+        display_name="openai-hk (fal passthrough)",
+        family="fal_queue",
+        base_url="https://api.openai-hk.com",
+        auth="bearer",
+        key_id="openai_hk",
+        models=(
+            _offer(NANO_BANANA, "fal-ai/nano-banana", edit_model_id="fal-ai/nano-banana/edit", max_count=4, temperature=False, system_prompt=False),
+            _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False),
+            _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
+        ),
+        key_help="https://openai-hk.com (keys start with hk-)",
+        options=_freeze({"rewrite_queue_urls": True}),
+    ),
+    ProviderSpec(
+        id="fal",
+        display_name="fal.ai",
+        family="fal_queue",
+        base_url="https://queue.fal.run",
+        auth="key",
+        models=(
+            _offer(NANO_BANANA, "fal-ai/nano-banana", edit_model_id="fal-ai/nano-banana/edit", max_count=4, temperature=False, system_prompt=False, prices={"": 0.039}),
+            _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False, prices={"1K": 0.15, "2K": 0.15, "4K": 0.30}),
+            _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
+        ),
+        key_env=("FAL_KEY",),
+        key_help="https://fal.ai/dashboard/keys",
+        concurrency=8,
+    ),
+    ProviderSpec(
+        id="apimaster",
+        display_name="APIMaster",
+        family="async_tasks",
+        base_url="https://apimaster.ai/v1",
+        auth="bearer",
+        models=(
+            _offer(NANO_BANANA, "gemini-2.5-flash-image", **_NO_SAMPLING),
+            _offer(NANO_BANANA_PRO, "gemini-3-pro-image-preview", **_NO_SAMPLING),
+            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10 + ("1:4", "4:1"), **_NO_SAMPLING),
+        ),
+        key_help="https://apimaster.ai (console, API keys)",
+        options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution"}),
+    ),
+    ProviderSpec(
+        id="evolink",
+        display_name="EvoLink",
+        family="async_tasks",
+        base_url="https://api.evolink.ai/v1",
+        auth="bearer",
+        models=(
+            _offer(NANO_BANANA, "gemini-2.5-flash-image", max_refs=5, max_count=4, **_NO_SAMPLING),
+            _offer(NANO_BANANA_PRO, "gemini-3-pro-image-preview", max_refs=10, max_count=4, **_NO_SAMPLING),
+            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, **_NO_SAMPLING),
+        ),
+        key_help="https://evolink.ai (dashboard, API keys)",
+        # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
+        # BANANA_EVOLINK_RATIO_FIELD / BANANA_EVOLINK_RESOLUTION_FIELD, or a custom provider.
+        options=_freeze({"flavor": "evolink", "ratio_field": "aspect_ratio", "resolution_field": "resolution"}),
+    ),
+    ProviderSpec(
+        id="vydra",
+        display_name="Vydra",
+        family="vydra",
+        base_url="https://vydra.app/api/v1",
+        auth="bearer",
+        models=(
+            _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10, max_refs=1, prices={"": 8}, price_unit="credits", **_NO_SAMPLING),
+        ),
+        key_help="https://www.vydra.ai (account, API keys)",
+        concurrency=5,  # the starter plan allows 5 concurrent requests
+    ),
+)
+
+
+def custom_provider_from_dict(data: Mapping[str, Any]) -> ProviderSpec:
+    """Build a user-defined gateway from the providers file (see config.py for the format)."""
+    from .errors import ConfigError
+
+    try:
+        provider_id = str(data["id"]).strip().lower()
+        family = str(data["protocol"]).strip().replace("-", "_")
+        base_url = str(data["base_url"]).rstrip("/")
+        auth = str(data.get("auth", "bearer")).strip().lower()
+        raw_models = data["models"]
+    except KeyError as exc:
+        raise ConfigError(f"Custom provider entry is missing '{exc.args[0]}': {dict(data)!r}", hint="Each entry needs id, protocol, base_url and models.") from None
+    if family not in FAMILIES:
+        raise ConfigError(f"Custom provider '{provider_id}': unknown protocol '{family}'.", hint=f"Use one of: {', '.join(f.replace('_', '-') for f in FAMILIES)}.")
+    if auth not in AUTH_SCHEMES:
+        raise ConfigError(f"Custom provider '{provider_id}': unknown auth '{auth}'.", hint=f"Use one of: {', '.join(AUTH_SCHEMES)}.")
+    models = []
+    for raw in raw_models:
+        if isinstance(raw, str):
+            raw = {"id": raw}
+        name = str(raw.get("name") or _stable_name(raw["id"]) or raw["id"])
+        base = next((m for m in GOOGLE_MODELS if m.name == name), None)
+        if base is None:
+            models.append(ModelOffer(name=name, model_id=raw["id"], aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_14, resolutions=RESOLUTIONS_ALL, max_refs=14, known=False))
+            continue
+        changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in ModelOffer.__dataclass_fields__ and k not in ("name", "id")}
+        models.append(_offer(name, raw["id"], **changes))
+    return ProviderSpec(
+        id=provider_id,
+        display_name=str(data.get("display_name") or provider_id),
+        family=family,
+        base_url=base_url,
+        auth=auth,
+        models=tuple(models),
+        concurrency=int(data.get("concurrency", 4)),
+        read_timeout=float(data.get("timeout", 360.0)),
+        options=_freeze(data.get("options") or {}),
+        key_help=str(data.get("key_help", "")),
+        custom=True,
+    )
+
+
+def _stable_name(model_id: str) -> str | None:
+    """Recognise Google's own ids in a custom gateway's model list, so capabilities carry over."""
+    for offer in GOOGLE_MODELS:
+        if model_id == offer.model_id:
+            return offer.name
+    return None
+
+
+def unknown_model(name_or_id: str) -> ModelOffer:
+    """A free-text model id: capability checks relaxed; the node warns."""
+    known = _stable_name(name_or_id)
+    if known:
+        return replace(next(m for m in GOOGLE_MODELS if m.name == known), model_id=name_or_id)
+    return ModelOffer(name=name_or_id, model_id=name_or_id, aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_14, resolutions=RESOLUTIONS_ALL, max_refs=14, known=False)
+
+
+STABLE_MODEL_NAMES = (NANO_BANANA, NANO_BANANA_PRO, NANO_BANANA_2)

@@ -1,0 +1,230 @@
+"""The entry point: generate images with any provider, by provider id and stable model name.
+
+    result = await generate("google", "Nano Banana Pro", GenerationRequest(prompt="..."), ctx)
+
+This resolves the provider (presets, custom gateways, overrides), its key, and the model's
+capabilities; checks the request against them with messages that say what to do; holds the
+provider's process-wide concurrency slot; and runs the protocol module for the provider's family.
+Protocol modules expose either `generate(call, request)` (synchronous APIs) or
+`submit(call, request) -> handle` and `wait(call, handle)` (asynchronous jobs, so the handle can be
+journaled before polling and a later run can attach to it instead of paying again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import math
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
+from .config import api_key_for, get_provider
+from .engine import GENERATE, IDEMPOTENT, CallContext, Caller, HttpEngine, Response, RetryPolicy, get_engine, limiter_for
+from .errors import BananaError, ConfigError, InvalidRequest
+from .outcome import GeneratedImage, GenerationRequest, GenerationResult
+
+
+@dataclass
+class ProviderCall:
+    """Everything a protocol module needs for one call, passed explicitly."""
+
+    engine: HttpEngine
+    ctx: CallContext
+    provider: ProviderSpec
+    model: ModelOffer
+    api_key: str
+
+    @property
+    def caller(self) -> Caller:
+        return Caller(provider=self.provider.id, model=self.model.model_id, read_timeout=self.provider.read_timeout)
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.provider.options.get(name, default)
+
+    def url(self, path_or_url: str) -> str:
+        if path_or_url.startswith(("http://", "https://")):
+            return path_or_url
+        return f"{self.provider.base_url.rstrip('/')}/{path_or_url.lstrip('/')}"
+
+    def auth_headers(self) -> dict[str, str]:
+        scheme = self.provider.auth
+        if scheme == "x-goog-api-key":
+            return {"x-goog-api-key": self.api_key}
+        if scheme == "key":
+            return {"Authorization": f"Key {self.api_key}"}
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    async def send(
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        json_body: Any = None,
+        data: dict[str, Any] | None = None,
+        files: list | None = None,
+        policy: RetryPolicy = GENERATE,
+        status: str | None = None,
+        ok_statuses: tuple[int, ...] = (),
+        auth: bool = True,
+    ) -> Response:
+        return await self.engine.request(
+            self.ctx,
+            self.caller,
+            method,
+            self.url(path_or_url),
+            headers=self.auth_headers() if auth else None,
+            json_body=json_body,
+            data=data,
+            files=files,
+            policy=policy,
+            status=status or f"Generating with {self.provider.display_name}",
+            ok_statuses=ok_statuses,
+        )
+
+    async def post_json(self, path_or_url: str, body: Any, *, policy: RetryPolicy = GENERATE, status: str | None = None) -> Response:
+        return await self.send("POST", path_or_url, json_body=body, policy=policy, status=status)
+
+    async def get(self, path_or_url: str, *, status: str | None = None, ok_statuses: tuple[int, ...] = ()) -> Response:
+        return await self.send("GET", path_or_url, policy=IDEMPOTENT, status=status or f"Checking {self.provider.display_name}", ok_statuses=ok_statuses)
+
+    async def fetch_image(self, ref: str) -> GeneratedImage:
+        return await self.engine.fetch_image(self.ctx, self.caller, ref)
+
+    def result(self, images: list[GeneratedImage], **fields: Any) -> GenerationResult:
+        return GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, **fields)
+
+
+def protocol_module(family: str):
+    return importlib.import_module(f".protocols.{family}", __package__)
+
+
+def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None = None) -> ModelOffer:
+    """The provider's offer for a stable model name; a free-text id overrides the catalog."""
+    if model_id_override and model_id_override.strip():
+        override = model_id_override.strip()
+        offer = spec.model(override)
+        if offer is not None:
+            return offer
+        base = spec.model(model)
+        # Keep the capabilities of the chosen model when the id is just a newer variant of it.
+        return replace(base, model_id=override, ids_by_resolution={}, known=False) if base else unknown_model(override)
+    offer = spec.model(model)
+    if offer is None:
+        raise ConfigError(
+            f"'{spec.display_name}' does not offer the model '{model}'.",
+            provider=spec.id,
+            hint=f"Pick one of: {', '.join(spec.model_names)}, or type the provider's model id into 'model_id_override'.",
+        )
+    return offer
+
+
+def nearest_ratio(width: int, height: int, ratios: tuple[str, ...]) -> str | None:
+    """The supported "W:H" closest (in log space) to an image's shape."""
+    candidates = [r for r in ratios if ":" in r]
+    if not candidates or width <= 0 or height <= 0:
+        return None
+    target = math.log(width / height)
+
+    def distance(ratio: str) -> float:
+        w, h = (float(x) for x in ratio.split(":"))
+        return abs(math.log(w / h) - target)
+
+    return min(candidates, key=distance)
+
+
+def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
+    """Validate against the catalog and normalise; returns the request to send and warnings."""
+    warnings: list[str] = []
+    where = f"{offer.name} on {spec.display_name}"
+    if not request.prompt.strip():
+        raise InvalidRequest("The prompt is empty.", provider=spec.id, hint="Type what the image should show (or, for an edit, what to change).")
+    if len(request.images) > offer.max_refs:
+        if offer.known:
+            raise InvalidRequest(
+                f"{len(request.images)} reference images, but {where} accepts at most {offer.max_refs}.",
+                provider=spec.id,
+                hint="Each image in a batch counts as one reference. Remove some, or pick a model that takes more (Nano Banana Pro and Nano Banana 2 take 14).",
+            )
+        warnings.append(f"{len(request.images)} reference images sent to an unlisted model; the provider may reject them.")
+    ratio = request.aspect_ratio
+    if ratio in (None, "", AUTO):
+        ratio = None
+    elif ratio == MATCH_INPUT:
+        first = next((im for im in request.images if im.width and im.height), None)
+        ratio = nearest_ratio(first.width, first.height, offer.aspect_ratios) if first else None
+    elif ratio not in offer.aspect_ratios:
+        if offer.known:
+            raise InvalidRequest(f"Aspect ratio {ratio} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.aspect_ratios)}.")
+        warnings.append(f"Aspect ratio {ratio} sent to an unlisted model unchecked.")
+    resolution = request.resolution or None
+    if resolution and resolution not in offer.resolutions:
+        if not offer.resolutions:
+            if offer.known:
+                warnings.append(f"{where} has a fixed size; resolution {resolution} was not sent.")
+            resolution = None if offer.known else resolution
+        elif offer.known:
+            raise InvalidRequest(f"Resolution {resolution} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.resolutions)}.")
+    for flag, value, label in (("seed", request.seed, "seed"), ("temperature", request.temperature, "temperature"), ("system_prompt", request.system_prompt, "system prompt")):
+        if value not in (None, "") and not getattr(offer, flag):
+            warnings.append(f"{where} ignores the {label}; it was not sent.")
+    if request.web_search and not offer.web_search:
+        warnings.append(f"{where} has no web search; it was not requested.")
+    normalised = replace(
+        request,
+        aspect_ratio=ratio,
+        resolution=resolution if resolution else offer.default_resolution if offer.resolutions else None,
+        seed=request.seed if offer.seed else None,
+        temperature=request.temperature if offer.temperature else None,
+        system_prompt=(request.system_prompt or None) if offer.system_prompt else None,
+        web_search=request.web_search and offer.web_search,
+        count=max(1, min(request.count, offer.max_count)),
+    )
+    return normalised, warnings
+
+
+async def generate(
+    provider_id: str,
+    model: str,
+    request: GenerationRequest,
+    ctx: CallContext | None = None,
+    *,
+    model_id_override: str | None = None,
+    engine: HttpEngine | None = None,
+) -> GenerationResult:
+    """Run one generation; raise a BananaError (never return a placeholder) when there is no image."""
+    ctx = ctx or CallContext()
+    spec = get_provider(provider_id)
+    offer = resolve_model(spec, model, model_id_override)
+    request, warnings = check_request(spec, offer, request)
+    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec))
+    module = protocol_module(spec.family)
+    started = time.monotonic()
+    limiter = limiter_for(spec.id, spec.concurrency)
+    acquiring = asyncio.ensure_future(limiter.acquire())
+    try:
+        await call.engine.watch(ctx, acquiring, f"Waiting for a free {spec.display_name} slot")
+    except BaseException:
+        if acquiring.done() and not acquiring.cancelled() and acquiring.exception() is None:
+            limiter.release()  # acquired in the same instant the wait was abandoned
+        raise
+    try:
+        if hasattr(module, "submit"):
+            handle = ctx.resume_task or await module.submit(call, request)
+            if ctx.on_task and handle is not ctx.resume_task:
+                ctx.on_task(handle)
+            result = await module.wait(call, handle)
+        else:
+            result = await module.generate(call, request)
+    except BananaError as exc:
+        raise exc.with_context(provider=spec.id, model=offer.model_id)
+    finally:
+        limiter.release()
+    result.seconds = time.monotonic() - started
+    result.warnings = warnings + result.warnings
+    if result.cost is None:
+        price = offer.price(request.resolution)
+        if price is not None:
+            result.cost, result.cost_unit = price * len(result.images), offer.price_unit
+    return result

@@ -1,0 +1,170 @@
+"""One error taxonomy for every provider.
+
+Each protocol module turns its provider's failure shapes into these types, so the node (and a
+user reading the message) sees the same kinds of failure whichever provider they use. Every
+message names the provider and model, the HTTP status where there is one, the provider's own
+words, and what the user can do. Messages are redacted: a key never appears in one.
+"""
+
+from __future__ import annotations
+
+from .redaction import redact
+
+
+class BananaError(Exception):
+    """Base of every error the pack raises on purpose."""
+
+    kind = "error"
+    default_hint = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status: int | None = None,
+        provider_message: str | None = None,
+        hint: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.message = message
+        self.provider = provider
+        self.model = model
+        self.status = status
+        self.provider_message = provider_message
+        self.hint = self.default_hint if hint is None else hint
+        self.request_id = request_id
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        where = "/".join(p for p in (self.provider, self.model) if p)
+        head = f"[{where}] " if where else ""
+        status = f"HTTP {self.status}: " if self.status else ""
+        text = f"{head}{status}{self.message}"
+        if self.provider_message and self.provider_message not in self.message:
+            text += f" Provider said: {self.provider_message.strip()}"
+        if self.request_id:
+            text += f" (request id {self.request_id})"
+        for line in self._detail_lines():
+            text += f"\n{line}"
+        if self.hint:
+            text += f"\n{self.hint}"
+        return redact(text)
+
+    def _detail_lines(self) -> list[str]:
+        return []
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.__str__()!r})"
+
+    def with_context(self, *, provider: str | None = None, model: str | None = None) -> "BananaError":
+        self.provider = self.provider or provider
+        self.model = self.model or model
+        self.args = (self.__str__(),)
+        return self
+
+
+class ConfigError(BananaError):
+    """The pack is not set up for this call: unknown provider, bad config file, bad option."""
+
+    kind = "config"
+
+
+class MissingKey(ConfigError):
+    kind = "missing_key"
+
+
+class AuthError(BananaError):
+    kind = "auth"
+    default_hint = "Check the API key for this provider (see the README, section 'API keys'); it may be wrong, revoked, or lack access to this model."
+
+
+class QuotaOrRateLimited(BananaError):
+    kind = "quota_or_rate"
+    default_hint = "The provider is limiting requests or the account is out of quota/credits. Wait and retry, lower the concurrency, or top up the account."
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, **kwargs)
+
+
+class InvalidRequest(BananaError):
+    kind = "invalid_request"
+    default_hint = "The provider rejected the request's parameters; check the model, aspect ratio, resolution and number of reference images."
+
+
+class UpstreamUnavailable(BananaError):
+    kind = "upstream"
+    default_hint = "The provider or its upstream is failing or overloaded; this is usually temporary. Retry later or pick another provider."
+
+
+class TimedOut(UpstreamUnavailable):
+    kind = "timeout"
+    default_hint = "Large (4K, Pro) generations can take minutes; raise the timeout with BANANA_<PROVIDER>_TIMEOUT or try again."
+
+
+class MalformedResponse(UpstreamUnavailable):
+    kind = "malformed"
+    default_hint = "The provider answered with something that is not the expected API response (often a gateway error page). Check the base URL, or retry later."
+
+
+class Cancelled(BananaError):
+    kind = "cancelled"
+
+
+class SafetyStage:
+    PROMPT_BLOCKED = "prompt_blocked"  # input rejected before generation (promptFeedback.blockReason)
+    OUTPUT_BLOCKED = "output_blocked"  # generated, then withheld by a filter (finishReason)
+    SOFT_REFUSAL = "soft_refusal"  # the model answered in words instead of an image
+
+
+class Refusal(BananaError):
+    """A call that succeeded but carried no image. Keeps the provider's reason verbatim."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        stage: str,
+        reason: str | None = None,
+        finish_message: str | None = None,
+        model_text: str | None = None,
+        candidates_token_count: int | None = None,
+        **kwargs,
+    ) -> None:
+        self.stage = stage
+        self.reason = reason
+        self.finish_message = finish_message
+        self.model_text = model_text
+        self.candidates_token_count = candidates_token_count
+        super().__init__(message, **kwargs)
+
+    def _detail_lines(self) -> list[str]:
+        details = [f"stage: {self.stage}"]
+        if self.reason:
+            details.append(f"reason: {self.reason}")
+        if self.candidates_token_count is not None:
+            details.append(f"candidatesTokenCount: {self.candidates_token_count}")
+        lines = [", ".join(details)]
+        for label, value in (("Provider message", self.finish_message), ("Model said", self.model_text)):
+            if value and value.strip():
+                lines.append(f"{label}: {value.strip()}")
+        return lines
+
+
+class SafetyRejected(Refusal):
+    """A content-policy outcome. Never retried; never replaced by a placeholder image."""
+
+    kind = "refused"
+    default_hint = "The provider's safety system refused this request. Rephrase the prompt or change the reference images; retrying the same request will not help."
+
+
+class NoImageReturned(Refusal):
+    """No image and no policy label (NO_IMAGE, IMAGE_OTHER, MAX_TOKENS, an empty data list, ...)."""
+
+    kind = "no_image"
+    default_hint = "The model finished without an image. Retrying once, or rephrasing the prompt to ask explicitly for an image, usually helps."
+
+    def __init__(self, message: str, *, stage: str = "no_image", **kwargs) -> None:
+        super().__init__(message, stage=stage, **kwargs)

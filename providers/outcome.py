@@ -1,0 +1,171 @@
+"""What a generation asks for and what it gives back, the same for every provider."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+# Pillow refuses images over twice this many pixels and warns above it; we treat the warning as
+# an error too, since no Nano Banana output is anywhere near it (4K is ~17 MP).
+MAX_RESULT_PIXELS = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A reference image, already encoded for upload."""
+
+    data: bytes
+    mime: str
+    width: int | None = None
+    height: int | None = None
+
+    def base64(self) -> str:
+        return base64.b64encode(self.data).decode("ascii")
+
+    def data_uri(self) -> str:
+        return f"data:{self.mime};base64,{self.base64()}"
+
+    @property
+    def extension(self) -> str:
+        return extension_for(self.mime)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One call's worth of work, in the catalog's canonical vocabulary.
+
+    aspect_ratio is "W:H", or None for the provider's default (follow the input, or 1:1);
+    resolution is one of "0.5K", "1K", "2K", "4K", or None for the model's default.
+    """
+
+    prompt: str
+    images: tuple[ImageInput, ...] = ()
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    system_prompt: str | None = None
+    web_search: bool = False
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    mime: str
+    width: int | None = None
+    height: int | None = None
+    source_url: str | None = None  # where it was downloaded from, for provenance
+
+    @property
+    def extension(self) -> str:
+        return extension_for(self.mime)
+
+
+@dataclass
+class GenerationResult:
+    provider: str
+    model: str
+    images: list[GeneratedImage]
+    text: str = ""
+    finish_reason: str | None = None
+    request_id: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    cost: float | None = None
+    cost_unit: str | None = None  # "usd" or "credits"
+    seconds: float | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def sniff_mime(data: bytes) -> str | None:
+    """The image type by magic bytes; providers' declared MIME types are sometimes wrong."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for magic, mime in _MAGIC:
+        if data.startswith(magic):
+            return mime
+    return None
+
+
+def extension_for(mime: str) -> str:
+    return {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/gif": "gif", "image/bmp": "bmp"}.get(
+        mime, "bin"
+    )
+
+
+class NotAnImage(ValueError):
+    """Bytes that are not a supported image, or one too large to decode safely."""
+
+
+def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str | None = None) -> GeneratedImage:
+    """Check magic bytes and header dimensions without decoding pixels.
+
+    Raises NotAnImage for non-images and for decompression bombs (header claims too many pixels).
+    """
+    mime = sniff_mime(data)
+    if mime is None:
+        head = data[:16]
+        raise NotAnImage(
+            f"expected image bytes, got {len(data)} bytes starting {head!r}"
+            + (f" (declared {declared_mime})" if declared_mime else "")
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise NotAnImage(f"image too large to decode safely: {exc}") from None
+    except Exception as exc:  # truncated or corrupt header
+        raise NotAnImage(f"{mime} bytes could not be read: {exc}") from None
+    if width * height > MAX_RESULT_PIXELS:
+        raise NotAnImage(f"image too large to decode safely: {width}x{height}")
+    return GeneratedImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
+
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=-]+)*?;base64,(?P<data>.*)$", re.S)
+
+
+def decode_base64_payload(payload: str) -> bytes:
+    """Decode base64 that may carry a `data:...;base64,` prefix or line breaks (resellers add both)."""
+    match = _DATA_URI.match(payload.strip())
+    text = match.group("data") if match else payload
+    text = "".join(text.split())
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise NotAnImage(f"invalid base64 image payload ({len(payload)} chars): {exc}") from None
+
+
+# Markdown images and bare URLs inside model text: gateways put results there instead of inline data.
+MARKDOWN_IMAGE = re.compile(
+    r"!\[[^\]]*\]\(\s*(data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+|https?://[^)\s]+)\s*\)"
+)
+BARE_IMAGE_URL = re.compile(r"https?://[^\s)\"'<>]+\.(?:png|jpe?g|webp)(?:\?[^\s)\"'<>]*)?", re.I)
+
+
+def image_refs_in_text(text: str) -> tuple[list[str], str]:
+    """Image references (data URIs or URLs) found in text, and the text with them removed."""
+    refs = [m.strip() for m in MARKDOWN_IMAGE.findall(text)]
+    rest = MARKDOWN_IMAGE.sub("", text)
+    bare = BARE_IMAGE_URL.findall(rest)
+    refs.extend(bare)
+    for url in bare:
+        rest = rest.replace(url, "")
+    return refs, rest.strip()
