@@ -15,14 +15,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
-from .config import api_key_for, get_provider
+from .config import all_providers, api_key_for, config_dir, get_provider
 from .engine import GENERATE, IDEMPOTENT, CallContext, Caller, HttpEngine, Response, RetryPolicy, get_engine, limiter_for
-from .errors import BananaError, ConfigError, InvalidRequest
+from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 
 
@@ -184,6 +185,42 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
     return normalised, warnings
 
 
+AUTO_PROVIDER = "auto"
+
+
+def _has_key(spec: ProviderSpec) -> bool:
+    try:
+        api_key_for(spec)
+        return True
+    except MissingKey:
+        return False
+
+
+def choose_provider(model: str) -> ProviderSpec:
+    """For provider "auto": the first provider with a key that offers the model.
+
+    The order is BANANA_PROVIDER_ORDER (comma-separated ids) if set, then the catalog's order,
+    so a shared workflow set to "auto" runs for whoever opens it, with whatever key they have.
+    """
+    specs = all_providers()
+    preferred = [p.strip() for p in os.environ.get("BANANA_PROVIDER_ORDER", "").split(",") if p.strip()]
+    specs.sort(key=lambda s: preferred.index(s.id) if s.id in preferred else len(preferred))
+    for spec in specs:
+        if spec.model(model) is not None and _has_key(spec):
+            return spec
+    raise MissingKey(
+        f"No provider with an API key offers '{model}'.",
+        provider=AUTO_PROVIDER,
+        hint="Set a key for any provider (for example BANANA_GOOGLE_API_KEY or GEMINI_API_KEY, or FAL_KEY), or add one to "
+        f"{config_dir() / 'keys.json'}; see the README, 'API keys'.",
+    )
+
+
+def resolve(provider_id: str, model: str, model_id_override: str | None = None) -> tuple[ProviderSpec, ModelOffer]:
+    spec = choose_provider(model) if provider_id == AUTO_PROVIDER else get_provider(provider_id)
+    return spec, resolve_model(spec, model, model_id_override)
+
+
 async def generate(
     provider_id: str,
     model: str,
@@ -195,8 +232,7 @@ async def generate(
 ) -> GenerationResult:
     """Run one generation; raise a BananaError (never return a placeholder) when there is no image."""
     ctx = ctx or CallContext()
-    spec = get_provider(provider_id)
-    offer = resolve_model(spec, model, model_id_override)
+    spec, offer = resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
     call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec))
     module = protocol_module(spec.family)

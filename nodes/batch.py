@@ -1,0 +1,276 @@
+"""Batch rendering: many calls at provider speed, each item's fate reported, no paid image lost.
+
+Items run concurrently; the provider's process-wide limit (providers/engine.py) is what bounds
+them, so several nodes and list items share it. Each item is saved to disk as it arrives,
+before anything decodes it; identical requests are answered from the cache; accepted
+asynchronous jobs are journaled so a re-run attaches to them. Pure Python: the node layer
+passes the cancel check and turns the outcomes into tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from ..providers.client import generate, resolve
+from ..providers.engine import CallContext
+from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
+from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
+from .store import ResultStore, request_key
+
+# Statuses in the report.
+OK, CACHED, REFUSED, FAILED, CANCELLED = "ok", "cached", "refused", "failed", "cancelled"
+
+FAIL, SKIP, FLAG = "fail", "skip", "flag"  # per-item failure policies
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    index: int
+    prompt: str
+    images: tuple[ImageInput, ...]
+    seed: int | None
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    provider: str
+    model: str
+    model_id_override: str | None = None
+    aspect_ratio: str | None = None
+    resolution: str | None = None
+    temperature: float | None = None
+    system_prompt: str | None = None
+    web_search: bool = False
+    use_cache: bool = True
+
+
+@dataclass
+class ItemOutcome:
+    index: int
+    prompt: str
+    seed: int | None
+    status: str = "pending"
+    reason: str | None = None
+    message: str | None = None
+    provider: str | None = None
+    model_id: str | None = None
+    request_id: str | None = None
+    cost: float | None = None
+    cost_unit: str | None = None
+    seconds: float | None = None
+    files: list[str] = field(default_factory=list)
+    text: str = ""
+    warnings: list[str] = field(default_factory=list)
+    images: list[GeneratedImage] = field(default_factory=list, repr=False)
+    error: BaseException | None = field(default=None, repr=False)
+
+    def report(self) -> dict[str, Any]:
+        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error")}
+        row["images"] = len(self.images)
+        if self.seconds is not None:
+            row["seconds"] = round(self.seconds, 3)
+        return row
+
+
+@dataclass
+class BatchProgress:
+    total: int
+    done: int = 0
+    cached: int = 0
+    refused: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_status: str = ""
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.cached + self.refused + self.failed + self.cancelled
+
+    def line(self) -> str:
+        parts = [f"{self.finished}/{self.total} finished", f"{self.done} ok"]
+        for label, value in (("cached", self.cached), ("refused", self.refused), ("failed", self.failed), ("cancelled", self.cancelled)):
+            if value:
+                parts.append(f"{value} {label}")
+        parts.append(f"{self.in_flight} in flight")
+        text = ", ".join(parts) + f" - {time.monotonic() - self.started:.0f}s"
+        return f"{text}\n{self.last_status}" if self.last_status and self.in_flight else text
+
+
+def expand_items(
+    prompts: list[str],
+    references: list[ImageInput],
+    *,
+    per_image: list[ImageInput] | None = None,
+    count: int = 1,
+    seed: int | None = None,
+    max_count: int = 1,
+) -> list[BatchItem]:
+    """Every call the batch makes, in output order.
+
+    Each prompt runs once, or once per image of `per_image` (the same instruction applied to
+    each image, with `references` shared by all). `count` images per run come from the
+    provider's own n where it has one (`max_count`), else from parallel calls with seed, seed+1, ...
+    """
+    subjects: list[tuple[ImageInput, ...]] = [(image,) for image in per_image] if per_image else [()]
+    items: list[BatchItem] = []
+    for prompt in prompts:
+        for subject in subjects:
+            remaining, offset = max(1, count), 0
+            while remaining > 0:
+                n = min(remaining, max(1, max_count))
+                item_seed = None if seed is None else seed + offset
+                items.append(BatchItem(len(items), prompt, subject + tuple(references), item_seed, n))
+                remaining -= n
+                offset += 1
+    return items
+
+
+def split_prompts(text: str, per_line: bool) -> list[str]:
+    if not per_line:
+        return [text]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+async def run_batch(
+    items: list[BatchItem],
+    settings: BatchSettings,
+    *,
+    store: ResultStore | None,
+    cancel_check: Callable[[], bool] | None = None,
+    on_update: Callable[[BatchProgress], None] | None = None,
+) -> list[ItemOutcome]:
+    """Run every item concurrently; return their outcomes in input order. Never raises for one item."""
+    spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
+    progress = BatchProgress(total=len(items))
+
+    def update(status: str | None = None) -> None:
+        if status is not None:
+            progress.last_status = status
+        if on_update:
+            on_update(progress)
+
+    async def run_one(item: BatchItem) -> ItemOutcome:
+        outcome = ItemOutcome(index=item.index, prompt=item.prompt, seed=item.seed, provider=spec.id, model_id=offer.model_id)
+        request = GenerationRequest(
+            prompt=item.prompt,
+            images=item.images,
+            aspect_ratio=settings.aspect_ratio,
+            resolution=settings.resolution,
+            seed=item.seed,
+            temperature=settings.temperature,
+            system_prompt=settings.system_prompt,
+            web_search=settings.web_search,
+            count=item.count,
+        )
+        fields = {
+            "provider": spec.id,
+            "model_id": offer.model_id,
+            **{k: v for k, v in request.__dict__.items() if k != "images"},
+        }
+        key = request_key(fields, (im.data for im in item.images))
+        provenance = {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
+        if store is not None and settings.use_cache:
+            cached = await asyncio.to_thread(store.lookup, key)
+            if cached is not None:
+                outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, cached.text
+                outcome.request_id = cached.meta.get("request_id")
+                progress.cached += 1
+                update()
+                return outcome
+        ctx = CallContext(
+            cancel_check=cancel_check,
+            on_status=lambda text: update(f"item {item.index + 1}: {text}"),
+            on_task=(lambda handle: store.remember_task(key, handle, provenance)) if store is not None else None,
+            resume_task=store.pending_task(key) if store is not None else None,
+        )
+        progress.in_flight += 1
+        update()
+        try:
+            try:
+                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override)
+            except Refusal:
+                if store is not None:
+                    store.forget_task(key)  # that job is over; a re-run is a new request
+                raise
+            except BananaError as exc:
+                if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable)):
+                    raise  # keep the journal: the job may still finish, and a re-run attaches to it
+                # The journaled job expired, failed or was cancelled at the provider: run it anew.
+                store.forget_task(key)
+                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
+            if store is not None:
+                paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
+                outcome.files = [str(p) for p in paths]
+            outcome.status, outcome.images, outcome.text = OK, result.images, result.text
+            outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
+            outcome.seconds, outcome.warnings = result.seconds, result.warnings
+            progress.done += 1
+        except Cancelled as exc:
+            outcome.status, outcome.message, outcome.error = CANCELLED, str(exc), exc
+            progress.cancelled += 1
+        except Refusal as exc:
+            outcome.status, outcome.reason, outcome.message, outcome.error = REFUSED, exc.reason, str(exc), exc
+            outcome.request_id = exc.request_id
+            outcome.text = exc.model_text or ""
+            progress.refused += 1
+        except BananaError as exc:
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            progress.failed += 1
+        except Exception as exc:  # noqa: BLE001 - one broken item must not sink the batch
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, type(exc).__name__, str(exc), exc
+            progress.failed += 1
+        finally:
+            progress.in_flight -= 1
+            update()
+        return outcome
+
+    return list(await asyncio.gather(*(run_one(item) for item in items)))
+
+
+class BatchFailed(BananaError):
+    kind = "batch_failed"
+
+
+def settle(outcomes: list[ItemOutcome], policy: str) -> list[ItemOutcome]:
+    """The outcomes whose images go to the output, or the error the node raises.
+
+    "fail" raises when any item was refused or failed; "skip" and "flag" keep going (flag also
+    writes a warning line per failed item into the text output). A batch in which nothing
+    succeeded is an error under every policy. Saved results stay on disk either way.
+    """
+    good = [o for o in outcomes if o.status in (OK, CACHED)]
+    bad = [o for o in outcomes if o.status in (REFUSED, FAILED)]
+    if bad and (policy == FAIL or not good):
+        first = bad[0]
+        if len(outcomes) == 1 and isinstance(first.error, BananaError):
+            raise first.error  # a single call: its own error, verbatim
+        saved = sum(len(o.files) for o in good)
+        summary = ", ".join(f"{sum(1 for o in outcomes if o.status == s)} {s}" for s in (OK, CACHED, REFUSED, FAILED, CANCELLED) if any(o.status == s for o in outcomes))
+        raise BatchFailed(
+            f"{len(bad)} of {len(outcomes)} items did not produce an image ({summary}). First: item {first.index + 1}: {first.message}",
+            hint=(f"{saved} finished image(s) are saved in the output folder. " if saved else "")
+            + ("Set on_failure to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
+        )
+    return good
+
+
+def batch_report(outcomes: list[ItemOutcome], settings: BatchSettings, *, report_path: str | None = None) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+    costs = [o.cost for o in outcomes if o.cost is not None and o.status == OK]
+    return {
+        "provider": outcomes[0].provider if outcomes else settings.provider,
+        "model": settings.model,
+        "counts": counts,
+        "cost": round(sum(costs), 6) if costs else None,
+        "cost_unit": next((o.cost_unit for o in outcomes if o.cost_unit), None),
+        "report_file": report_path,
+        "items": [o.report() for o in outcomes],
+    }
