@@ -177,8 +177,8 @@ PRESETS: tuple[ProviderSpec, ...] = (
         base_url="https://api.apiyi.com/v1",
         auth="bearer",
         key_id="apiyi",
-        # Compat mode has no ratio or size control: generation is 1:1, edits follow the input.
-        models=tuple(_offer(m.name, m.model_id, aspect_ratios=(AUTO,), resolutions=(), **_NO_SAMPLING) for m in GOOGLE_MODELS),
+        # Compat mode has no ratio or size control (generation is 1:1, edits follow the input) and no search.
+        models=tuple(_offer(m.name, m.model_id, aspect_ratios=(AUTO,), resolutions=(), web_search=False, **_NO_SAMPLING) for m in GOOGLE_MODELS),
         key_help="https://api.apiyi.com (token page); keys start with sk-",
         read_timeout=600.0,
         options=_freeze({"size_controls": "none"}),
@@ -189,6 +189,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         family="openai_images",
         base_url="https://api.openai-hk.com/v1",
         auth="bearer",
+        # Ratios per providers.md 3.5 ("4x3" ... "3x2"; "1x1" seen in the wild); the tier is in the model id.
         models=(
             _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"), **_NO_SAMPLING),
             # openai-hk's nano-banana-2 launched the day after Nano Banana Pro: it is Pro there.
@@ -197,6 +198,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
                 "nano-banana-2",
                 aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"),
                 ids_by_resolution={"1K": "nano-banana-2", "2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"},
+                web_search=False,
                 **_NO_SAMPLING,
             ),
             _offer(
@@ -205,11 +207,16 @@ PRESETS: tuple[ProviderSpec, ...] = (
                 aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"),
                 resolutions=("1K", "2K", "4K"),
                 ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"},
+                web_search=False,
                 **_NO_SAMPLING,
             ),
         ),
         key_help="https://openai-hk.com (keys start with hk-)",
-        options=_freeze({"size_field": "size", "size_format": "{w}x{h}", "resolution_field": None}),
+        # The ratio goes in `size` as "16x9" (not pixels); which of url/b64_json nano-banana returns is
+        # UNVERIFIED (both are read). Override with BANANA_OPENAI_HK_<OPTION> (see openai_images.py).
+        options=_freeze(
+            {"ratio_field": "size", "ratio_format": "{w}x{h}", "resolution_field": None, "response_format": "b64_json", "send_n": True, "edit_field": "image[]"}
+        ),
     ),
     ProviderSpec(
         id="openai_hk_chat",
@@ -218,10 +225,11 @@ PRESETS: tuple[ProviderSpec, ...] = (
         base_url="https://api.openai-hk.com/v1",
         auth="bearer",
         key_id="openai_hk",
+        # Chat mode has no size control: the tier is in the model id, the ratio follows the input (else 1:1).
         models=(
             _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO,), **_NO_SAMPLING),
-            _offer(NANO_BANANA_PRO, "nano-banana-2", aspect_ratios=(AUTO,), ids_by_resolution={"2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"}, **_NO_SAMPLING),
-            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO,), resolutions=("1K", "2K", "4K"), ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"}, **_NO_SAMPLING),
+            _offer(NANO_BANANA_PRO, "nano-banana-2", aspect_ratios=(AUTO,), ids_by_resolution={"2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"}, web_search=False, **_NO_SAMPLING),
+            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO,), resolutions=("1K", "2K", "4K"), ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"}, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://openai-hk.com (keys start with hk-)",
         options=_freeze({"size_controls": "none"}),
@@ -235,11 +243,13 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_id="openai_hk",
         models=(
             _offer(NANO_BANANA, "fal-ai/nano-banana", edit_model_id="fal-ai/nano-banana/edit", max_count=4, temperature=False, system_prompt=False),
-            _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False),
+            # enable_web_search is documented for fal's nano-banana-2 only (providers.md 5.4).
+            _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False, web_search=False),
             _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
         ),
         key_help="https://openai-hk.com (keys start with hk-)",
-        options=_freeze({"rewrite_queue_urls": True}),
+        # The passthrough answers with fal's queue.fal.run URLs: moved onto the base URL (5.8).
+        options=_freeze({"rewrite_queue_urls": True, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
     ProviderSpec(
         id="fal",
@@ -249,12 +259,13 @@ PRESETS: tuple[ProviderSpec, ...] = (
         auth="key",
         models=(
             _offer(NANO_BANANA, "fal-ai/nano-banana", edit_model_id="fal-ai/nano-banana/edit", max_count=4, temperature=False, system_prompt=False, prices={"": 0.039}),
-            _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False, prices={"1K": 0.15, "2K": 0.15, "4K": 0.30}),
+            _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False, web_search=False, prices={"1K": 0.15, "2K": 0.15, "4K": 0.30}),
             _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
         ),
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",
         concurrency=8,
+        options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
     ProviderSpec(
         id="apimaster",
@@ -263,12 +274,14 @@ PRESETS: tuple[ProviderSpec, ...] = (
         base_url="https://apimaster.ai/v1",
         auth="bearer",
         models=(
+            # Its search-grounding request key is undocumented (providers.md section 10): no web search.
             _offer(NANO_BANANA, "gemini-2.5-flash-image", **_NO_SAMPLING),
-            _offer(NANO_BANANA_PRO, "gemini-3-pro-image-preview", **_NO_SAMPLING),
-            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10 + ("1:4", "4:1"), **_NO_SAMPLING),
+            _offer(NANO_BANANA_PRO, "gemini-3-pro-image-preview", web_search=False, **_NO_SAMPLING),
+            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10 + ("1:4", "4:1"), web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://apimaster.ai (console, API keys)",
-        options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution"}),
+        # Async endpoint (a journaled task id), not the sync one; references go inline (no upload API).
+        options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution", "cancel_path": None, "poll_first_delay": 3.0, "poll_max_delay": 5.0}),
     ),
     ProviderSpec(
         id="evolink",
@@ -277,14 +290,27 @@ PRESETS: tuple[ProviderSpec, ...] = (
         base_url="https://api.evolink.ai/v1",
         auth="bearer",
         models=(
+            # Web/image search flags exist but their key names are UNVERIFIED (section 10): not offered.
             _offer(NANO_BANANA, "gemini-2.5-flash-image", max_refs=5, max_count=4, **_NO_SAMPLING),
-            _offer(NANO_BANANA_PRO, "gemini-3-pro-image-preview", max_refs=10, max_count=4, **_NO_SAMPLING),
-            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, **_NO_SAMPLING),
+            _offer(NANO_BANANA_PRO, "gemini-3-pro-image-preview", max_refs=10, max_count=4, web_search=False, **_NO_SAMPLING),
+            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://evolink.ai (dashboard, API keys)",
         # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
-        # BANANA_EVOLINK_RATIO_FIELD / BANANA_EVOLINK_RESOLUTION_FIELD, or a custom provider.
-        options=_freeze({"flavor": "evolink", "ratio_field": "aspect_ratio", "resolution_field": "resolution"}),
+        # BANANA_EVOLINK_RATIO_FIELD=size / BANANA_EVOLINK_RESOLUTION_FIELD=quality, or a custom provider.
+        # References are uploaded to its file API (URLs only) and deleted when the job is over.
+        options=_freeze(
+            {
+                "flavor": "evolink",
+                "ratio_field": "aspect_ratio",
+                "resolution_field": "resolution",
+                "upload_url": "https://files-api.evolink.ai/api/v1/files/upload/base64",
+                "file_delete_url": "https://files-api.evolink.ai/api/v1/files/{file_id}",
+                "cancel_path": None,
+                "poll_first_delay": 3.0,
+                "poll_max_delay": 5.0,
+            }
+        ),
     ),
     ProviderSpec(
         id="vydra",
@@ -301,26 +327,35 @@ PRESETS: tuple[ProviderSpec, ...] = (
 )
 
 
-def custom_provider_from_dict(data: Mapping[str, Any]) -> ProviderSpec:
-    """Build a user-defined gateway from the providers file (see config.py for the format)."""
+def custom_provider_from_dict(data: Any) -> ProviderSpec:
+    """Build a user-defined gateway from the providers file (see config.py for the format).
+
+    Errors name the entry by its id, never by its content: a misplaced key must not be echoed.
+    """
     from .errors import ConfigError
 
-    try:
-        provider_id = str(data["id"]).strip().lower()
-        family = str(data["protocol"]).strip().replace("-", "_")
-        base_url = str(data["base_url"]).rstrip("/")
-        auth = str(data.get("auth", "bearer")).strip().lower()
-        raw_models = data["models"]
-    except KeyError as exc:
-        raise ConfigError(f"Custom provider entry is missing '{exc.args[0]}': {dict(data)!r}", hint="Each entry needs id, protocol, base_url and models.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Each entry of 'providers' must be a JSON object, got {type(data).__name__}.", hint="See the README, 'Custom gateways', for the format.")
+    label = str(data.get("id") or "(no id)")
+    missing = [k for k in ("id", "protocol", "base_url", "models") if not data.get(k)]
+    if missing:
+        raise ConfigError(f"Custom provider '{label}' is missing {', '.join(missing)}.", hint="Each entry needs id, protocol, base_url and models.")
+    provider_id = str(data["id"]).strip().lower()
+    family = str(data["protocol"]).strip().replace("-", "_")
+    base_url = str(data["base_url"]).rstrip("/")
+    auth = str(data.get("auth", "bearer")).strip().lower()
     if family not in FAMILIES:
         raise ConfigError(f"Custom provider '{provider_id}': unknown protocol '{family}'.", hint=f"Use one of: {', '.join(f.replace('_', '-') for f in FAMILIES)}.")
     if auth not in AUTH_SCHEMES:
         raise ConfigError(f"Custom provider '{provider_id}': unknown auth '{auth}'.", hint=f"Use one of: {', '.join(AUTH_SCHEMES)}.")
+    if not isinstance(data["models"], list):
+        raise ConfigError(f"Custom provider '{provider_id}': 'models' must be a list of model ids or objects.")
     models = []
-    for raw in raw_models:
+    for raw in data["models"]:
         if isinstance(raw, str):
             raw = {"id": raw}
+        if not isinstance(raw, dict) or not raw.get("id"):
+            raise ConfigError(f"Custom provider '{provider_id}': every model needs an 'id' (the gateway's model id).", hint='Write "models": ["gemini-3-pro-image-preview"] or [{"id": "...", "name": "Nano Banana Pro"}].')
         name = str(raw.get("name") or _stable_name(raw["id"]) or raw["id"])
         base = next((m for m in GOOGLE_MODELS if m.name == name), None)
         if base is None:
@@ -328,6 +363,10 @@ def custom_provider_from_dict(data: Mapping[str, Any]) -> ProviderSpec:
             continue
         changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in ModelOffer.__dataclass_fields__ and k not in ("name", "id")}
         models.append(_offer(name, raw["id"], **changes))
+    try:
+        limits = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
+    except (TypeError, ValueError):
+        raise ConfigError(f"Custom provider '{provider_id}': concurrency and timeout must be numbers.") from None
     return ProviderSpec(
         id=provider_id,
         display_name=str(data.get("display_name") or provider_id),
@@ -335,11 +374,10 @@ def custom_provider_from_dict(data: Mapping[str, Any]) -> ProviderSpec:
         base_url=base_url,
         auth=auth,
         models=tuple(models),
-        concurrency=int(data.get("concurrency", 4)),
-        read_timeout=float(data.get("timeout", 360.0)),
         options=_freeze(data.get("options") or {}),
         key_help=str(data.get("key_help", "")),
         custom=True,
+        **limits,
     )
 
 

@@ -167,7 +167,8 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
             resolution = None if offer.known else resolution
         elif offer.known:
             raise InvalidRequest(f"Resolution {resolution} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.resolutions)}.")
-    for flag, value, label in (("seed", request.seed, "seed"), ("temperature", request.temperature, "temperature"), ("system_prompt", request.system_prompt, "system prompt")):
+    # The seed is not in this list: where a provider ignores it, it is still the node's re-run trigger.
+    for flag, value, label in (("temperature", request.temperature, "temperature"), ("system_prompt", request.system_prompt, "system prompt")):
         if value not in (None, "") and not getattr(offer, flag):
             warnings.append(f"{where} ignores the {label}; it was not sent.")
     if request.web_search and not offer.web_search:

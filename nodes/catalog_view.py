@@ -1,0 +1,57 @@
+"""What the node's widgets offer and what its price badge shows, derived from the catalog.
+
+Kept free of ComfyUI so it is tested in CI (the badge expression is evaluated with a JSONata engine there).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..providers.catalog import AUTO, MATCH_INPUT, RATIOS_14, RESOLUTIONS_ALL, STABLE_MODEL_NAMES
+from ..providers.config import all_providers
+
+
+def model_capabilities() -> dict[str, dict[str, Any]]:
+    """Per stable model, the union of what any provider offers: the node lists these; the provider chosen at run time is checked exactly."""
+    caps: dict[str, dict[str, Any]] = {name: {"ratios": set(), "resolutions": set(), "max_refs": 0} for name in STABLE_MODEL_NAMES}
+    for spec in all_providers():
+        for offer in spec.models:
+            if offer.name in caps:
+                cap = caps[offer.name]
+                cap["ratios"].update(offer.aspect_ratios)
+                cap["resolutions"].update(offer.resolutions)
+                cap["max_refs"] = max(cap["max_refs"], offer.max_refs)
+    order = (AUTO, MATCH_INPUT) + RATIOS_14
+    for cap in caps.values():
+        cap["ratios"] = [r for r in order if r in cap["ratios"]]
+        cap["resolutions"] = [r for r in RESOLUTIONS_ALL if r in cap["resolutions"]]
+    return caps
+
+
+def price_table() -> dict[str, dict[str, dict[str, Any]]]:
+    """provider -> model -> {"unit", resolution ("" when fixed) -> price per image}, lower-cased as the frontend passes widget values."""
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec in all_providers():
+        for offer in spec.models:
+            if offer.prices:
+                prices = {k.lower(): v for k, v in offer.prices.items()}
+                table.setdefault(spec.id.lower(), {})[offer.name.lower()] = {"unit": offer.price_unit, "prices": prices}
+    return table
+
+
+def price_badge_expr() -> str:
+    table = json.dumps(price_table(), separators=(",", ":"))
+    return (
+        "("
+        f"$t := {table};"
+        "$m := $lookup($lookup($t, $lowercase(widgets.provider)), $lowercase(widgets.model));"
+        "$r := $lookup(widgets, \"model.resolution\");"
+        "$r := $r ? $lowercase($r) : \"\";"
+        "$p := $m ? ($exists($lookup($m.prices, $r)) ? $lookup($m.prices, $r) : $lookup($m.prices, \"\"));"
+        "$n := widgets.count ? widgets.count : 1;"
+        "$not($exists($p)) ? {\"type\":\"text\",\"text\":\"price: see provider\"}"
+        " : $m.unit = \"usd\" ? {\"type\":\"usd\",\"usd\":$p * $n,\"format\":{\"approximate\":true}}"
+        " : {\"type\":\"text\",\"text\":$string($p * $n) & \" \" & $m.unit}"
+        ")"
+    )

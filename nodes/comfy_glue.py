@@ -1,0 +1,87 @@
+"""The few places the pack touches ComfyUI's runtime: interrupts, progress, folders.
+
+ComfyUI's own top-level modules (comfy, server, folder_paths) are imported where they are used,
+so everything else in nodes/ stays importable and testable without a running ComfyUI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger("nano_banana_bridge")
+
+
+def interrupt_requested() -> bool:
+    """Peek at ComfyUI's interrupt flag without clearing it (the engine polls this)."""
+    import comfy.model_management
+
+    return comfy.model_management.processing_interrupted()
+
+
+def raise_interrupt() -> None:
+    """Raise ComfyUI's own interrupt exception, so the UI reports 'interrupted', not an error."""
+    import comfy.model_management
+
+    comfy.model_management.throw_exception_if_processing_interrupted()
+    raise comfy.model_management.InterruptProcessingException()
+
+
+class NodeProgress:
+    """Progress text on the node (at most a few times a second) and a progress bar over items."""
+
+    MIN_INTERVAL = 0.25
+
+    def __init__(self, node_id: str | None, total: int) -> None:
+        self.node_id = node_id
+        self._last_text = ""
+        self._last_sent = 0.0
+        self.interrupted = False  # set when the progress bar's hook consumed ComfyUI's interrupt flag
+        self._bar = None
+        try:
+            import comfy.utils
+
+            self._bar = comfy.utils.ProgressBar(max(1, total), node_id=node_id)
+        except Exception:  # noqa: BLE001 - progress display is optional
+            log.debug("progress bar unavailable", exc_info=True)
+
+    def text(self, text: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if text == self._last_text or (not force and now - self._last_sent < self.MIN_INTERVAL):
+            return
+        self._last_text, self._last_sent = text, now
+        try:
+            from server import PromptServer
+
+            PromptServer.instance.send_progress_text(text, self.node_id)
+        except Exception:  # noqa: BLE001
+            log.debug("progress text unavailable", exc_info=True)
+
+    def items_finished(self, finished: int, total: int) -> None:
+        if self._bar is not None:
+            try:
+                self._bar.update_absolute(finished, total)
+            except Exception:  # noqa: BLE001 - progress display is optional
+                log.debug("progress bar update failed", exc_info=True)
+            except BaseException as exc:
+                # ComfyUI's hook raises its interrupt here and clears the flag; remember it, so the
+                # batch's cancel check still sees it and stops the remaining calls.
+                if type(exc).__name__ != "InterruptProcessingException":
+                    raise
+                self.interrupted = True
+
+    def cancel_requested(self) -> bool:
+        return self.interrupted or interrupt_requested()
+
+
+def output_dir() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_output_directory())
+
+
+def user_dir() -> Path:
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory())

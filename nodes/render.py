@@ -1,0 +1,164 @@
+"""What the node does, without ComfyUI: inputs in, IMAGE tensor, text and report out.
+
+The node class (bridge_node.py) only declares the schema and adapts ComfyUI's inputs, progress
+and interrupts to this; everything here runs in CI against the loopback server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+
+from ..providers.client import check_request, resolve
+from ..providers.errors import BananaError, InvalidRequest
+from ..providers.outcome import GenerationRequest, ImageInput
+from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .store import ResultStore
+from .tensors import ImageDecodeError, decode_images, encode_image
+
+REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
+
+
+@dataclass
+class RenderInputs:
+    prompts: list[str]
+    provider: str
+    model: str
+    aspect_ratio: str = "auto"
+    resolution: str | None = None
+    images: list[torch.Tensor] = field(default_factory=list)  # IMAGE batches, in slot order
+    image_mode: str = REFERENCES
+    prompt_per_line: bool = False
+    seed: int | None = None
+    count: int = 1
+    on_failure: str = "fail"
+    size_policy: str = "resize"
+    system_prompt: str = ""
+    temperature: float | None = None
+    web_search: bool = False
+    upload_format: str = "auto"
+    use_cache: bool = True
+    model_id_override: str = ""
+
+
+@dataclass
+class RenderOutput:
+    images: torch.Tensor
+    text: str
+    report: dict
+
+
+class ProgressSink(Protocol):
+    def text(self, text: str, *, force: bool = False) -> None: ...
+
+    def items_finished(self, finished: int, total: int) -> None: ...
+
+
+class Interrupted(Exception):
+    """The user stopped the run; finished results are saved and listed in `report`."""
+
+    def __init__(self, report: dict) -> None:
+        self.report = report
+        super().__init__("interrupted")
+
+
+def _flatten(batches: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [image for batch in batches for image in (batch if batch.ndim == 4 else batch.unsqueeze(0))]
+
+
+def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
+    encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
+    return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
+
+
+async def render(
+    inputs: RenderInputs,
+    *,
+    store_root: Path | None,
+    cancel_check: Callable[[], bool] | None = None,
+    progress: ProgressSink | None = None,
+) -> RenderOutput:
+    prompts = [p for text in inputs.prompts for p in split_prompts(text or "", inputs.prompt_per_line)]
+    prompts = [p for p in prompts if p.strip()]
+    if not prompts:
+        raise InvalidRequest("The prompt is empty.", hint="Type what the image should show (or, for an edit, what to change). With 'prompt_per_line' on, each non-empty line is one prompt.")
+    if inputs.on_failure not in ("fail", "skip", "flag"):
+        raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
+    spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
+
+    images = _flatten(inputs.images)
+    subjects: list[torch.Tensor] = []
+    if inputs.image_mode == EACH_IMAGE:
+        if not inputs.images:
+            raise InvalidRequest("Image mode 'each image' needs images on image_1.", hint="Connect the batch to edit to image_1, or set image_mode to 'references'.")
+        subjects, images = _flatten(inputs.images[:1]), _flatten(inputs.images[1:])
+    # Encoding is CPU work on large tensors: off the event loop, so other requests keep flowing.
+    references = await asyncio.to_thread(_encode, images, spec.upload_max_pixels, inputs.upload_format) if images else []
+    per_image = await asyncio.to_thread(_encode, subjects, spec.upload_max_pixels, inputs.upload_format) if subjects else None
+
+    # Check the first call against the catalog now, so a wrong ratio or too many references fails
+    # at once with the model's limits, instead of once per item.
+    first_refs = tuple(([per_image[0]] if per_image else []) + references)
+    settings = BatchSettings(
+        provider=spec.id,
+        model=inputs.model,
+        model_id_override=inputs.model_id_override or None,
+        aspect_ratio=inputs.aspect_ratio,
+        resolution=inputs.resolution,
+        temperature=inputs.temperature,
+        system_prompt=inputs.system_prompt.strip() or None,
+        web_search=inputs.web_search,
+        use_cache=inputs.use_cache,
+    )
+    check_request(spec, offer, GenerationRequest(prompt=prompts[0], images=first_refs, aspect_ratio=settings.aspect_ratio, resolution=settings.resolution))
+
+    items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
+    store = ResultStore(store_root) if store_root is not None else None
+
+    def on_update(state: BatchProgress) -> None:
+        if progress is not None:
+            progress.text(state.line(), force=state.in_flight == 0)
+            progress.items_finished(state.finished, state.total)
+
+    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
+    report = batch_report(outcomes, settings)
+    if store is not None:
+        report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
+    if any(o.status == CANCELLED for o in outcomes):
+        raise Interrupted(report)
+    kept = settle(outcomes, inputs.on_failure)
+
+    blobs = [image.data for outcome in kept for image in outcome.images]
+    try:
+        tensor = await asyncio.to_thread(decode_images, blobs, size_policy=inputs.size_policy)
+    except ImageDecodeError as exc:
+        saved = [f for outcome in kept for f in outcome.files]
+        raise BananaError(
+            f"A result could not be decoded: {exc}",
+            provider=spec.id,
+            hint=(f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on to keep the provider's original bytes."),
+        ) from None
+
+    texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]
+    if inputs.on_failure == FLAG:
+        texts = [f"[item {o.index + 1} {o.status}: {o.reason or ''}] {(o.message or '').splitlines()[0] if o.message else ''}".strip() for o in outcomes if o.status in (REFUSED, FAILED)] + texts
+    warnings = sorted({w for outcome in kept for w in outcome.warnings})
+    text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
+    if progress is not None:
+        progress.text(_summary(report), force=True)
+    return RenderOutput(images=tensor, text=text, report=report)
+
+
+def _summary(report: dict) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in report["counts"].items())
+    cost = f" - about {report['cost']:g} {report['cost_unit'] or ''}".rstrip() if report.get("cost") else ""
+    return f"Done: {counts}{cost}"
+
+
+def report_json(report: dict) -> str:
+    return json.dumps(report, indent=2, ensure_ascii=False, default=str)

@@ -1,0 +1,60 @@
+"""A read-only HTTP route for the frontend: which providers offer which models, and which have a key.
+
+It never returns a key, only whether one is configured and where it would be looked up.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..providers.catalog import ProviderSpec
+from ..providers.config import all_providers, api_key_for, config_dir, env_name
+from ..providers.errors import BananaError
+
+log = logging.getLogger("nano_banana_bridge")
+ROUTE = "/nano_banana_bridge/catalog"
+_registered = False
+
+
+def _has_key(spec: ProviderSpec) -> bool:
+    try:
+        api_key_for(spec)
+        return True
+    except BananaError:
+        return False
+
+
+def catalog_summary() -> dict:
+    providers = []
+    for spec in all_providers():
+        providers.append(
+            {
+                "id": spec.id,
+                "display_name": spec.display_name,
+                "has_key": _has_key(spec),
+                "key_owner": spec.key_owner,
+                "key_env": [env_name(spec.key_owner, "API_KEY"), *spec.key_env],
+                "models": {
+                    offer.name: {"aspect_ratios": list(offer.aspect_ratios), "resolutions": list(offer.resolutions), "max_refs": offer.max_refs}
+                    for offer in spec.models
+                },
+            }
+        )
+    return {"providers": providers, "keys_file": str(config_dir() / "keys.json")}
+
+
+def register_routes() -> None:
+    global _registered
+    if _registered:
+        return
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+
+    @PromptServer.instance.routes.get(ROUTE)
+    async def catalog(_request):
+        return web.json_response(catalog_summary())
+
+    _registered = True

@@ -1,0 +1,44 @@
+"""The node's widget lists and price badge, derived from the catalog."""
+
+from __future__ import annotations
+
+import jsonata
+import pytest
+
+from banana_pack.nodes.catalog_view import model_capabilities, price_badge_expr
+from banana_pack.providers.catalog import PRESETS
+
+
+def badge(**widgets):
+    return jsonata.Jsonata(price_badge_expr()).evaluate({"widgets": widgets})
+
+
+@pytest.mark.parametrize("spec", PRESETS, ids=lambda s: s.id)
+def test_badge_matches_the_catalog_for_every_offer(spec):
+    for offer in spec.models:
+        for resolution in offer.resolutions or ("",):
+            for count in (1, 3):
+                # The frontend hands combo values to the expression in lower case.
+                got = badge(provider=spec.id, model=offer.name.lower(), count=count, **({"model.resolution": resolution.lower()} if resolution else {}))
+                price = offer.price(resolution or None)
+                if price is None:
+                    assert got == {"type": "text", "text": "price: see provider"}
+                elif offer.price_unit == "usd":
+                    assert got["type"] == "usd" and got["usd"] == pytest.approx(price * count)
+                else:
+                    assert got == {"type": "text", "text": f"{price * count:g} {offer.price_unit}"}
+
+
+def test_badge_for_auto_and_unknown_values():
+    assert badge(provider="auto", model="nano banana pro", count=1)["type"] == "text"
+    assert badge(provider="google", model="not a model", count=1)["type"] == "text"
+    # A fixed-size model ignores a stale resolution left from another model.
+    assert badge(provider="google", model="nano banana", count=2, **{"model.resolution": "4k"})["usd"] == pytest.approx(0.078)
+
+
+def test_widget_lists_are_the_union_over_providers():
+    caps = model_capabilities()
+    assert caps["Nano Banana 2"]["ratios"][:2] == ["auto", "match input"] and "8:1" in caps["Nano Banana 2"]["ratios"]
+    assert "8:1" not in caps["Nano Banana Pro"]["ratios"]
+    assert caps["Nano Banana Pro"]["resolutions"] == ["1K", "2K", "4K"] and caps["Nano Banana 2"]["resolutions"][0] == "0.5K"
+    assert caps["Nano Banana"]["resolutions"] == [] and caps["Nano Banana Pro"]["max_refs"] == 14
