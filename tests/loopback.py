@@ -57,6 +57,11 @@ class Recorded:
 Handler = Callable[[Recorded], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # the default backlog of 5 drops bursts of connects (the client retries after 1 s)
+
+
 class LoopbackServer:
     def __init__(self) -> None:
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
@@ -65,8 +70,7 @@ class LoopbackServer:
         self._active = 0
         self.max_concurrent = 0
         self._stopping = threading.Event()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
-        self._httpd.daemon_threads = True
+        self._httpd = _Server(("127.0.0.1", 0), self._make_handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property

@@ -167,3 +167,46 @@ def test_failed_item_reports_kind(google, tmp_path):
     google.route("POST", GEN_PATH, Reply(400, fixture("gemini/error_400.json")))
     (outcome,) = run(run_batch(expand_items(["x"], []), SETTINGS, store=None))
     assert outcome.status == FAILED and outcome.reason == "invalid_request" and "invalid argument" in outcome.message
+
+
+def test_journaled_async_job_is_reattached_after_restart_not_resubmitted(server, monkeypatch, tmp_path):
+    """A job accepted before a crash is finished by the next run, without paying for it again."""
+    monkeypatch.setenv("FAL_KEY", "fal-journal-key:secret-123")
+    monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
+    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
+    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    rid = "job-0001"
+    app = "fal-ai/nano-banana-pro"
+    submit = fixture("fal/submit.json")
+    submit.update(request_id=rid, response_url=f"{server.url}/{app}/requests/{rid}", status_url=f"{server.url}/{app}/requests/{rid}/status", cancel_url=f"{server.url}/{app}/requests/{rid}/cancel")
+    server.route("POST", rf"^/{app}$", Reply(json=submit))
+    server.route("GET", rf"/requests/{rid}/status$", Reply(202, fixture("fal/status_in_progress.json")))
+    server.route("PUT", rf"/requests/{rid}/cancel$", Reply(400, {"detail": "already processing"}))
+    store = ResultStore(tmp_path)
+    settings = BatchSettings(provider="fal", model="Nano Banana Pro", resolution="1K")
+    items = expand_items(["a lighthouse"], [], seed=9)
+
+    async def crash_after_journal():
+        import asyncio
+
+        task = asyncio.create_task(run_batch(items, settings, store=store))
+        while not list((tmp_path / ".journal").glob("*.json")):
+            await asyncio.sleep(0.02)
+        task.cancel()  # the process dies while the job is still running at fal
+        await asyncio.gather(task, return_exceptions=True)
+
+    run(crash_after_journal())
+    assert len(server.hits("POST", app)) == 1
+    (journal,) = (tmp_path / ".journal").glob("*.json")
+    assert json.loads(journal.read_text())["handle"]
+
+    # After the restart the job has finished at fal.
+    result = fixture("fal/result_single.json")
+    result["images"][0]["url"] = f"{server.url}/files/out.png"
+    server.route("GET", rf"/requests/{rid}/status$", Reply(json=fixture("fal/status_completed.json")))
+    server.route("GET", rf"/requests/{rid}$", Reply(json=result))
+    server.route("GET", r"^/files/out\.png$", Reply(body=png_bytes(7, 5), content_type="image/png"))
+    (outcome,) = run(run_batch(items, settings, store=ResultStore(tmp_path)))
+    assert outcome.status == OK and outcome.images[0].width == 7
+    assert len(server.hits("POST", app)) == 1  # attached to the journaled job: no second submit
+    assert not list((tmp_path / ".journal").glob("*.json"))  # saved, so the journal entry is gone
