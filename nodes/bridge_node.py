@@ -118,10 +118,12 @@ class NanoBananaBridge(io.ComfyNode):
 
     @classmethod
     async def execute(cls, **kw) -> io.NodeOutput:
-        model = _first(kw["model"])  # with is_input_list, the option dict's values are lists too
+        model = _first(kw.get("model"))  # with is_input_list, the option dict's values are lists too
+        if not isinstance(model, dict) or not _first(model.get("model")):
+            raise BananaError("Unknown model choice.", hint=f"Pick one of: {', '.join(STABLE_MODEL_NAMES)} (API prompts: the 'model' input).")
         inputs = RenderInputs(
             prompts=[p for p in kw.get("prompt") or [] if isinstance(p, str)],
-            provider=_first(kw["provider"]),
+            provider=_first(kw.get("provider"), AUTO_PROVIDER),
             model=_first(model["model"]),
             aspect_ratio=_first(model.get("aspect_ratio"), AUTO),
             resolution=_first(model.get("resolution")),
@@ -158,16 +160,15 @@ def _first(value: Any, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _images(model_values: Any) -> list:
-    """Every IMAGE connected to the model's reference slots, across list items, in slot order."""
+def _images(model_values: Any) -> list[list]:
+    """Per connected reference slot, in slot order, its IMAGE batches (one per list item)."""
     values = model_values if isinstance(model_values, list) else [model_values]
-    images = []
+    slots: dict[int, list] = {}
     for value in values:
-        slots = (value or {}).get("images") or {}
-        for name in sorted(slots, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit() else 0):
-            slot = slots[name]
-            images.extend(item for item in (slot if isinstance(slot, list) else [slot]) if item is not None)
-    return images
+        for name, slot in ((value or {}).get("images") or {}).items():
+            number = int(name.rsplit("_", 1)[-1]) if name.rsplit("_", 1)[-1].isdigit() else 0
+            slots.setdefault(number, []).extend(item for item in (slot if isinstance(slot, list) else [slot]) if item is not None)
+    return [slots[n] for n in sorted(slots) if slots[n]]
 
 
 def _temperature(value: float) -> float | None:

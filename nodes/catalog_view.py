@@ -50,8 +50,10 @@ def price_badge_expr() -> str:
         "$r := $r ? $lowercase($r) : \"\";"
         "$p := $m ? ($exists($lookup($m.prices, $r)) ? $lookup($m.prices, $r) : $lookup($m.prices, \"\"));"
         "$n := widgets.count ? widgets.count : 1;"
+        "$total := $exists($p) ? $p * $n : 0;"
+        "$amount := $m.unit = \"usd\" ? \"~$\" & $formatNumber($total, \"0.00#\") : $string($total) & \" \" & $m.unit;"
+        # Text, not the "usd" type: the frontend shows "usd" as Comfy credits, and users pay the provider.
         "$not($exists($p)) ? {\"type\":\"text\",\"text\":\"price: see provider\"}"
-        " : $m.unit = \"usd\" ? {\"type\":\"usd\",\"usd\":$p * $n,\"format\":{\"approximate\":true}}"
-        " : {\"type\":\"text\",\"text\":$string($p * $n) & \" \" & $m.unit}"
+        " : {\"type\":\"text\",\"text\": $amount & ($n > 1 ? \" (\" & $string($n) & \" images)\" : \"/image\")}"
         ")"
     )

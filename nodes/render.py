@@ -31,7 +31,7 @@ class RenderInputs:
     model: str
     aspect_ratio: str = "auto"
     resolution: str | None = None
-    images: list[torch.Tensor] = field(default_factory=list)  # IMAGE batches, in slot order
+    images: list[list[torch.Tensor]] = field(default_factory=list)  # per reference slot, in order: its IMAGE batches (one per list item)
     image_mode: str = REFERENCES
     prompt_per_line: bool = False
     seed: int | None = None
@@ -67,8 +67,9 @@ class Interrupted(Exception):
         super().__init__("interrupted")
 
 
-def _flatten(batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [image for batch in batches for image in (batch if batch.ndim == 4 else batch.unsqueeze(0))]
+def _flatten(slots: list[list[torch.Tensor]]) -> list[torch.Tensor]:
+    """Every single image of the slots, in order: each element of each batch of each list item."""
+    return [image for batches in slots for batch in batches for image in (batch if batch.ndim == 4 else batch.unsqueeze(0))]
 
 
 def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:

@@ -21,19 +21,22 @@ def test_badge_matches_the_catalog_for_every_offer(spec):
                 # The frontend hands combo values to the expression in lower case.
                 got = badge(provider=spec.id, model=offer.name.lower(), count=count, **({"model.resolution": resolution.lower()} if resolution else {}))
                 price = offer.price(resolution or None)
+                suffix = f" ({count} images)" if count > 1 else "/image"
                 if price is None:
                     assert got == {"type": "text", "text": "price: see provider"}
                 elif offer.price_unit == "usd":
-                    assert got["type"] == "usd" and got["usd"] == pytest.approx(price * count)
+                    assert got["type"] == "text" and got["text"].startswith("~$") and got["text"].endswith(suffix)
+                    assert float(got["text"][2:].split(" ")[0].split("/")[0]) == pytest.approx(price * count, abs=0.0051)
                 else:
-                    assert got == {"type": "text", "text": f"{price * count:g} {offer.price_unit}"}
+                    assert got == {"type": "text", "text": f"{price * count:g} {offer.price_unit}{suffix}"}
 
 
 def test_badge_for_auto_and_unknown_values():
     assert badge(provider="auto", model="nano banana pro", count=1)["type"] == "text"
     assert badge(provider="google", model="not a model", count=1)["type"] == "text"
     # A fixed-size model ignores a stale resolution left from another model.
-    assert badge(provider="google", model="nano banana", count=2, **{"model.resolution": "4k"})["usd"] == pytest.approx(0.078)
+    assert badge(provider="google", model="nano banana", count=2, **{"model.resolution": "4k"})["text"] == "~$0.078 (2 images)"
+    assert badge(provider="google", model="nano banana pro", count=1, **{"model.resolution": "4k"})["text"] == "~$0.24/image"
 
 
 def test_widget_lists_are_the_union_over_providers():

@@ -67,7 +67,7 @@ def test_references_from_several_slots_and_batches_are_uploaded(google, tmp_path
     batch = torch.rand(2, 16, 24, 3)
     rgba = torch.ones(1, 8, 8, 4)
     rgba[0, :4, :, 3] = 0  # real transparency: must go as PNG
-    out = run(render(inputs(images=[batch, rgba]), store_root=None))
+    out = run(render(inputs(images=[[batch], [rgba]]), store_root=None))
     assert out.images.shape[2] == 4  # the server saw three references
     parts = google.requests[0].json()["contents"][0]["parts"]
     assert [p["inline_data"]["mime_type"] for p in parts[1:]] == ["image/jpeg", "image/jpeg", "image/png"]
@@ -77,7 +77,7 @@ def test_references_from_several_slots_and_batches_are_uploaded(google, tmp_path
 
 def test_too_many_references_fail_before_any_call(google):
     with pytest.raises(InvalidRequest) as info:
-        run(render(inputs(model="Nano Banana", images=[torch.rand(4, 8, 8, 3)]), store_root=None))
+        run(render(inputs(model="Nano Banana", images=[[torch.rand(4, 8, 8, 3)]]), store_root=None))
     assert "at most 3" in str(info.value) and google.requests == []
 
 
@@ -85,7 +85,7 @@ def test_each_image_mode_edits_every_image_in_order(google):
     google.route("POST", GEN_PATH, answer_with(lambda p, r: [png_bytes(5, 5)]))
     subjects = torch.stack([torch.full((4, 4, 3), v) for v in (0.0, 0.5, 1.0)])
     style = torch.rand(1, 4, 4, 3)
-    out = run(render(inputs(images=[subjects, style], image_mode=EACH_IMAGE, upload_format="png"), store_root=None))
+    out = run(render(inputs(images=[[subjects], [style]], image_mode=EACH_IMAGE, upload_format="png"), store_root=None))
     assert out.images.shape == (3, 5, 5, 3) and len(google.requests) == 3
     firsts = sorted(
         Image.open(io.BytesIO(base64.b64decode(r.json()["contents"][0]["parts"][1]["inline_data"]["data"]))).getpixel((0, 0))[0]
@@ -93,6 +93,15 @@ def test_each_image_mode_edits_every_image_in_order(google):
     )
     assert firsts == [0, 128, 255]
     assert all(len(r.json()["contents"][0]["parts"]) == 3 for r in google.requests)  # subject + shared style
+
+
+def test_each_image_mode_iterates_a_list_input_on_image_1(google):
+    """A list-producing node (e.g. RebatchImages) hands image_1 over as several batches."""
+    google.route("POST", GEN_PATH, answer_with(lambda p, r: [png_bytes(4, 4)]))
+    slot_1 = [torch.rand(1, 4, 4, 3), torch.rand(2, 6, 6, 3)]  # three images in two list items of different sizes
+    out = run(render(inputs(images=[slot_1], image_mode=EACH_IMAGE), store_root=None))
+    assert out.images.shape[0] == 3 and len(google.requests) == 3
+    assert all(len(r.json()["contents"][0]["parts"]) == 2 for r in google.requests)  # the subject alone
 
 
 def test_prompt_per_line_and_count_with_seeds(google):
