@@ -14,6 +14,8 @@ from PIL import Image
 
 from banana_pack.nodes.render import EACH_IMAGE, Interrupted, RenderInputs, render
 from banana_pack.providers import BananaError, InvalidRequest, SafetyRejected
+from banana_pack.providers.config import get_provider
+from fake_providers import PRESET_IDS, point_presets_at, script_all, width_for
 from helpers import png_bytes, run
 from loopback import Recorded, Reply, fixture
 
@@ -174,3 +176,19 @@ def test_interrupt_raises_with_the_finished_results_in_the_report(google, tmp_pa
         run(render(inputs(prompts=["fast\nslow"], prompt_per_line=True), store_root=tmp_path, cancel_check=stop.is_set, progress=Progress()))
     assert info.value.report["counts"] == {"ok": 1, "cancelled": 1}
     assert len(list(tmp_path.rglob("*.png"))) == 1
+
+
+@pytest.mark.parametrize("preset", PRESET_IDS)
+def test_every_preset_runs_text_to_image_and_edit_through_the_node(server, monkeypatch, preset):
+    """One node, the provider chosen in one value: each preset end to end against its protocol."""
+    point_presets_at(server, monkeypatch.setenv)
+    script_all(server)
+    spec = get_provider(preset)
+    offer = spec.models[-1]
+    text = run(render(inputs(provider=preset, model=offer.name, prompts=["a kite over the sea"]), store_root=None))
+    assert text.images.shape == (1, 32, width_for(0), 3)
+    refs = min(2, offer.max_refs)
+    edit = run(render(inputs(provider=preset, model=offer.name, prompts=["make it night"], images=[[torch.rand(refs, 12, 16, 3)]]), store_root=None))
+    assert edit.images.shape == (1, 32, width_for(refs), 3)  # the provider received every reference
+    own = [r.path for r in server.requests if not r.path.startswith(("/files/", "/evolink-files/"))]
+    assert own and all(path.startswith(f"/{preset}/") for path in own), own
