@@ -113,10 +113,6 @@ class NanoBananaBridge(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kwargs) -> bool | str:
-        return True
-
-    @classmethod
     async def execute(cls, **kw) -> io.NodeOutput:
         model = _first(kw.get("model"))  # with is_input_list, the option dict's values are lists too
         if not isinstance(model, dict) or not _first(model.get("model")):
