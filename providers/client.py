@@ -14,17 +14,26 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import math
 import os
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider
-from .engine import GENERATE, IDEMPOTENT, CallContext, Caller, HttpEngine, Response, RetryPolicy, get_engine, limiter_for
+from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
+
+
+LOST_SUBMIT_HINT = (
+    "No answer to the submit arrived, so the job may have been accepted (and billed). It was NOT sent again: "
+    "check the provider's dashboard or request history before queueing the same request again."
+)
+_OFF = ("", "none", "null", "false")  # option values that mean "not set" (the environment sends strings)
+_ON = ("1", "true", "yes", "on")
 
 
 @dataclass
@@ -41,8 +50,42 @@ class ProviderCall:
     def caller(self) -> Caller:
         return Caller(provider=self.provider.id, model=self.model.model_id, read_timeout=self.provider.read_timeout)
 
+    # -- options: catalog values are typed, values from BANANA_<ID>_<OPTION> arrive as strings -------
+
     def option(self, name: str, default: Any = None) -> Any:
         return self.provider.options.get(name, default)
+
+    def text_option(self, name: str, default: str | None = None) -> str | None:
+        """A string, or None for null, "", "none", "null" or "false" (an option switched off)."""
+        raw = self.option(name, default)
+        return None if raw is None or str(raw).strip().lower() in _OFF else str(raw)
+
+    def flag_option(self, name: str, default: bool = False) -> bool:
+        raw = self.option(name, default)
+        return raw.strip().lower() in _ON if isinstance(raw, str) else bool(raw)
+
+    def number_option(self, name: str, default: float) -> float:
+        raw = self.option(name, default)
+        try:
+            return float(default if raw in (None, "") else raw)
+        except (TypeError, ValueError):
+            raise self._bad_option(name, "a number", raw) from None
+
+    def dict_option(self, name: str) -> dict[str, Any]:
+        """A JSON object (or its JSON text); absent: {}."""
+        raw = self.option(name) or {}
+        try:
+            value = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise self._bad_option(name, "a JSON object", raw)
+        return dict(value)
+
+    def _bad_option(self, name: str, what: str, raw: Any) -> ConfigError:
+        return ConfigError(f"Option '{name}' of '{self.provider.id}' must be {what}, got {str(raw)[:60]!r}.", provider=self.provider.id)
+
+    # -- requests --------------------------------------------------------------------------------
 
     def url(self, path_or_url: str) -> str:
         if path_or_url.startswith(("http://", "https://")):
@@ -65,20 +108,24 @@ class ProviderCall:
         json_body: Any = None,
         data: dict[str, Any] | None = None,
         files: list | None = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
         policy: RetryPolicy = GENERATE,
         status: str | None = None,
         ok_statuses: tuple[int, ...] = (),
         auth: bool = True,
     ) -> Response:
+        """One request through the engine; `headers` are added to (and override) the auth headers."""
         return await self.engine.request(
             self.ctx,
             self.caller,
             method,
             self.url(path_or_url),
-            headers=self.auth_headers() if auth else None,
+            headers={**(self.auth_headers() if auth else {}), **(headers or {})} or None,
             json_body=json_body,
             data=data,
             files=files,
+            content=content,
             policy=policy,
             status=status or f"Generating with {self.provider.display_name}",
             ok_statuses=ok_statuses,
@@ -90,11 +137,69 @@ class ProviderCall:
     async def get(self, path_or_url: str, *, status: str | None = None, ok_statuses: tuple[int, ...] = ()) -> Response:
         return await self.send("GET", path_or_url, policy=IDEMPOTENT, status=status or f"Checking {self.provider.display_name}", ok_statuses=ok_statuses)
 
-    async def fetch_image(self, ref: str) -> GeneratedImage:
-        return await self.engine.fetch_image(self.ctx, self.caller, ref)
+    def error_in_answer(self, body: Any, request_id: str | None = None) -> BananaError:
+        """The typed error for a 2xx answer that carries an error envelope instead of a result."""
+        return error_in_answer(body, self.caller, request_id)
 
-    def result(self, images: list[GeneratedImage], **fields: Any) -> GenerationResult:
-        return GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, **fields)
+    # -- asynchronous jobs -----------------------------------------------------------------------
+
+    async def submit_once(self, path_or_url: str, body: Any) -> Response:
+        """POST a paid job exactly once (the SUBMIT policy); a lost answer says the job may exist."""
+        try:
+            return await self.send("POST", path_or_url, json_body=body, policy=SUBMIT, status=f"Submitting to {self.provider.display_name}")
+        except BananaError as exc:
+            if exc.unanswered:
+                exc.hint = LOST_SUBMIT_HINT
+                exc.args = (str(exc),)
+            raise
+
+    async def poll(self, check: Callable[[], Awaitable[PollState]], *, cancel: tuple[str, str] | None = None, label: str = "") -> Any:
+        """engine.poll paced by the options poll_first_delay / poll_max_delay and the provider's max_wait.
+
+        cancel: the (method, path or URL) that cancels the remote job when the user stops.
+        """
+        return await self.engine.poll(
+            self.ctx,
+            self.caller,
+            check,
+            cancel=self._request_later(*cancel, "Cancelling the job") if cancel else None,
+            first_delay=self.number_option("poll_first_delay", 1.0),
+            max_delay=self.number_option("poll_max_delay", 5.0),
+            max_wait=self.provider.max_wait,
+            task_label=label,
+        )
+
+    async def cleanup(self, method: str, path_or_url: str, what: str) -> None:
+        """A best-effort request (delete an upload, ...) that also runs after an interrupt and never fails."""
+        await self.engine.courtesy(self.ctx, self.caller, self._request_later(method, path_or_url, what), what)
+
+    def _request_later(self, method: str, path_or_url: str, status: str) -> Callable[[CallContext], Awaitable[Response]]:
+        """An idempotent request to run under the context the engine passes (a detached one)."""
+        return lambda ctx: replace(self, ctx=ctx).send(method, path_or_url, policy=IDEMPOTENT, status=status)
+
+    # -- results ---------------------------------------------------------------------------------
+
+    async def fetch_image(self, ref: str) -> GeneratedImage:
+        """A data URI, bare base64, or URL (one starting with "/" is on the provider's base URL)."""
+        return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if ref.startswith("/") else ref)
+
+    async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
+        """fetch_image for each, concurrently, in order; the first failure stops the rest."""
+        tasks = [asyncio.ensure_future(self.fetch_image(ref)) for ref in refs]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    def result(self, images: list[GeneratedImage], *, asked: int | None = None, **fields: Any) -> GenerationResult:
+        """The result; with `asked`, a warning when the provider returned fewer images than that."""
+        result = GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, **fields)
+        if asked is not None and len(images) < asked:
+            result.warnings.append(f"Asked for {asked} images, {self.provider.display_name} returned {len(images)}.")
+        return result
 
 
 def protocol_module(family: str):
@@ -110,7 +215,8 @@ def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None 
             return offer
         base = spec.model(model)
         # Keep the capabilities of the chosen model when the id is just a newer variant of it.
-        return replace(base, model_id=override, ids_by_resolution={}, known=False) if base else unknown_model(override)
+        # The catalog's per-resolution and edit endpoints belong to the catalog id, not to this one.
+        return replace(base, model_id=override, ids_by_resolution={}, edit_model_id=None, known=False) if base else unknown_model(override)
     offer = spec.model(model)
     if offer is None:
         raise ConfigError(

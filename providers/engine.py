@@ -30,7 +30,9 @@ from .errors import (
     Cancelled,
     InvalidRequest,
     MalformedResponse,
+    NoImageReturned,
     QuotaOrRateLimited,
+    Refusal,
     SafetyRejected,
     SafetyStage,
     TimedOut,
@@ -83,6 +85,10 @@ class CallContext:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    def detached(self) -> "CallContext":
+        """A context without the cancel flag (or callbacks): for cleanup that must run after an interrupt."""
+        return CallContext(started=self.started)
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,11 @@ class ErrorEnvelope:
     """What a provider said in a failed answer, whatever its envelope looked like."""
 
     message: str = ""
-    code: str = ""  # the provider's own error code or type, lower-cased words joined
+    code: str = ""  # every code and type the provider gave, lower-cased, space-joined
+    reason: str | None = None  # the provider's own error code, verbatim (a refusal's reason)
+    labels: tuple[str, ...] = ()  # moderation categories (moderation_details.categories, OpenRouter metadata.reasons)
+    stage: str | None = None  # "input" or "output", where a moderation says it struck
+    flagged: bool = False  # the answer carries moderation details: a refusal, whatever its code says
     retry_after: float | None = None
     daily_quota: bool = False
     body: Any = None
@@ -220,8 +230,12 @@ def _retry_delay_seconds(text: Any) -> float | None:
     return None
 
 
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
-    """Read the error envelopes in use: Google's, OpenAI's and new-api's, fal's, Vydra's, EvoLink's."""
+    """Read the error envelopes in use: Google's, OpenAI's and new-api's, OpenRouter's, fal's, Vydra's, EvoLink's."""
     try:
         body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
@@ -232,26 +246,36 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
         else:
             summary = text.strip()[:300] or "an empty body"
         return ErrorEnvelope(message=summary)
+    return read_error_body(body)
+
+
+def read_error_body(body: Any) -> ErrorEnvelope:
+    """The same, for a body already parsed from JSON."""
     envelope = ErrorEnvelope(body=body)
     if not isinstance(body, dict):
         envelope.message = str(body)[:300]
         return envelope
     err = body.get("error")
-    codes: list[str] = []
+    codes: list[Any] = []
     if isinstance(err, dict):
         envelope.message = str(err.get("message") or "")
-        codes += [str(err.get(k)) for k in ("status", "type", "code") if err.get(k) not in (None, "")]
+        codes += [err.get(k) for k in ("code", "status", "type")]
         for detail in err.get("details") or []:
             if not isinstance(detail, dict):
                 continue
-            if detail.get("reason"):
-                codes.append(str(detail["reason"]))
+            codes.append(detail.get("reason"))
             delay = _retry_delay_seconds(detail.get("retryDelay"))
             if delay is not None:
                 envelope.retry_after = delay
             for violation in detail.get("violations") or []:
-                if "PerDay" in str(violation.get("quotaId", "")):
+                if "PerDay" in str(_dict(violation).get("quotaId", "")):
                     envelope.daily_quota = True
+        # OpenAI's moderation_details (also beside "error") and OpenRouter's metadata name the stage and categories.
+        moderation, metadata = _dict(err.get("moderation_details") or body.get("moderation_details")), _dict(err.get("metadata"))
+        envelope.labels = tuple(str(x) for x in (metadata.get("reasons") or moderation.get("categories") or []) if x)
+        envelope.flagged = bool(moderation or envelope.labels or metadata.get("flagged_input"))
+        stage = str(moderation.get("moderation_stage") or "").lower()
+        envelope.stage = stage if stage in ("input", "output") else "input" if metadata.get("flagged_input") else None
     elif isinstance(err, str):  # Vydra: {"error": "...", "code": "..."}
         envelope.message = err
     detail = body.get("detail")
@@ -260,19 +284,18 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
         for item in detail:
             if isinstance(item, dict):
                 parts.append(str(item.get("msg") or item.get("message") or item))
-                if item.get("type"):
-                    codes.append(str(item["type"]))
+                codes.append(item.get("type"))
         envelope.message = envelope.message or "; ".join(parts)
     elif isinstance(detail, str):
         envelope.message = envelope.message or detail
-    for key in ("code", "error_type", "type", "status"):
-        if isinstance(body.get(key), str) and body[key]:
-            codes.append(body[key])
+    codes += [body.get(key) for key in ("code", "error_type", "type", "status")]
     if not envelope.message:
         envelope.message = str(body.get("message") or body.get("msg") or "")[:1000]
     if body.get("retryAfter") is not None:
         envelope.retry_after = _retry_delay_seconds(body.get("retryAfter"))
-    envelope.code = " ".join(dict.fromkeys(c.lower() for c in codes if c and c != "None"))
+    words = [c for c in codes if isinstance(c, str) and c.strip()]
+    envelope.reason = words[0] if words else None
+    envelope.code = " ".join(dict.fromkeys(c.lower() for c in words))
     return envelope
 
 
@@ -290,28 +313,48 @@ def retry_after_header(headers: httpx.Headers) -> float | None:
         return None
 
 
-_SAFETY_CODES = ("content_policy", "moderation", "safety", "prohibited", "nsfw")
+# Codes name a policy outright; in free text only unambiguous phrases count ("safety_settings" is no refusal).
+SAFETY_CODES = ("content_policy", "content_filter", "moderation", "safety", "prohibited", "nsfw")
+SAFETY_PHRASES = ("safety system", "safety filter", "content policy", "content moderation", "content filter", "flagged by", "image_safety", "prohibited_content", "nsfw")
+_REFUSAL_STATUSES = (200, 400, 403, 422, 451, 500)  # where a provider reports a refusal (Vydra: a declared 500)
+_NO_IMAGE_CODES = ("generation_failed",)  # a declared, final generation failure (Vydra, EvoLink): no image, not resent
+# An empty balance is reported at once, even as a 429; OpenAI's rate-limit texts link to billing, so no phrase says "billing",
+# and Google's per-minute 429 says "exceeded your current quota", so that phrase is no empty balance either.
+EMPTY_BALANCE_CODES = ("insufficient_quota", "insufficient_user_quota", "quota_exceeded", "insufficient_balance", "insufficient_credits", "billing")
+EMPTY_BALANCE_PHRASES = ("insufficient balance", "insufficient credits", "out of credits", "额度不足", "余额不足", "额度已用尽")
+_RATE_CODES = ("rate_limit", "resource_exhausted", "too_many_requests")
 _AUTH_CODES = ("api_key_invalid", "invalid_api_key", "authentication", "unauthenticated", "key_not_found", "key_revoked", "key_expired", "invalid token")
-_QUOTA_CODES = ("insufficient_quota", "insufficient_credits", "quota_exceeded", "billing", "resource_exhausted", "rate_limit")
+_NO_CHANNEL_PHRASES = ("no available channel", "无可用渠道")  # new-api gateways
+_NO_CHANNEL_HINT = "The gateway has no working upstream channel for this model in your key's group right now: retry later, pick another model, or ask the gateway."
+
+
+def names_safety(codes: str | None, message: str | None) -> bool:
+    """Whether a code or a message names a content-policy refusal."""
+    return any(word in (codes or "").lower() for word in SAFETY_CODES) or any(phrase in (message or "").lower() for phrase in SAFETY_PHRASES)
 
 
 def error_for_status(status: int, envelope: ErrorEnvelope, caller: Caller, request_id: str | None = None) -> BananaError:
-    """Map a failed HTTP answer onto the taxonomy; the provider's own code wins over the status."""
+    """Map a failed answer onto the taxonomy; the provider's own words win over the status."""
     common = dict(provider=caller.provider, model=caller.model or None, status=status, provider_message=envelope.message or None, request_id=request_id)
-    codes = envelope.code
-    text = f"{codes} {envelope.message}".lower()
-    if any(word in codes for word in _SAFETY_CODES) and status in (400, 403, 422):
-        stage = SafetyStage.PROMPT_BLOCKED if "input" in text else SafetyStage.OUTPUT_BLOCKED
-        return SafetyRejected("The provider refused the request on content-policy grounds.", stage=stage, reason=codes or None, **common)
-    if status in (401, 403) or any(word in text for word in _AUTH_CODES):
+    codes, message = envelope.code, envelope.message.lower()
+    if status in _REFUSAL_STATUSES and (envelope.flagged or names_safety(codes, message)):
+        where = envelope.stage or ("input" if "input" in f"{codes} {message}" or "prompt" in message else "output")
+        stage = SafetyStage.PROMPT_BLOCKED if where == "input" else SafetyStage.OUTPUT_BLOCKED
+        what = "the prompt or a reference image" if where == "input" else "the generated image"
+        labels = ", ".join(envelope.labels)
+        reason = f"{envelope.reason} ({labels})" if envelope.reason and labels else envelope.reason or labels or codes or None
+        return SafetyRejected(f"The provider's moderation blocked {what}.", stage=stage, reason=reason, finish_message=envelope.message or None, **common)
+    if any(word in codes for word in _NO_IMAGE_CODES):
+        return NoImageReturned("The provider finished without an image.", reason=envelope.reason, finish_message=envelope.message or None, **common)
+    if status == 402 or any(word in codes for word in EMPTY_BALANCE_CODES) or any(phrase in message for phrase in EMPTY_BALANCE_PHRASES):
+        return QuotaOrRateLimited("The account is out of credits or quota.", hint="Top up the account with this provider, or choose another provider.", exhausted=True, **common)
+    if status in (401, 403) or any(word in f"{codes} {message}" for word in _AUTH_CODES):
         hint = f"Check the key for '{caller.provider}': set BANANA_{caller.provider.upper()}_API_KEY or add it to the keys file (README, 'API keys')."
         return AuthError("The provider did not accept the API key.", hint=hint, **common)
-    if status == 402 or (status != 429 and any(word in codes for word in _QUOTA_CODES)):
-        return QuotaOrRateLimited("The account is out of credits or quota.", hint="Top up the account with this provider, or choose another provider.", **common)
-    if status == 429:
+    if status == 429 or any(word in codes for word in _RATE_CODES):
         retry = f" Retry after about {envelope.retry_after:.0f} s." if envelope.retry_after else ""
         if envelope.daily_quota:
-            return QuotaOrRateLimited("The daily quota is used up." + retry, hint="Wait for the daily reset, or use another key or provider.", retry_after=envelope.retry_after, **common)
+            return QuotaOrRateLimited("The daily quota is used up." + retry, hint="Wait for the daily reset, or use another key or provider.", retry_after=envelope.retry_after, exhausted=True, **common)
         return QuotaOrRateLimited("Rate limited by the provider." + retry, retry_after=envelope.retry_after, **common)
     if status == 404:
         return InvalidRequest("Not found: the model id or the base URL is wrong, or the job expired.", hint="Check the model (or the free-text model id) and BANANA_<PROVIDER>_BASE_URL.", **common)
@@ -320,10 +363,19 @@ def error_for_status(status: int, envelope: ErrorEnvelope, caller: Caller, reque
     if status in (408, 504, 524):
         return TimedOut("The provider timed out.", **common)
     if status >= 500:
-        return UpstreamUnavailable("The provider failed or is overloaded.", **common)
+        hint = _NO_CHANNEL_HINT if any(phrase in message for phrase in _NO_CHANNEL_PHRASES) else None
+        return UpstreamUnavailable("The provider failed or is overloaded.", hint=hint, **common)
     if 400 <= status < 500:
         return InvalidRequest("The provider rejected the request.", **common)
-    return MalformedResponse(f"Unexpected HTTP status {status}.", **common)
+    return MalformedResponse(f"The provider answered HTTP {status} with an error instead of a result.", **common)
+
+
+def error_in_answer(body: Any, caller: Caller, request_id: str | None = None) -> BananaError:
+    """A 2xx answer that carries an error instead of a result: {"error": {...}} (new-api, OpenRouter) or
+    {"code": 401, "msg": ...} (APIMart-style); an HTTP-like code in the body stands for the status."""
+    inner = _dict(_dict(body).get("error")).get("code")
+    status = next((c for c in (_dict(body).get("code"), inner) if isinstance(c, int) and 400 <= c < 600), 200)
+    return error_for_status(status, read_error_body(body), caller, request_id=request_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,11 +453,12 @@ class HttpEngine:
         next_status = 0.0
         try:
             while True:
+                # Before every wait, not only after a tick: a loop of short steps must see the flag too.
+                if ctx.cancelled():
+                    raise Cancelled("Stopped by the user.")
                 done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_INTERVAL)
                 if done:
                     return task.result()
-                if ctx.cancelled():
-                    raise Cancelled("Stopped by the user.")
                 if ctx.elapsed >= next_status:
                     ctx.status(f"{status} ({ctx.elapsed:.0f}s)")
                     next_status = (ctx.elapsed // STATUS_INTERVAL + 1) * STATUS_INTERVAL  # on whole seconds
@@ -430,12 +483,19 @@ class HttpEngine:
         json_body: Any = None,
         data: dict[str, Any] | None = None,
         files: list[tuple[str, tuple[str, bytes, str]]] | None = None,
+        content: bytes | None = None,
         policy: RetryPolicy = IDEMPOTENT,
         status: str | None = None,
         read_timeout: float | None = None,
         ok_statuses: tuple[int, ...] = (),
+        max_bytes: int | None = None,
     ) -> Response:
-        """Send one request with retries; return a 2xx Response (or one in ok_statuses) or raise a BananaError."""
+        """Send one request with retries; return a 2xx Response (or one in ok_statuses) or raise a BananaError.
+
+        The body is json_body, or a form (data, files), or raw `content` (say with its Content-Type in
+        headers). A successful body over max_bytes is refused. A raised error's `sent` is False when
+        the request provably never left (the connection did not open), so even a submit may be resent.
+        """
         status = status or f"Waiting for {caller.provider}"
         timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout or caller.read_timeout, write=120.0, pool=None)
         attempts = rate_limited = 0
@@ -444,29 +504,34 @@ class HttpEngine:
             error: BananaError
             retry_after: float | None = None
             try:
-                sent = self.client().request(method, url, headers=headers, json=json_body, data=data, files=files, timeout=timeout)
-                raw: httpx.Response = await self.watch(ctx, sent, status)
-                response = Response(raw.status_code, raw.headers, raw.content, str(raw.url), caller)
-                if raw.is_success or raw.status_code in ok_statuses:
+                exchange = self._exchange(caller, method, url, max_bytes, headers=headers, json=json_body, data=data, files=files, content=content, timeout=timeout)
+                response: Response = await self.watch(ctx, exchange, status)
+                if 200 <= response.status < 300 or response.status in ok_statuses:
                     return response
-                envelope = parse_error_body(raw.content, raw.headers.get("content-type", ""))
-                retry_after = retry_after_header(raw.headers)
+                envelope = parse_error_body(response.content, response.headers.get("content-type", ""))
+                retry_after = retry_after_header(response.headers)
                 if retry_after is None:
                     retry_after = envelope.retry_after
-                error = error_for_status(raw.status_code, envelope, caller, request_id=_request_id(raw.headers))
-                retryable = raw.status_code in policy.statuses and not isinstance(error, (SafetyRejected, AuthError))
-                if raw.status_code == 429:
+                error = error_for_status(response.status, envelope, caller, request_id=_request_id(response.headers))
+                retryable = (
+                    response.status in policy.statuses
+                    and not isinstance(error, (Refusal, AuthError))
+                    and not getattr(error, "exhausted", False)
+                    and (retry_after or 0) <= policy.max_retry_after  # a longer wait is reported, not waited out
+                )
+                if response.status == 429:
                     rate_limited += 1
-                    if envelope.daily_quota or (retry_after or 0) > policy.max_retry_after:
-                        retryable = False
-            except httpx.TimeoutException as exc:
-                phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "response"
-                error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", provider=caller.provider, model=caller.model or None)
-                # A connect timeout means nothing was sent, so even a submit may be resent.
-                retryable = policy.retry_timeouts or isinstance(exc, httpx.ConnectTimeout)
             except httpx.TransportError as exc:
-                error = UpstreamUnavailable(f"Network error talking to the provider: {type(exc).__name__}: {exc}", provider=caller.provider, model=caller.model or None, hint="Check the network, proxy settings and the provider's base URL.")
-                retryable = policy.retry_network_errors or isinstance(exc, httpx.ConnectError)
+                # A connection that never opened sent nothing, so even a submit may be resent.
+                never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
+                if isinstance(exc, httpx.TimeoutException):
+                    phase = "connect" if never_sent else "response"
+                    error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", provider=caller.provider, model=caller.model or None)
+                    retryable = policy.retry_timeouts or never_sent
+                else:
+                    error = UpstreamUnavailable(f"Network error talking to the provider: {type(exc).__name__}: {exc}", provider=caller.provider, model=caller.model or None, hint="Check the network, proxy settings and the provider's base URL.")
+                    retryable = policy.retry_network_errors or never_sent
+                error.sent = not never_sent
             if error.status == 429:
                 budget_left = rate_limited < policy.max_rate_limited_attempts
             else:
@@ -476,6 +541,23 @@ class HttpEngine:
             delay = self._backoff(attempts if not rate_limited else rate_limited, policy, retry_after)
             log.info("%s: %s; retrying in %.1f s", caller.provider, str(error).splitlines()[0], delay)
             await self.sleep(ctx, delay, f"{status}: retrying after {type(error).__name__}")
+
+    async def _exchange(self, caller: Caller, method: str, url: str, max_bytes: int | None, **kwargs: Any) -> Response:
+        async with self.client().stream(method, url, **kwargs) as raw:
+            if max_bytes is None or not raw.is_success:
+                content = await raw.aread()
+            else:
+                too_large = MalformedResponse(f"The answer is over the {max_bytes}-byte limit.", provider=caller.provider, model=caller.model or None, status=raw.status_code)
+                if int(raw.headers.get("content-length") or 0) > max_bytes:
+                    raise too_large
+                chunks, size = [], 0
+                async for chunk in raw.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise too_large
+                    chunks.append(chunk)
+                content = b"".join(chunks)
+            return Response(raw.status_code, raw.headers, content, str(raw.url), caller)
 
     @staticmethod
     def _backoff(attempt: int, policy: RetryPolicy, retry_after: float | None) -> float:
@@ -491,13 +573,16 @@ class HttpEngine:
         caller: Caller,
         check: Callable[[], Awaitable[PollState]],
         *,
-        cancel: Callable[[], Awaitable[Any]] | None = None,
+        cancel: Callable[[CallContext], Awaitable[Any]] | None = None,
         first_delay: float = 1.0,
         max_delay: float = 5.0,
         max_wait: float = 900.0,
         task_label: str = "",
     ) -> Any:
-        """Poll until check() says done; back off from about a second; cancel the remote job on interrupt."""
+        """Poll until check() says done; back off from about a second; cancel the remote job on interrupt.
+
+        `cancel` receives a context without the cancel flag (the one given is already cancelled).
+        """
         delay, started = first_delay, time.monotonic()
         last = "Submitted"
         try:
@@ -518,12 +603,16 @@ class HttpEngine:
                 delay = min(max_delay, delay * 1.5)
         except (Cancelled, asyncio.CancelledError):
             if cancel is not None:
-                # Best effort, bounded: the user is waiting for the stop to take effect.
-                try:
-                    await asyncio.wait_for(cancel(), timeout=5.0)
-                except Exception as exc:  # noqa: BLE001 - cancelling is a courtesy, never a new failure
-                    log.info("%s: could not cancel the remote job %s: %s", caller.provider, task_label, redact(exc))
+                await self.courtesy(ctx, caller, cancel, f"cancel the remote job {task_label}")
             raise
+
+    async def courtesy(self, ctx: CallContext, caller: Caller, action: Callable[[CallContext], Awaitable[Any]], what: str, timeout: float = 5.0) -> None:
+        """Best-effort cleanup (cancel a remote job, delete an upload): run with a detached context, so
+        an interrupt does not cut it off, bounded, since the user is waiting, and never a new failure."""
+        try:
+            await asyncio.wait_for(action(ctx.detached()), timeout)
+        except Exception as exc:  # noqa: BLE001 - a courtesy
+            log.info("%s: could not %s: %s", caller.provider, what, redact(exc))
 
     # -- downloads -------------------------------------------------------------------------------
 
@@ -531,7 +620,8 @@ class HttpEngine:
         """Turn a result reference (data URI, bare base64 or http(s) URL) into checked image bytes.
 
         URLs are fetched at once, without the provider's auth headers (they are third-party CDN
-        links that expire), with retries, a size limit and magic-byte and pixel-count checks.
+        links that expire), through request() (so with its retries and Retry-After handling), with a
+        size limit and magic-byte and pixel-count checks.
         """
         ref = ref.strip()
         try:
@@ -539,42 +629,11 @@ class HttpEngine:
                 return inspect_image(decode_base64_payload(ref))
             if not ref.lower().startswith(("http://", "https://")):
                 raise NotAnImage(f"refusing to fetch a result from a non-http(s) address: {ref[:40]}")
-            data = await self._download(ctx, caller, ref, max_bytes)
-            return inspect_image(data, source_url=ref)
+            status = f"Downloading the result from {caller.provider}"
+            response = await self.request(ctx, caller, "GET", ref, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes)
+            return inspect_image(response.content, source_url=ref)
         except NotAnImage as exc:
             raise MalformedResponse(f"The provider's result is not a usable image: {exc}", provider=caller.provider, model=caller.model or None) from None
-
-    async def _download(self, ctx: CallContext, caller: Caller, url: str, max_bytes: int) -> bytes:
-        async def stream() -> tuple[int, bytes]:
-            async with self.client().stream("GET", url, timeout=httpx.Timeout(CONNECT_TIMEOUT, read=120.0)) as raw:
-                if not raw.is_success:
-                    return raw.status_code, await raw.aread()
-                declared = int(raw.headers.get("content-length") or 0)
-                if declared > max_bytes:
-                    raise NotAnImage(f"result is {declared} bytes, over the {max_bytes}-byte limit")
-                chunks, size = [], 0
-                async for chunk in raw.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise NotAnImage(f"result exceeds the {max_bytes}-byte limit")
-                    chunks.append(chunk)
-                return raw.status_code, b"".join(chunks)
-
-        policy = IDEMPOTENT
-        for attempt in range(1, policy.max_attempts + 1):
-            try:
-                code, content = await self.watch(ctx, stream(), f"Downloading the result from {caller.provider}")
-                if 200 <= code < 300:
-                    return content
-                error: BananaError = error_for_status(code, parse_error_body(content), caller)
-                if code not in policy.statuses:
-                    raise error
-            except httpx.TransportError as exc:
-                error = UpstreamUnavailable(f"Downloading the result failed: {type(exc).__name__}", provider=caller.provider, model=caller.model or None)
-            if attempt == policy.max_attempts:
-                raise error
-            await self.sleep(ctx, self._backoff(attempt, policy, None), "Retrying the download")
-        raise AssertionError("unreachable")
 
 
 def _poll_status_text(caller: Caller, state: PollState) -> str:

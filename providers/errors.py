@@ -12,10 +12,15 @@ from .redaction import redact
 
 
 class BananaError(Exception):
-    """Base of every error the pack raises on purpose."""
+    """Base of every error the pack raises on purpose.
+
+    `sent` is False only when the engine knows the request never left this machine (the
+    connection was never opened); otherwise it may have reached the provider.
+    """
 
     kind = "error"
     default_hint = ""
+    sent = True
 
     def __init__(
         self,
@@ -37,16 +42,23 @@ class BananaError(Exception):
         self.request_id = request_id
         super().__init__(self.__str__())
 
+    @property
+    def unanswered(self) -> bool:
+        """Sent, but no answer arrived: the provider may have acted on it (and billed it)."""
+        return self.sent and self.status is None
+
     def __str__(self) -> str:
         where = "/".join(p for p in (self.provider, self.model) if p)
         head = f"[{where}] " if where else ""
         status = f"HTTP {self.status}: " if self.status else ""
         text = f"{head}{status}{self.message}"
-        if self.provider_message and self.provider_message not in self.message:
-            text += f" Provider said: {self.provider_message.strip()}"
+        details = self._detail_lines()
+        said = (self.provider_message or "").strip()
+        if said and said not in self.message and not any(said in line for line in details):
+            text += f" Provider said: {said}"
         if self.request_id:
             text += f" (request id {self.request_id})"
-        for line in self._detail_lines():
+        for line in details:
             text += f"\n{line}"
         if self.hint:
             text += f"\n{self.hint}"
@@ -84,8 +96,9 @@ class QuotaOrRateLimited(BananaError):
     kind = "quota_or_rate"
     default_hint = "The provider is limiting requests or the account is out of quota/credits. Wait and retry, lower the concurrency, or top up the account."
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, exhausted: bool = False, **kwargs) -> None:
         self.retry_after = retry_after
+        self.exhausted = exhausted  # an empty balance or a used-up daily quota: waiting will not help
         super().__init__(message, **kwargs)
 
 
@@ -158,6 +171,11 @@ class SafetyRejected(Refusal):
 
     kind = "refused"
     default_hint = "The provider's safety system refused this request. Rephrase the prompt or change the reference images; retrying the same request will not help."
+
+    @classmethod
+    def soft_refusal(cls, reason: str | None, **details) -> "SafetyRejected":
+        """The model answered in words instead of an image (its words go in model_text)."""
+        return cls("The model answered in words instead of an image (a soft refusal).", stage=SafetyStage.SOFT_REFUSAL, reason=reason, **details)
 
 
 class NoImageReturned(Refusal):

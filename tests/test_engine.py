@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
 import pytest
 
-from banana_pack.providers import CallContext, Cancelled, GenerationRequest, TimedOut, generate
-from banana_pack.providers.engine import ProcessLimiter, get_engine, parse_error_body, retry_after_header
-from helpers import run
+from banana_pack.providers import CallContext, Cancelled, GenerationRequest, InvalidRequest, MalformedResponse, NoImageReturned, generate
+from banana_pack.providers import QuotaOrRateLimited, SafetyRejected, TimedOut, UpstreamUnavailable
+from banana_pack.providers.engine import Caller, PollState, ProcessLimiter, RetryPolicy, get_engine, parse_error_body, retry_after_header
+from helpers import png_bytes, run
 from loopback import Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -156,3 +158,195 @@ def test_one_pooled_client_per_loop():
         return first is second
 
     assert asyncio.run(scenario())
+
+
+# -- error mapping: one taxonomy for every family ----------------------------------------------------
+
+
+def mapped(status, body, provider="openai_hk"):
+    from banana_pack.providers.engine import Caller, error_for_status
+
+    return error_for_status(status, parse_error_body(json.dumps(body).encode()), Caller(provider=provider, model="m"))
+
+
+@pytest.mark.parametrize(
+    "stage, expected",
+    [("input", "prompt_blocked"), ("output", "output_blocked")],
+)
+def test_moderation_stage_decides_the_safety_stage(stage, expected):
+    body = fixture("openai_images/error_moderation.json")
+    body["error"]["moderation_details"]["moderation_stage"] = stage
+    error = mapped(400, body)
+    assert isinstance(error, SafetyRejected) and error.stage == expected and error.reason == "moderation_blocked (other)"
+
+
+def test_openrouter_403_with_moderation_metadata_is_a_refusal_not_auth():
+    error = mapped(403, fixture("chat/error_403_moderation.json"))
+    assert isinstance(error, SafetyRejected) and error.stage == "prompt_blocked" and error.reason == "sexual"
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (400, {"error": {"message": "Your request was rejected by our safety system.", "type": "invalid_request_error", "code": None}}),
+        (400, {"error": "Prompt rejected by content moderation", "code": "INVALID_INPUT"}),
+        (422, {"detail": [{"msg": "flagged by a content checker", "type": "content_policy_violation"}]}),
+        (500, {"error": "Image generation failed (IMAGE_SAFETY). Credits have been refunded.", "code": "GENERATION_FAILED"}),
+        (200, {"error": {"message": "blocked by the safety filter", "type": "new_api_error", "code": ""}}),
+    ],
+    ids=["openai-phrase", "vydra-phrase", "fal-code", "vydra-500", "new-api-200"],
+)
+def test_safety_from_codes_or_unambiguous_phrases_in_every_envelope(status, body):
+    assert isinstance(mapped(status, body), SafetyRejected)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "Unknown field safety_settings in request", "type": "invalid_request_error", "code": "invalid_value"}},
+        {"error": {"message": "Invalid value for policy_id", "code": "invalid_value"}},
+    ],
+)
+def test_words_that_merely_resemble_safety_are_no_refusal(body):
+    assert type(mapped(400, body)) is InvalidRequest
+
+
+def test_refusal_text_is_shown_once_and_kept_in_both_fields():
+    body = fixture("openai_images/error_content_policy.json")
+    error = mapped(400, body)
+    said = body["error"]["message"]
+    assert error.finish_message == said and error.provider_message == said
+    assert str(error).count(said) == 1
+
+
+@pytest.mark.parametrize(
+    "status, body",
+    [
+        (429, {"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota", "code": "insufficient_quota"}}),
+        (403, {"error": {"message": "用户额度不足, 剩余额度: $0.000000", "type": "new_api_error", "code": "insufficient_user_quota"}}),
+        (429, {"error": {"message": "余额不足", "type": "new_api_error", "code": ""}}),
+        (429, {"error": {"message": "额度不足", "type": "new_api_error", "code": ""}}),
+        (429, {"error": {"message": "Quota exhausted", "code": "quota_exceeded"}}),
+        (429, {"error": {"message": "no money", "code": "insufficient_balance"}}),
+        (400, {"error": {"message": "Insufficient credits", "code": "insufficient_credits"}}),
+        (400, {"error": {"message": "Billing hard limit has been reached", "type": "invalid_request_error", "code": "billing_hard_limit_reached"}}),
+        (402, {"error": "Insufficient credits", "creditsRequired": 15}),
+    ],
+)
+def test_an_empty_balance_is_quota_and_final_whatever_the_status(status, body):
+    error = mapped(status, body)
+    assert isinstance(error, QuotaOrRateLimited) and error.exhausted and "out of credits" in str(error)
+
+
+def test_google_per_minute_429_is_a_rate_limit_despite_its_quota_wording():
+    error = mapped(429, fixture("gemini/error_429.json"), provider="google")
+    assert isinstance(error, QuotaOrRateLimited) and not error.exhausted and error.retry_after == 37
+
+
+def test_empty_balance_429_is_not_retried(google):
+    google.route("POST", GEN_PATH, Reply(429, {"error": {"message": "余额不足", "code": "insufficient_balance"}}, headers={"Retry-After": "0"}))
+    with pytest.raises(QuotaOrRateLimited):
+        run(generate("google", "Nano Banana", request()))
+    assert len(google.requests) == 1
+
+
+def test_declared_generation_failure_is_no_image_and_not_retried(google):
+    google.route("POST", GEN_PATH, Reply(500, {"error": "Image generation failed.", "code": "GENERATION_FAILED"}))
+    with pytest.raises(NoImageReturned) as info:
+        run(generate("google", "Nano Banana", request()))
+    assert info.value.reason == "GENERATION_FAILED" and len(google.requests) == 1
+
+
+# -- cancellation reaches loops of short steps; cleanup runs detached ------------------------------------
+
+
+def test_cancel_is_seen_by_a_loop_of_steps_shorter_than_the_tick():
+    engine = get_engine()
+    flag = threading.Event()
+    threading.Timer(0.15, flag.set).start()
+    polls: list[float] = []
+
+    async def check():
+        polls.append(time.monotonic())
+        return PollState(False)
+
+    async def scenario():
+        ctx = CallContext(cancel_check=flag.is_set)
+        await engine.poll(ctx, Caller("p"), check, first_delay=0.01, max_delay=0.01, max_wait=5)
+
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        run(scenario())
+    assert time.monotonic() - started < 1.0 and len(polls) > 3
+
+
+def test_remote_cancel_runs_without_the_cancel_flag(server):
+    server.route("POST", r"^/cancel$", Reply(json={}, delay=0.3))  # slower than a cancel-flag tick
+    engine = get_engine()
+    seen: list[bool] = []
+
+    async def check():
+        return PollState(False)
+
+    async def cancel(ctx):
+        seen.append(ctx.cancelled())
+        await engine.request(ctx, Caller("p"), "POST", server.url + "/cancel")
+
+    async def scenario():
+        await engine.poll(CallContext(cancel_check=lambda: True), Caller("p"), check, cancel=cancel, first_delay=0.01)
+
+    with pytest.raises(Cancelled):
+        run(scenario())
+    assert seen == [False] and len(server.hits("POST", "^/cancel$")) == 1
+
+
+# -- what the engine says about a failed request; raw bodies; downloads --------------------------------------
+
+
+def test_a_connection_that_never_opened_is_marked_not_sent():
+    import socket
+
+    with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    once = RetryPolicy(max_attempts=1)
+    with pytest.raises(UpstreamUnavailable) as info:
+        run(get_engine().request(CallContext(), Caller("p"), "POST", f"http://127.0.0.1:{port}/x", json_body={}, policy=once))
+    assert info.value.sent is False and not info.value.unanswered
+
+
+def test_a_lost_answer_is_marked_sent(server):
+    server.route("POST", "^/x$", Reply(drop=True))
+    with pytest.raises(UpstreamUnavailable) as info:
+        run(get_engine().request(CallContext(), Caller("p"), "POST", server.url + "/x", json_body={}, policy=RetryPolicy(max_attempts=1, retry_network_errors=False)))
+    assert info.value.sent is True and info.value.unanswered
+
+
+def test_raw_content_with_custom_headers(server):
+    server.route("PUT", "^/upload$", Reply(json={"ok": True}))
+    response = run(get_engine().request(CallContext(), Caller("p"), "PUT", server.url + "/upload", content=b"\x89PNG raw", headers={"Content-Type": "image/png", "X-Token": "t"}))
+    (req,) = server.requests
+    assert response.json() == {"ok": True} and req.body == b"\x89PNG raw"
+    assert req.headers["content-type"] == "image/png" and req.headers["x-token"] == "t"
+
+
+def test_download_honours_retry_after(server):
+    server.route("GET", r"^/img\.png$", [Reply(429, {}, headers={"Retry-After": "0"}), Reply(body=png_bytes(2, 2), content_type="image/png")])
+    started = time.monotonic()
+    image = run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/img.png"))
+    assert image.width == 2 and len(server.requests) == 2
+    assert time.monotonic() - started < 0.45  # Retry-After: 0, not the ~0.5-1 s backoff
+
+
+def test_download_with_a_long_retry_after_is_reported_not_waited(server):
+    server.route("GET", r"^/img\.png$", Reply(503, {}, headers={"Retry-After": "600"}))
+    with pytest.raises(UpstreamUnavailable):
+        run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/img.png"))
+    assert len(server.requests) == 1
+
+
+def test_download_over_the_size_limit(server):
+    server.route("GET", r"^/big\.png$", Reply(body=png_bytes(64, 64), content_type="image/png"))
+    with pytest.raises(MalformedResponse) as info:
+        run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/big.png", max_bytes=100))
+    assert "100-byte limit" in str(info.value)

@@ -387,3 +387,9 @@ def test_free_text_model_id_is_the_endpoint(fal):
     script(fal, app="fal-ai/nano-banana-3")
     result = gen("fal", "Nano Banana", override="fal-ai/nano-banana-3/edit", images=(REF,))
     assert fal.requests[0].path == "/fal-ai/nano-banana-3/edit" and result.model == "fal-ai/nano-banana-3/edit"
+
+
+def test_free_text_text_to_image_id_is_not_swapped_for_the_catalog_edit_endpoint(fal):
+    script(fal, app="fal-ai/nano-banana-3")
+    result = gen("fal", "Nano Banana", override="fal-ai/nano-banana-3", images=(REF,))
+    assert fal.requests[0].path == "/fal-ai/nano-banana-3" and len(result.images) == 1

@@ -333,3 +333,17 @@ def test_key_never_in_errors_or_logs(google, caplog):
     assert all(KEY not in text for text in seen)
     assert KEY not in caplog.text
     assert any("***" in text for text in seen)
+
+
+@pytest.mark.parametrize(
+    "body, error_type",
+    [
+        ({"error": {"code": 401, "message": "API key expired. Please renew the API key.", "status": "UNAUTHENTICATED"}}, AuthError),
+        ({"error": {"message": "upstream returned nothing", "type": "new_api_error"}}, MalformedResponse),
+    ],
+)
+def test_error_envelope_with_http_200_is_typed(google, body, error_type):
+    google.route("POST", GEN_PATH, Reply(json=body))
+    with pytest.raises(error_type) as info:
+        gen()
+    assert body["error"]["message"] in str(info.value) and len(google.requests) == 1

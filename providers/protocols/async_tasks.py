@@ -21,12 +21,10 @@ provider may need public URLs. Neither documents a cancel endpoint: option `canc
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 from urllib.parse import quote
 
-from ..engine import IDEMPOTENT, PollState, error_for_status, parse_error_body
+from ..engine import PollState, names_safety
 from ..errors import (
     BananaError,
     Cancelled,
@@ -41,9 +39,6 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..outcome import GenerationRequest, GenerationResult, ImageInput
-from .fal_queue import detached, poll, submit_once
-
-log = logging.getLogger("nano_banana_bridge")
 
 FLAVORS: dict[str, dict[str, Any]] = {
     "evolink": {"submit_path": "images/generations", "task_path": "tasks/{id}", "references": "upload"},
@@ -57,7 +52,6 @@ PENDING = frozenset({"pending", "submitted", "queued", "in_queue", "processing",
 DONE = frozenset({"completed", "succeeded", "success", "finished", "done"})
 FAILED = frozenset({"failed", "failure", "error"})
 CANCELLED = frozenset({"cancelled", "canceled"})
-SAFETY_WORDS = ("content_policy", "moderation", "safety", "prohibited", "nsfw")
 # Task error codes (EvoLink's list; APIMart's are undocumented and fall through to the default).
 CODE_ERRORS: dict[str, type[BananaError]] = {
     "generation_failed_no_content": NoImageReturned,
@@ -71,11 +65,10 @@ CODE_ERRORS: dict[str, type[BananaError]] = {
 
 
 def setting(call, name: str) -> Any:
-    flavor = str(call.option("flavor", "evolink"))
+    flavor = call.text_option("flavor", "evolink")
     if flavor not in FLAVORS:
         raise ConfigError(f"Unknown async task flavor '{flavor}' for '{call.provider.id}'.", hint=f"Use one of: {', '.join(FLAVORS)}.")
-    value = call.option(name)
-    return FLAVORS[flavor].get(name) if value in (None, "") else value
+    return call.text_option(name) or FLAVORS[flavor].get(name)
 
 
 def task_of(body: dict[str, Any]) -> dict[str, Any]:
@@ -86,11 +79,11 @@ def task_of(body: dict[str, Any]) -> dict[str, Any]:
     return data if isinstance(data, dict) else body
 
 
-def check_envelope(call, response, body: dict[str, Any]) -> None:
+def check_envelope(call, body: dict[str, Any]) -> None:
     """APIMart-style gateways can wrap an error in HTTP 200: {"code": 401, "msg": ...}."""
     code = body.get("code")
     if isinstance(code, int) and code >= 400 and not body.get("data"):
-        raise error_for_status(code, parse_error_body(response.content), call.caller)
+        raise call.error_in_answer(body)
 
 
 def result_urls(task: dict[str, Any]) -> list[str]:
@@ -106,11 +99,11 @@ def result_urls(task: dict[str, Any]) -> list[str]:
 
 def build_body(call, request: GenerationRequest, image_urls: list[str]) -> dict[str, Any]:
     body: dict[str, Any] = {"model": call.model.id_for(request.resolution), "prompt": request.prompt}
-    ratio_field = call.option("ratio_field") or "aspect_ratio"
+    ratio_field = call.text_option("ratio_field") or "aspect_ratio"
     ratio = request.aspect_ratio or AUTO_RATIO.get(ratio_field)
     if ratio:
         body[ratio_field] = ratio
-    resolution_field = call.option("resolution_field") or "resolution"
+    resolution_field = call.text_option("resolution_field") or "resolution"
     if request.resolution:
         body[resolution_field] = request.resolution
     if request.count > 1:
@@ -127,7 +120,7 @@ async def upload(call, image: ImageInput, index: int) -> tuple[str, str | None]:
     """EvoLink's file API: base64 in, a downloadable URL (valid 72 h) and a file id out."""
     response = await call.send(
         "POST",
-        call.option("upload_url") or EVOLINK_UPLOAD_URL,
+        call.text_option("upload_url") or EVOLINK_UPLOAD_URL,
         json_body={"base64_data": image.data_uri(), "file_name": f"banana-reference-{index + 1}.{image.extension}"},
         status="Uploading reference images",
     )
@@ -145,12 +138,9 @@ async def upload(call, image: ImageInput, index: int) -> tuple[str, str | None]:
 
 async def delete_uploads(call, file_ids: list[str]) -> None:
     """Best effort, never a new failure: free the account's file quota once the job is over."""
-    template = call.option("file_delete_url") or EVOLINK_FILE_URL
+    template = call.text_option("file_delete_url") or EVOLINK_FILE_URL
     for file_id in file_ids:
-        try:
-            await asyncio.wait_for(detached(call).send("DELETE", template.format(file_id=quote(str(file_id))), policy=IDEMPOTENT, status="Deleting uploads"), 5.0)
-        except (BananaError, asyncio.TimeoutError) as exc:
-            log.info("%s: could not delete uploaded reference %s: %s", call.provider.id, file_id, exc)
+        await call.cleanup("DELETE", template.format(file_id=quote(str(file_id))), f"delete the uploaded reference {file_id}")
 
 
 def public_url_error(exc: BananaError, count: int) -> InvalidRequest:
@@ -176,15 +166,15 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
         if not inline:
             uploads = [await upload(call, image, i) for i, image in enumerate(request.images)]
         urls = [image.data_uri() for image in request.images] if inline else [url for url, _ in uploads]
-        response = await submit_once(call, setting(call, "submit_path"), build_body(call, request, urls))
+        response = await call.submit_once(setting(call, "submit_path"), build_body(call, request, urls))
     except BananaError as exc:
-        if exc.status is not None:  # answered: no job exists, so its uploads can go
+        if not exc.unanswered:  # refused or never sent: no job exists, so its uploads can go
             await delete_uploads(call, [fid for _, fid in uploads if fid])
         if inline and request.images and isinstance(exc, InvalidRequest) and exc.status in (400, 413, 415, 422):
             raise public_url_error(exc, len(request.images)) from None
         raise
     body = response.json_object()
-    check_envelope(call, response, body)
+    check_envelope(call, body)
     task = task_of(body)
     task_id = task.get("task_id") or task.get("id")
     if not task_id:
@@ -196,10 +186,9 @@ def failure(call, task: dict[str, Any], status: str) -> BananaError:
     error = task.get("error")
     code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
     message = str((error.get("message") or error.get("msg") or "") if isinstance(error, dict) else error or "")
-    text = f"{code} {message}".lower()
     common = dict(provider=call.provider.id, model=call.model.model_id, request_id=str(task.get("id") or task.get("task_id") or "") or None)
-    if any(word in text for word in SAFETY_WORDS):
-        stage = SafetyStage.PROMPT_BLOCKED if "input" in text else SafetyStage.OUTPUT_BLOCKED
+    if names_safety(code, message):
+        stage = SafetyStage.PROMPT_BLOCKED if "input" in f"{code} {message}".lower() else SafetyStage.OUTPUT_BLOCKED
         return SafetyRejected("The provider refused the job on content-policy grounds.", stage=stage, reason=code or status, finish_message=message or None, **common)
     kind = CODE_ERRORS.get(code.lower(), Cancelled if status in CANCELLED else UpstreamUnavailable)
     if kind is NoImageReturned:
@@ -219,7 +208,7 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
     async def check() -> PollState:
         response = await call.get(path)
         body = response.json_object()
-        check_envelope(call, response, body)
+        check_envelope(call, body)
         task = task_of(body)
         status = str(task.get("status") or "").lower()
         if status in DONE | FAILED | CANCELLED or (status not in PENDING and result_urls(task)):
@@ -229,24 +218,18 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
         return PollState(False, status=status.replace("_", " ") or "waiting", progress=float(progress) if isinstance(progress, (int, float)) else None)
 
     cancel_path = setting(call, "cancel_path")
-
-    async def cancel() -> None:
-        await detached(call).send(str(call.option("cancel_method") or "POST"), cancel_path.format(id=quote(task_id, safe="")), policy=IDEMPOTENT, status="Cancelling the job")
-
+    cancel = (call.text_option("cancel_method") or "POST", cancel_path.format(id=quote(task_id, safe=""))) if cancel_path else None
     try:
-        task = await poll(call, check, cancel if cancel_path else None, task_id)
+        task = await call.poll(check, cancel=cancel, label=task_id)
         status = str(task.get("status") or "").lower()
         urls = result_urls(task)
         if status in FAILED | CANCELLED or not urls:
             if status in DONE and not task.get("error"):
                 raise NoImageReturned("The job completed without an image URL.", reason=status, provider=call.provider.id, model=call.model.model_id, request_id=task_id)
             raise failure(call, task, status)
-        images = [await call.fetch_image(url) for url in urls]
+        images = await call.fetch_images(urls)
     finally:
         if over and handle.get("uploads"):  # the job is over: its references are no longer needed
             await delete_uploads(call, list(handle["uploads"]))
     usage = task.get("usage") if isinstance(task.get("usage"), dict) else {}
-    result = call.result(images, request_id=task_id, usage=dict(usage))
-    if len(images) < int(handle.get("count") or 1):
-        result.warnings.append(f"Asked for {handle.get('count')} images, the provider returned {len(images)}.")
-    return result
+    return call.result(images, asked=int(handle.get("count") or 1), request_id=task_id, usage=dict(usage))

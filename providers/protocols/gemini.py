@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import MalformedResponse, NoImageReturned, SafetyRejected, SafetyStage
+from ..errors import NoImageReturned, SafetyRejected, SafetyStage
 from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, image_refs_in_text
 
 # Output withheld by a policy filter: final, rephrase.
@@ -76,7 +76,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
                 **common,
             )
         if "candidates" not in body and "error" in body:
-            raise MalformedResponse(f"Error body with HTTP 200: {str(body['error'])[:500]}", **common)
+            raise call.error_in_answer(body, request_id)
         raise NoImageReturned("The response had no candidates.", reason="NO_CANDIDATES", candidates_token_count=token_count, request_id=request_id, **common)
 
     refs: list[tuple[str, str | None]] = []  # (payload or URL, declared MIME)
@@ -107,7 +107,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
                 if rest:
                     texts.append(rest)
     text = "\n".join(t.strip() for t in texts if t.strip())
-    if call.option("keep_images", "all") == "last" and refs:
+    if call.text_option("keep_images") == "last" and refs:
         refs = refs[-1:]  # gateways that leak interim drafts as ordinary parts: the last is final
 
     images: list[GeneratedImage] = [await call.fetch_image(ref) for ref, _ in refs]
@@ -125,7 +125,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if finish and finish != "STOP":
         raise NoImageReturned(f"The model finished with {finish} and returned no image.", reason=finish, **details)
     if text:
-        raise SafetyRejected("The model answered in words instead of an image (a soft refusal).", stage=SafetyStage.SOFT_REFUSAL, reason=finish or "STOP", **details)
+        raise SafetyRejected.soft_refusal(finish or "STOP", **details)
     if token_count in (0, None):
         # APIYI's "highest priority" signal: nothing was generated, a review-stage rejection.
         raise SafetyRejected("Nothing was generated (candidatesTokenCount is 0): rejected at review.", stage=SafetyStage.OUTPUT_BLOCKED, reason=finish or "STOP", **details)

@@ -16,13 +16,12 @@ a refusal or text-only answer a soft refusal, other finish reasons NoImageReturn
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from ..errors import ConfigError, NoImageReturned, SafetyRejected, SafetyStage
 from ..outcome import GenerationRequest, GenerationResult, image_refs_in_text
 from .gemini import SAFETY_FINISH_REASONS
-from .openai_images import dict_option, error_in_ok_answer, post, ratio_value, resolution_value, text_option, unsent_warnings
+from .openai_images import ratio_value, resolution_value, unsent_warnings
 
 SIZE_CONTROLS = ("openrouter", "extra_body_google", "none")
 
@@ -38,7 +37,7 @@ def build_body(call, request: GenerationRequest) -> tuple[dict[str, Any], list[s
         image_config["aspect_ratio"] = ratio_value(call, request.aspect_ratio)
     if request.resolution and request.resolution not in call.model.ids_by_resolution:
         image_config["image_size"] = resolution_value(call, request.resolution)
-    controls = text_option(call, "size_controls", "openrouter") or "none"
+    controls = call.text_option("size_controls", "openrouter") or "none"
     if controls not in SIZE_CONTROLS:
         raise ConfigError(f"Option 'size_controls' of '{call.provider.id}' is {controls!r}.", provider=call.provider.id, hint=f"Use one of: {', '.join(SIZE_CONTROLS)}.")
     if controls == "openrouter" and image_config:
@@ -49,14 +48,14 @@ def build_body(call, request: GenerationRequest) -> tuple[dict[str, Any], list[s
         body["seed"] = int(request.seed) & 0x7FFFFFFF
     if request.temperature is not None:
         body["temperature"] = float(request.temperature)
-    body.update(dict_option(call, "extra_fields"))
+    body.update(call.dict_option("extra_fields"))
     sent = controls in SIZE_CONTROLS[:2]
     return body, unsent_warnings(call, request, sent, sent, "chat")
 
 
 async def generate(call, request: GenerationRequest) -> GenerationResult:
     body, warnings = build_body(call, request)
-    response = await post(call, call.option("chat_path", "chat/completions"), json_body=body)
+    response = await call.post_json(call.text_option("chat_path") or "chat/completions", body)
     result = await parse_response(call, response.json_object())
     result.warnings += warnings
     return result
@@ -95,7 +94,7 @@ def read_message(message: dict[str, Any], refs: list[str], texts: list[str]) -> 
 async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     choices = [c for c in body.get("choices") or [] if isinstance(c, dict)] if isinstance(body.get("choices"), list) else []
     if not choices and body.get("error"):
-        raise error_in_ok_answer(call, body)
+        raise call.error_in_answer(body, str(body.get("id") or "") or None)
     refs: list[str] = []
     texts: list[str] = []
     refusals: list[str] = []
@@ -114,8 +113,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     finish = next((f for f in finishes if f != "stop"), finishes[0] if finishes else None)
     native = next((n for n in natives if n.upper() != "STOP"), None)
     if refs:
-        images = list(await asyncio.gather(*(call.fetch_image(call.url(r) if r.startswith("/") else r) for r in refs)))
-        result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)
+        result = call.result(await call.fetch_images(refs), text=text, finish_reason=finish, request_id=request_id, usage=usage)
         if finish not in (None, "stop"):
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
         return result
@@ -129,7 +127,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if finish not in (None, "stop") or native:
         raise NoImageReturned(f"The model finished with {reason} and returned no image.", reason=reason, **details)
     if text:
-        raise SafetyRejected("The model answered in words instead of an image (a soft refusal).", stage=SafetyStage.SOFT_REFUSAL, reason=reason, **details)
+        raise SafetyRejected.soft_refusal(reason, **details)
     if usage.get("completion_tokens") == 0:
         raise SafetyRejected("Nothing was generated (completion_tokens is 0): rejected at review.", stage=SafetyStage.OUTPUT_BLOCKED, reason=reason, **details)
     raise NoImageReturned("The model finished without an image or any text.", reason=reason if choices else "NO_CHOICES", **details)
