@@ -7,21 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from ..providers.catalog import ProviderSpec
-from ..providers.config import all_providers, api_key_for, config_dir, env_name
-from ..providers.errors import BananaError
+from ..providers.config import all_providers, config_dir, env_name, has_key
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
 _registered = False
-
-
-def _has_key(spec: ProviderSpec) -> bool:
-    try:
-        api_key_for(spec)
-        return True
-    except BananaError:
-        return False
 
 
 def catalog_summary() -> dict:
@@ -31,7 +21,7 @@ def catalog_summary() -> dict:
             {
                 "id": spec.id,
                 "display_name": spec.display_name,
-                "has_key": _has_key(spec),
+                "has_key": has_key(spec),
                 "key_owner": spec.key_owner,
                 "key_env": [env_name(spec.key_owner, "API_KEY"), *spec.key_env],
                 "models": {

@@ -145,6 +145,30 @@ def _offer(name: str, model_id: str, **changes: Any) -> ModelOffer:
 
 _NO_SAMPLING = dict(seed=False, temperature=False, system_prompt=False)
 
+# Ratios per providers.md 3.5 ("4x3" ... "3x2"; "1x1" seen in the wild); the tier is in the model id.
+_OPENAI_HK_RATIOS = (AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
+_OPENAI_HK_MODELS = (
+    _offer(NANO_BANANA, "nano-banana", aspect_ratios=_OPENAI_HK_RATIOS, **_NO_SAMPLING),
+    # openai-hk's nano-banana-2 launched the day after Nano Banana Pro: it is Pro there.
+    _offer(
+        NANO_BANANA_PRO,
+        "nano-banana-2",
+        aspect_ratios=_OPENAI_HK_RATIOS,
+        ids_by_resolution={"1K": "nano-banana-2", "2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"},
+        web_search=False,
+        **_NO_SAMPLING,
+    ),
+    _offer(
+        NANO_BANANA_2,
+        "gemini-3.1-flash-image-preview",
+        aspect_ratios=_OPENAI_HK_RATIOS,
+        resolutions=("1K", "2K", "4K"),
+        ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"},
+        web_search=False,
+        **_NO_SAMPLING,
+    ),
+)
+
 # -- The presets ---------------------------------------------------------------------------------
 
 PRESETS: tuple[ProviderSpec, ...] = (
@@ -189,28 +213,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         family="openai_images",
         base_url="https://api.openai-hk.com/v1",
         auth="bearer",
-        # Ratios per providers.md 3.5 ("4x3" ... "3x2"; "1x1" seen in the wild); the tier is in the model id.
-        models=(
-            _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"), **_NO_SAMPLING),
-            # openai-hk's nano-banana-2 launched the day after Nano Banana Pro: it is Pro there.
-            _offer(
-                NANO_BANANA_PRO,
-                "nano-banana-2",
-                aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"),
-                ids_by_resolution={"1K": "nano-banana-2", "2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"},
-                web_search=False,
-                **_NO_SAMPLING,
-            ),
-            _offer(
-                NANO_BANANA_2,
-                "gemini-3.1-flash-image-preview",
-                aspect_ratios=(AUTO, MATCH_INPUT, "1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9"),
-                resolutions=("1K", "2K", "4K"),
-                ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"},
-                web_search=False,
-                **_NO_SAMPLING,
-            ),
-        ),
+        models=_OPENAI_HK_MODELS,
         key_help="https://openai-hk.com (keys start with hk-)",
         # The ratio goes in `size` as "16x9" (not pixels); which of url/b64_json nano-banana returns is
         # UNVERIFIED (both are read). Override with BANANA_OPENAI_HK_<OPTION> (see openai_images.py).
@@ -226,11 +229,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         auth="bearer",
         key_id="openai_hk",
         # Chat mode has no size control: the tier is in the model id, the ratio follows the input (else 1:1).
-        models=(
-            _offer(NANO_BANANA, "nano-banana", aspect_ratios=(AUTO,), **_NO_SAMPLING),
-            _offer(NANO_BANANA_PRO, "nano-banana-2", aspect_ratios=(AUTO,), ids_by_resolution={"2K": "nano-banana-2-2k", "4K": "nano-banana-2-4k"}, web_search=False, **_NO_SAMPLING),
-            _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO,), resolutions=("1K", "2K", "4K"), ids_by_resolution={"2K": "gemini-3.1-flash-image-preview-2k", "4K": "gemini-3.1-flash-image-preview-4k"}, web_search=False, **_NO_SAMPLING),
-        ),
+        models=tuple(replace(m, aspect_ratios=(AUTO,)) for m in _OPENAI_HK_MODELS),
         key_help="https://openai-hk.com (keys start with hk-)",
         options=_freeze({"size_controls": "none"}),
     ),

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
-from .config import all_providers, api_key_for, config_dir, get_provider
+from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
@@ -295,14 +295,6 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
 AUTO_PROVIDER = "auto"
 
 
-def _has_key(spec: ProviderSpec) -> bool:
-    try:
-        api_key_for(spec)
-        return True
-    except MissingKey:
-        return False
-
-
 def choose_provider(model: str) -> ProviderSpec:
     """For provider "auto": the first provider with a key that offers the model.
 
@@ -313,7 +305,7 @@ def choose_provider(model: str) -> ProviderSpec:
     preferred = [p.strip() for p in os.environ.get("BANANA_PROVIDER_ORDER", "").split(",") if p.strip()]
     specs.sort(key=lambda s: preferred.index(s.id) if s.id in preferred else len(preferred))
     for spec in specs:
-        if spec.model(model) is not None and _has_key(spec):
+        if spec.model(model) is not None and has_key(spec):
             return spec
     raise MissingKey(
         f"No provider with an API key offers '{model}'.",

@@ -117,6 +117,15 @@ def api_key_for(spec: ProviderSpec) -> str:
     )
 
 
+def has_key(spec: ProviderSpec) -> bool:
+    """Whether a key is configured, without saying what it is."""
+    try:
+        api_key_for(spec)
+        return True
+    except MissingKey:
+        return False
+
+
 def _custom_file() -> Mapping[str, Any]:
     data = _read_json(config_dir() / PROVIDERS_FILE)
     if data is None:
