@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 
+from ..providers.catalog import STABLE_MODEL_NAMES
+from ..providers.client import choose_provider
 from ..providers.config import all_providers, config_dir, env_name, has_key
+from ..providers.errors import BananaError
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
@@ -25,12 +28,24 @@ def catalog_summary() -> dict:
                 "key_owner": spec.key_owner,
                 "key_env": [env_name(spec.key_owner, "API_KEY"), *spec.key_env],
                 "models": {
-                    offer.name: {"aspect_ratios": list(offer.aspect_ratios), "resolutions": list(offer.resolutions), "max_refs": offer.max_refs}
+                    offer.name: {
+                        "aspect_ratios": list(offer.aspect_ratios),
+                        "resolutions": list(offer.resolutions),
+                        "max_refs": offer.max_refs,
+                        "prices": dict(offer.prices),  # resolution ("" when fixed) -> list price per image
+                        "price_unit": offer.price_unit,
+                    }
                     for offer in spec.models
                 },
             }
         )
-    return {"providers": providers, "keys_file": str(config_dir() / "keys.json")}
+    auto = {}
+    for name in STABLE_MODEL_NAMES:
+        try:
+            auto[name] = choose_provider(name).id
+        except BananaError:
+            auto[name] = None
+    return {"providers": providers, "auto": auto, "keys_file": str(config_dir() / "keys.json")}
 
 
 def register_routes() -> None:

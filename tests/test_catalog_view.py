@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jsonata
 import pytest
 
@@ -45,3 +47,16 @@ def test_widget_lists_are_the_union_over_providers():
     assert "8:1" not in caps["Nano Banana Pro"]["ratios"]
     assert caps["Nano Banana Pro"]["resolutions"] == ["1K", "2K", "4K"] and caps["Nano Banana 2"]["resolutions"][0] == "0.5K"
     assert caps["Nano Banana"]["resolutions"] == [] and caps["Nano Banana Pro"]["max_refs"] == 14
+
+
+def test_frontend_catalog_says_which_providers_have_keys_without_the_keys(monkeypatch):
+    from banana_pack.nodes.routes import catalog_summary
+
+    monkeypatch.setenv("FAL_KEY", "fal-secret-key-0123456789")
+    monkeypatch.setenv("BANANA_PROVIDER_ORDER", "fal,google")
+    summary = catalog_summary()
+    flags = {p["id"]: p["has_key"] for p in summary["providers"]}
+    assert flags["fal"] is True and flags["google"] is False
+    assert summary["auto"]["Nano Banana Pro"] == "fal"
+    assert summary["providers"][0]["models"]["Nano Banana Pro"]["prices"]["4K"] == 0.24
+    assert "fal-secret-key-0123456789" not in json.dumps(summary)

@@ -1,6 +1,7 @@
-// Nano Banana Bridge frontend: narrows the model list to what the chosen provider offers and
-// warns when that provider has no API key configured. Everything here is a convenience; the
-// node checks the same things when it runs, with messages that say what to do.
+// Nano Banana Bridge frontend: narrows the model list to what the chosen provider offers, warns
+// when that provider has no API key configured, and shows the list price as a node badge (the
+// schema's price badge is drawn only for Comfy's own API nodes). Everything here is a
+// convenience; the node checks the same things when it runs, with messages that say what to do.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -43,12 +44,36 @@ async function applyProvider(node, providerId, announce) {
   }
   if (allowed.length) {
     modelWidget.options.values = allowed;
-    if (!allowed.includes(modelWidget.value)) {
-      modelWidget.value = allowed[0];
-      modelWidget.callback?.(modelWidget.value);
+    // Never switch the model for the user (that would reset its settings): say what is offered.
+    if (announce && provider && !allowed.includes(modelWidget.value)) {
+      warn(`${provider.display_name} does not offer ${modelWidget.value}`, `Pick one of: ${allowed.join(", ")}.`);
     }
   }
   node.setDirtyCanvas?.(true, true);
+}
+
+let catalogData = null;
+catalog().then((data) => (catalogData = data));
+
+function widgetValue(node, suffix) {
+  return node.widgets?.find((w) => w.name === suffix || w.name?.endsWith(`.${suffix}`))?.value;
+}
+
+// The price for the current widget values, from the catalog's list prices; "" when unknown.
+function priceText(node) {
+  if (!catalogData) return "";
+  const model = widgetValue(node, "model");
+  let providerId = widgetValue(node, "provider");
+  if (providerId === "auto") providerId = catalogData.auto?.[model];
+  const offer = catalogData.providers.find((p) => p.id === providerId)?.models?.[model];
+  if (!offer || !offer.prices) return "";
+  const resolution = offer.resolutions.length ? widgetValue(node, "resolution") : "";
+  const price = offer.prices[resolution] ?? offer.prices[""];
+  if (price === undefined) return "";
+  const count = Number(widgetValue(node, "count") || 1);
+  const total = price * count;
+  const amount = offer.price_unit === "usd" ? `~$${total.toFixed(total < 0.1 ? 3 : 2)}` : `${total} ${offer.price_unit}`;
+  return `${amount}${count > 1 ? ` (${count} images)` : "/image"}`;
 }
 
 app.registerExtension({
@@ -63,7 +88,32 @@ app.registerExtension({
       applyProvider(node, value, true);
       return result;
     };
+    // Switching model rebuilds its sub-widgets with their defaults. Watch the model value on every
+    // draw and carry over the aspect ratio and resolution when the new model offers them too.
+    let seen = { model: undefined, values: {} };
+    const originalDraw = node.onDrawForeground;
+    node.onDrawForeground = function (...args) {
+      const model = widgetValue(node, "model");
+      const subWidgets = (node.widgets || []).filter((w) => /\.(aspect_ratio|resolution)$/.test(w.name || ""));
+      if (seen.model !== undefined && model !== seen.model) {
+        for (const w of subWidgets) {
+          const kept = seen.values[w.name.split(".").pop()];
+          if (kept !== undefined && w.options?.values?.includes(kept)) w.value = kept;
+        }
+      }
+      seen = { model, values: Object.fromEntries(subWidgets.map((w) => [w.name.split(".").pop(), w.value])) };
+      return originalDraw?.apply(this, args);
+    };
     // Workflows load their saved values after creation: narrow once they are in place.
     setTimeout(() => applyProvider(node, providerWidget.value, false), 0);
+    const Badge = window.LGraphBadge;
+    if (Badge && Array.isArray(node.badges)) {
+      let cached = { text: null, badge: null };
+      node.badges.push(() => {
+        const text = priceText(node);
+        if (text !== cached.text) cached = { text, badge: new Badge({ text, fgColor: "#dfe8d0", bgColor: "#2f4a1e" }) };
+        return cached.badge;
+      });
+    }
   },
 });
