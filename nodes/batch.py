@@ -173,7 +173,7 @@ async def run_batch(
             "model_id": offer.model_id,
             **{k: v for k, v in request.__dict__.items() if k != "images"},
         }
-        key = request_key(fields, (im.data for im in item.images))
+        key = request_key(fields, (im.digest for im in item.images))
         provenance = {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
         if store is not None and settings.use_cache:
             cached = await asyncio.to_thread(store.lookup, key)

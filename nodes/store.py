@@ -30,12 +30,12 @@ from ..providers.redaction import redact
 STORE_FOLDER = "nano_banana_bridge"
 
 
-def request_key(fields: dict[str, Any], images: Iterable[bytes]) -> str:
+def request_key(fields: dict[str, Any], image_digests: Iterable[str]) -> str:
     """A stable hash of everything that determines a result: provider, model, prompt, params, seed, references."""
     digest = hashlib.sha256()
     digest.update(json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode())
-    for data in images:
-        digest.update(hashlib.sha256(data).digest())
+    for image_digest in image_digests:
+        digest.update(image_digest.encode())
     return digest.hexdigest()
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import io
 import re
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from PIL import Image
@@ -26,8 +28,17 @@ class ImageInput:
     width: int | None = None
     height: int | None = None
 
-    def base64(self) -> str:
+    # A batch sends the same references with every call: encode and hash each one once.
+    @cached_property
+    def _base64(self) -> str:
         return base64.b64encode(self.data).decode("ascii")
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    def base64(self) -> str:
+        return self._base64
 
     def data_uri(self) -> str:
         return f"data:{self.mime};base64,{self.base64()}"
