@@ -498,6 +498,11 @@ class HttpEngine:
         """
         status = status or f"Waiting for {caller.provider}"
         timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout or caller.read_timeout, write=120.0, pool=None)
+        if json_body is not None:
+            # Bodies with inline reference images run to tens of MB: serialise once, off the event loop.
+            text = await asyncio.to_thread(json.dumps, json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            content, json_body = text.encode("utf-8"), None
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         attempts = rate_limited = 0
         while True:
             attempts += 1
