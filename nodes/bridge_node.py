@@ -20,11 +20,11 @@ from ..providers.errors import BananaError
 from .catalog_view import model_capabilities, price_badge_expr
 from .comfy_glue import NodeProgress, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
+from .store import STORE_FOLDER
 
 log = logging.getLogger("nano_banana_bridge")
 
 NODE_ID = "NanoBananaBridge"
-SAVE_FOLDER_DEFAULT = "nano_banana_bridge"
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 SEED_TOOLTIP = (
@@ -100,7 +100,7 @@ class NanoBananaBridge(io.ComfyNode):
                 io.Boolean.Input("web_search", default=False, advanced=True, tooltip="Google Search grounding (Pro and Nano Banana 2, where the provider supports it)."),
                 io.Combo.Input("upload_format", options=["auto", "png", "jpeg", "webp"], default="auto", advanced=True, tooltip="auto: JPEG q95 for opaque images (a quarter of PNG's size), PNG when there is transparency. png: lossless."),
                 io.Boolean.Input("use_cache", default=True, advanced=True, tooltip="Answer an identical request (same provider, model, prompt, images, settings and seed) from the saved result, even after a restart."),
-                io.String.Input("save_to", default=SAVE_FOLDER_DEFAULT, advanced=True, tooltip="Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache)."),
+                io.String.Input("save_to", default=STORE_FOLDER, advanced=True, tooltip="Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache)."),
                 io.String.Input("model_id_override", default="", advanced=True, tooltip="Send this model id instead of the catalog's (a newer or reseller-specific id); checks are relaxed."),
             ],
             outputs=[
@@ -137,7 +137,7 @@ class NanoBananaBridge(io.ComfyNode):
             use_cache=bool(_first(kw.get("use_cache"), True)),
             model_id_override=(_first(kw.get("model_id_override"), "") or "").strip(),
         )
-        save_to = (_first(kw.get("save_to"), SAVE_FOLDER_DEFAULT) or "").strip()
+        save_to = (_first(kw.get("save_to"), STORE_FOLDER) or "").strip()
         store_root = (output_dir() / save_to).resolve() if save_to else None
         if store_root is not None and output_dir().resolve() not in store_root.parents and store_root != output_dir().resolve():
             raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to}'.", hint="Use a relative folder name such as nano_banana_bridge.")

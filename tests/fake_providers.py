@@ -42,7 +42,7 @@ def point_presets_at(server: LoopbackServer, setenv) -> None:
     setenv(env_name("evolink", "UPLOAD_URL"), f"{server.url}/evolink-files/upload/base64")
 
 
-def _width(refs: int) -> int:
+def width_for(refs: int) -> int:
     return 16 + 8 * refs  # the answer's width tells how many references arrived
 
 
@@ -51,14 +51,14 @@ def script_all(server: LoopbackServer) -> None:
     jobs: dict[str, int] = {}  # job id -> reference count, for the asynchronous families
 
     def image_url(refs: int) -> str:
-        return f"{url}/files/{_width(refs)}.png"
+        return f"{url}/files/{width_for(refs)}.png"
 
     def gemini(req: Recorded) -> Reply:
         refs = len(req.json()["contents"][0]["parts"]) - 1
-        return Reply(json={"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": b64(png(_width(refs)))}}]}, "finishReason": "STOP"}]})
+        return Reply(json={"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": b64(png(width_for(refs)))}}]}, "finishReason": "STOP"}]})
 
     def images_generate(req: Recorded) -> Reply:
-        return Reply(json={"created": 1, "data": [{"b64_json": b64(png(_width(0)))}]})
+        return Reply(json={"created": 1, "data": [{"b64_json": b64(png(width_for(0)))}]})
 
     def images_edit(req: Recorded) -> Reply:
         refs = len(re.findall(rb'name="image(?:\[\])?"', req.body))
@@ -67,7 +67,7 @@ def script_all(server: LoopbackServer) -> None:
     def chat(req: Recorded) -> Reply:
         content = req.json()["messages"][-1]["content"]
         refs = sum(1 for part in content if isinstance(part, dict) and part.get("type") == "image_url") if isinstance(content, list) else 0
-        return Reply(json={"choices": [{"message": {"role": "assistant", "content": f"Here it is ![img](data:image/png;base64,{b64(png(_width(refs)))})"}, "finish_reason": "stop"}]})
+        return Reply(json={"choices": [{"message": {"role": "assistant", "content": f"Here it is ![img](data:image/png;base64,{b64(png(width_for(refs)))})"}, "finish_reason": "stop"}]})
 
     def fal_submit(req: Recorded) -> Reply:
         prefix, app = req.path.split("/", 2)[1], re.sub(r"/edit$", "", req.path.split("/", 2)[2])
@@ -131,7 +131,3 @@ def script_all(server: LoopbackServer) -> None:
     server.route("POST", r"^/vydra/upload$", Reply(json={"url": f"{url}/files/ref.png", "filename": "ref.png", "size": 100, "type": "image/png"}))
     server.route("POST", r"^/vydra/models/nano-banana/edit$", vydra_edit)
     server.route("GET", r"^/files/", file)
-
-
-def width_for(refs: int) -> int:
-    return _width(refs)
