@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
+from . import costs
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
@@ -358,8 +359,19 @@ async def generate(
         limiter.release()
     result.seconds = time.monotonic() - started
     result.warnings = warnings + result.warnings
-    if result.cost is None:
-        price = offer.price(request.resolution)
-        if price is not None:
-            result.cost, result.cost_unit = price * len(result.images), offer.price_unit
+    price_result(result, offer, request.resolution)
     return result
+
+
+def price_result(result: GenerationResult, offer: ModelOffer, resolution: str | None, discount: float = 1.0) -> None:
+    """Fill in the cost and its source: the provider's figure, else its tokens, else the list price."""
+    if result.cost is not None:
+        result.cost_source = result.cost_source or costs.PROVIDER
+        return
+    by_tokens = costs.token_cost(offer, result.usage)
+    if by_tokens is not None:
+        result.cost, result.cost_unit, result.cost_source = round(by_tokens * discount, 6), "usd", costs.TOKENS
+        return
+    listed = costs.list_cost(offer, resolution, len(result.images))
+    if listed is not None:
+        result.cost, result.cost_unit, result.cost_source = round(listed * discount, 6), offer.price_unit, costs.LIST_PRICE

@@ -91,6 +91,7 @@ class GenerationResult:
     usage: dict[str, Any] = field(default_factory=dict)
     cost: float | None = None
     cost_unit: str | None = None  # "usd" or "credits"
+    cost_source: str | None = None  # providers/costs.py: "provider", "tokens" or "list_price"
     seconds: float | None = None
     warnings: list[str] = field(default_factory=list)
 
