@@ -61,15 +61,17 @@ class ItemOutcome:
     request_id: str | None = None
     cost: float | None = None
     cost_unit: str | None = None
+    cost_source: str | None = None  # providers/costs.py: provider, tokens or list_price
     seconds: float | None = None
     files: list[str] = field(default_factory=list)
     text: str = ""
     warnings: list[str] = field(default_factory=list)
     images: list[GeneratedImage] = field(default_factory=list, repr=False)
     error: BaseException | None = field(default=None, repr=False)
+    usage: dict[str, Any] = field(default_factory=dict, repr=False)  # the provider's token counts, for the ledger
 
     def report(self) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error")}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error", "usage")}
         row["images"] = len(self.images)
         if self.seconds is not None:
             row["seconds"] = round(self.seconds, 3)
@@ -144,8 +146,12 @@ async def run_batch(
     store: ResultStore | None,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
+    on_outcome: Callable[[ItemOutcome, BatchItem], None] | None = None,
 ) -> list[ItemOutcome]:
-    """Run every item concurrently; return their outcomes in input order. Never raises for one item."""
+    """Run every item concurrently; return their outcomes in input order. Never raises for one item.
+
+    on_outcome sees each item as it ends (the cost ledger); it must not raise.
+    """
     spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
 
@@ -209,6 +215,7 @@ async def run_batch(
                 outcome.files = [str(p) for p in paths]
             outcome.status, outcome.images, outcome.text = OK, result.images, result.text
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
+            outcome.cost_source, outcome.usage = result.cost_source, result.usage
             outcome.seconds, outcome.warnings = result.seconds, result.warnings
             progress.done += 1
         except Cancelled as exc:
@@ -227,6 +234,8 @@ async def run_batch(
             progress.failed += 1
         finally:
             progress.in_flight -= 1
+            if on_outcome is not None:
+                on_outcome(outcome, item)
             update()
         return outcome
 
