@@ -137,6 +137,9 @@ class NanoBananaBridge(io.ComfyNode):
             out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress)
         except Interrupted:
             raise_interrupt()
+        except BananaError as exc:
+            progress.text(f"Failed: {exc.headline()}", force=True)  # stays on the node after the popup is closed
+            raise
         return io.NodeOutput(out.images, out.text, report_json(out.report))
 
 
