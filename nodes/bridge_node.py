@@ -20,7 +20,7 @@ from ..providers.errors import BananaError
 from .catalog_view import model_capabilities, price_badge_expr
 from .option_specs import SPECS_BY_NAME, resolve_options
 from .options import Options
-from .comfy_glue import NodeProgress, output_dir, raise_interrupt
+from .comfy_glue import NodeProgress, current_prompt_id, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
 
 log = logging.getLogger("nano_banana_bridge")
@@ -127,6 +127,8 @@ class NanoBananaBridge(io.ComfyNode):
             upload_format=opts["upload_format"],
             use_cache=opts["use_cache"],
             model_id_override=opts["model_id_override"].strip(),
+            delivery=opts["delivery"],
+            dry_run=opts["dry_run"],
         )
         save_to = opts["save_to"].strip()
         store_root = (output_dir() / save_to).resolve() if save_to else None
@@ -134,12 +136,18 @@ class NanoBananaBridge(io.ComfyNode):
             raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to}'.", hint="Use a relative folder name such as nano_banana_bridge.")
         progress = NodeProgress(cls.hidden.unique_id, total=1)
         try:
-            out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress)
+            out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress, prompt_id=current_prompt_id())
         except Interrupted:
             raise_interrupt()
         except BananaError as exc:
             progress.text(f"Failed: {exc.headline()}", force=True)  # stays on the node after the popup is closed
             raise
+        if out.images is None:
+            # A dry run made no image. Blocking the output (silently) means nothing downstream runs on it:
+            # no placeholder can be saved or passed on as if it were a result.
+            from comfy_execution.graph_utils import ExecutionBlocker
+
+            return io.NodeOutput(ExecutionBlocker(None), out.text, report_json(out.report))
         return io.NodeOutput(out.images, out.text, report_json(out.report))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import threading
 import uuid
 from dataclasses import dataclass
@@ -116,10 +117,14 @@ class SpendGuard:
         )
 
     def spent(self, limit: Limit, run: str) -> float:
-        if limit.scope == DAY:
-            recorded = self.ledger.spent(unit=limit.unit, day=today(), provider=limit.provider)
-        else:
-            recorded = self.ledger.spent(unit=limit.unit, run_id=run, provider=limit.provider)
+        try:
+            if limit.scope == DAY:
+                recorded = self.ledger.spent(unit=limit.unit, day=today(), provider=limit.provider)
+            else:
+                recorded = self.ledger.spent(unit=limit.unit, run_id=run, provider=limit.provider)
+        except (sqlite3.Error, OSError) as exc:
+            # A limit that cannot be checked is not waived: refuse, and say where the ledger is.
+            raise ConfigError(f"Cannot check {limit.describe()}: the cost ledger {self.ledger.path} cannot be read ({exc}).", hint="Check that the config folder is writable; nothing was sent.") from None
         return recorded + self._in_flight(limit, run)
 
     @contextmanager

@@ -99,6 +99,17 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("use_cache", True, "Answer an identical request (same provider, model, prompt, images, settings and seed) from the saved result, even after a restart."),
     OptionSpec("save_to", STORE_FOLDER, "Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache).", max_length=500),
     OptionSpec("model_id_override", "", "Send this model id instead of the catalog's (a newer or reseller-specific id); checks are relaxed.", max_length=500),
+    OptionSpec(
+        "delivery",
+        "now",
+        "now: one request per image, answers in seconds. batch: Google's Batch Mode (Gemini API only): the run's items go as one batch job at half price, answered within 24 hours (usually minutes); re-queue the same run to collect it after a restart.",
+        choices=("now", "batch"),
+    ),
+    OptionSpec(
+        "dry_run",
+        False,
+        "Send nothing: the report and text list, per call, the exact request that would be sent (keys redacted, image bytes summarised) and its estimated cost. The images output produces no image, so nothing downstream runs on it.",
+    ),
 )
 
 SPECS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in OPTION_SPECS}

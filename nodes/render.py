@@ -18,6 +18,11 @@ from ..providers.client import check_request, resolve
 from ..providers.errors import BananaError, InvalidRequest
 from ..providers.outcome import GenerationRequest, ImageInput
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .batch_mode import batch_discount, check_batch_provider, run_batch_mode
+from .dry_run import dry_run_report
+from .guard import money
+from .ledger import BATCH, NOW, Ledger
+from .spend import RunSpend
 from .store import ResultStore
 from .tensors import ImageDecodeError, decode_images, encode_image
 
@@ -44,11 +49,13 @@ class RenderInputs:
     upload_format: str = "auto"
     use_cache: bool = True
     model_id_override: str = ""
+    delivery: str = NOW  # "now" or "batch" (Google's Batch Mode)
+    dry_run: bool = False  # send nothing; report the requests and their estimated cost
 
 
 @dataclass
 class RenderOutput:
-    images: torch.Tensor
+    images: torch.Tensor | None  # None after a dry run: there is no image, and the node blocks its consumers
     text: str
     report: dict
 
@@ -83,6 +90,8 @@ async def render(
     store_root: Path | None,
     cancel_check: Callable[[], bool] | None = None,
     progress: ProgressSink | None = None,
+    prompt_id: str | None = None,
+    ledger: Ledger | None = None,
 ) -> RenderOutput:
     prompts = [p for text in inputs.prompts for p in split_prompts(text or "", inputs.prompt_per_line)]
     prompts = [p for p in prompts if p.strip()]
@@ -90,7 +99,11 @@ async def render(
         raise InvalidRequest("The prompt is empty.", hint="Type what the image should show (or, for an edit, what to change). With 'prompt_per_line' on, each non-empty line is one prompt.")
     if inputs.on_failure not in ("fail", "skip", "flag"):
         raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
+    if inputs.delivery not in (NOW, BATCH):
+        raise InvalidRequest(f"Unknown delivery '{inputs.delivery}'.", hint="Use now or batch.")
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
+    if inputs.delivery == BATCH:
+        check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
 
     images = _flatten(inputs.images)
     subjects: list[torch.Tensor] = []
@@ -126,8 +139,29 @@ async def render(
             progress.text(state.line(), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
-    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
+    normalised, _ = check_request(spec, offer, GenerationRequest(prompt=prompts[0], resolution=settings.resolution))
+    spend = RunSpend(
+        spec,
+        offer,
+        normalised.resolution,
+        ledger or Ledger(),
+        prompt_id=prompt_id,
+        delivery=inputs.delivery,
+        discount=batch_discount(spec) if inputs.delivery == BATCH else 1.0,
+    )
+    if inputs.dry_run:
+        report, text = await dry_run_report(items, settings, spec, offer, spend, store)
+        if progress is not None:
+            progress.text(text.splitlines()[0], force=True)
+        return RenderOutput(images=None, text=text, report=report)
+    if inputs.delivery == BATCH:
+        outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update)
+    else:
+        with spend.guarded([item.count for item in items]):
+            outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, on_outcome=lambda o, item: spend.record_outcome(o, item.count))
     report = batch_report(outcomes, settings)
+    report["delivery"] = inputs.delivery
+    report["spend"] = await asyncio.to_thread(spend.summary)
     if store is not None:
         report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
     if any(o.status == CANCELLED for o in outcomes):
@@ -164,6 +198,9 @@ def _summary(report: dict) -> str:
 
     counts = ", ".join(f"{n} {status}{reasons(status)}" for status, n in report["counts"].items())
     cost = f" - about {report['cost']:g} {report['cost_unit'] or ''}".rstrip() if report.get("cost") else ""
+    spend = report.get("spend") or {}
+    if spend.get("run") is not None:
+        cost += f"\nThis run so far: {money(spend['run'], spend.get('unit'))}; today: {money(spend.get('today') or 0.0, spend.get('unit'))}"
     return f"Done: {counts}{cost}"
 
 

@@ -6,6 +6,7 @@ batch's per-item callback, `summary()` for the report and the node's status line
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -128,11 +129,15 @@ class RunSpend:
 
     def summary(self) -> dict[str, Any]:
         """This node's recorded cost, the run's (every node of the workflow) and today's, in the node's unit."""
+        try:
+            run, day = self.ledger.spent(unit=self.unit, run_id=self.run_id), self.ledger.spent(unit=self.unit, day=today())
+        except (sqlite3.Error, OSError):
+            run = day = None  # the ledger is unreadable (logged there); the run itself is done and saved
         return {
             "unit": self.unit,
             "node": self.recorded,
-            "run": self.ledger.spent(unit=self.unit, run_id=self.run_id),
-            "today": self.ledger.spent(unit=self.unit, day=today()),
+            "run": run,
+            "today": day,
             "prompt_id": self.prompt_id,
             "ledger": str(self.ledger.path),
         }
