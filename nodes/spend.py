@@ -71,8 +71,10 @@ class RunSpend:
             outcome = OK
         elif isinstance(error, Refusal):
             outcome = REFUSED
-            by_tokens = costs.token_cost(self.offer, usage or error.usage)
-            if by_tokens is not None:  # Google bills the tokens of a refusal too
+            by_tokens = costs.token_cost(self.offer, usage or error.usage, has_image=False)
+            if "not be charged" in (error.finish_message or "").lower():
+                cost, unit, source = 0.0, self.unit, costs.PROVIDER  # Google's IMAGE_SAFETY text says so
+            elif by_tokens is not None:  # otherwise Google bills a refusal's tokens too
                 cost, unit, source = round(by_tokens * self.discount, 6), "usd", costs.TOKENS
             request_id = request_id or error.request_id
         elif isinstance(error, BananaError) and error.unanswered and not isinstance(error, Cancelled):

@@ -22,7 +22,7 @@ def _int(value: Any) -> int:
         return 0  # usage comes from the provider: a string or garbage counts as nothing
 
 
-def token_cost(offer: ModelOffer, usage: Mapping[str, Any] | None) -> float | None:
+def token_cost(offer: ModelOffer, usage: Mapping[str, Any] | None, *, has_image: bool = True) -> float | None:
     """USD for a Gemini answer's usageMetadata at the offer's per-token prices, or None.
 
     Image tokens (candidatesTokensDetails, modality IMAGE) are billed at the image rate; other
@@ -41,11 +41,11 @@ def token_cost(offer: ModelOffer, usage: Mapping[str, Any] | None) -> float | No
     if isinstance(details, list):
         image = sum(_int(d.get("tokenCount", d.get("token_count"))) for d in details if isinstance(d, Mapping) and str(d.get("modality", "")).upper() == "IMAGE")
     else:
-        image = output  # no breakdown: an image model's output is (almost all) image tokens
+        image = output if has_image else 0  # no breakdown: an image answer is (almost all) image tokens, a refusal's are text
     image = min(image, output)
     text = output - image + thoughts
     cost = prompt * prices.get("input", 0.0) + text * prices.get("output_text", 0.0) + image * prices.get("output_image", 0.0)
-    return round(cost / _MILLION, 6)
+    return cost / _MILLION  # callers round once, after any discount
 
 
 def list_cost(offer: ModelOffer, resolution: str | None, images: int) -> float | None:

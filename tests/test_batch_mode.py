@@ -1,0 +1,204 @@
+"""Google Batch Mode (delivery "batch") through render() against a loopback fake of the batch API."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from banana_pack.nodes.batch import CANCELLED, FAILED, OK, REFUSED
+from banana_pack.nodes.batch_mode import run_key
+from banana_pack.nodes.guard import SpendLimitReached
+from banana_pack.nodes.ledger import LEDGER_FILE, Ledger
+from banana_pack.nodes.render import Interrupted, RenderInputs, render
+from banana_pack.providers.errors import BananaError, ConfigError
+from fake_gemini_batch import CANCELLED as STATE_CANCELLED
+from fake_gemini_batch import EXPIRED, FAILED as STATE_FAILED, PENDING, RUNNING, SUCCEEDED, FakeBatchMode
+from fake_providers import point_presets_at
+from helpers import run
+from loopback import Reply
+
+CREATE = r":batchGenerateContent$"
+NB2_1K = 0.067  # list price of Nano Banana 2 at 1K; Batch Mode bills half
+
+
+@pytest.fixture
+def google(server, monkeypatch):
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "batch-mode-key-0123456789")
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    monkeypatch.setenv("BANANA_GOOGLE_POLL_FIRST_DELAY", "0.02")
+    monkeypatch.setenv("BANANA_GOOGLE_POLL_MAX_DELAY", "0.05")
+    monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "20")  # a broken attach fails the test instead of hanging it
+    return server
+
+
+def inputs(prompts: list[str], **kw) -> RenderInputs:
+    kw.setdefault("provider", "google")
+    kw.setdefault("model", "Nano Banana 2")
+    kw.setdefault("resolution", "1K")
+    kw.setdefault("on_failure", "skip")
+    return RenderInputs(prompts=["\n".join(prompts)], prompt_per_line=True, delivery="batch", **kw)
+
+
+class Progress:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def text(self, text: str, *, force: bool = False) -> None:
+        self.lines.append(text)
+
+    def items_finished(self, finished: int, total: int) -> None:
+        pass
+
+
+def ledger_rows(config_dir) -> list[dict]:
+    return list(Ledger(config_dir / LEDGER_FILE).entries())
+
+
+def test_one_inline_batch_mixed_answers_saved_and_billed_at_half_price(google, tmp_path, isolated_config):
+    fake = FakeBatchMode(google, states=[PENDING, RUNNING, RUNNING, SUCCEEDED]).install()
+    progress = Progress()
+    out = run(render(inputs(["cat 4", "refuse this", "error here", "dog 7"]), store_root=tmp_path, progress=progress, prompt_id="p-1"))
+    (create,) = google.hits("POST", CREATE)
+    assert create.path == "/models/gemini-3.1-flash-image-preview:batchGenerateContent"
+    sent = create.json()["batch"]["inputConfig"]["requests"]["requests"]
+    assert [r["request"]["contents"][0]["parts"][0]["text"] for r in sent] == ["cat 4", "refuse this", "error here", "dog 7"]
+    assert sent[0]["request"]["generationConfig"]["imageConfig"]["imageSize"] == "1K"
+    assert create.headers["x-goog-api-key"] == "batch-mode-key-0123456789"
+    (batch,) = fake.batches.values()
+
+    statuses = [row["status"] for row in out.report["items"]]
+    assert statuses == [OK, REFUSED, FAILED, OK]
+    assert out.images.shape[0] == 2 and [out.images.shape[2]] == [5]  # widths 5 and 8 resized to the first
+    assert out.report["items"][2]["reason"] == "invalid_request" and "invalid argument" in out.report["items"][2]["message"]
+    assert out.report["items"][1]["reason"] == "STOP"
+    assert all(row["files"] for row in out.report["items"] if row["status"] == OK)
+    saved = json.loads(open(out.report["items"][0]["files"][0].rsplit(".", 1)[0] + ".json").read())
+    assert saved["delivery"] == "batch" and saved["batch"] == batch.name
+    assert any("answered" in line and "pending" in line for line in progress.lines)  # progress from batchStats
+    # The journal entry is gone once every answer is saved.
+    assert not list((tmp_path / ".journal").glob("*.json"))
+
+    rows = {r["request_id"]: r for r in ledger_rows(isolated_config)}
+    ok_rows = [r for r in rows.values() if r["outcome"] == "ok"]
+    assert len(ok_rows) == 2 and all(r["delivery"] == "batch" and r["prompt_id"] == "p-1" for r in ok_rows)
+    # Half of the token price: 14 prompt tokens at $0.50/1M and 1290 image tokens at $60/1M.
+    assert ok_rows[0]["cost"] == pytest.approx((14 * 0.5 + 1290 * 60) / 1e6 / 2, abs=1e-6)  # kept to a millionth of a dollar
+    assert [r["outcome"] for r in rows.values()].count("refused") == 1 and len(rows) == 3  # the failed request costs nothing
+
+
+def test_attach_after_restart_never_submits_twice(google, tmp_path, monkeypatch):
+    fake = FakeBatchMode(google, states=[PENDING, RUNNING]).install()
+    monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "0.3")
+    prompts = ["cat 1", "cat 2", "cat 3"]
+    with pytest.raises(BananaError, match="still running at Google") as caught:  # gives up waiting; the batch runs on
+        run(render(inputs(prompts), store_root=tmp_path))
+    assert "queue the same run again" in str(caught.value)
+    journal = list((tmp_path / ".journal").glob("*.json"))
+    assert len(journal) == 1
+    (batch,) = fake.batches.values()
+
+    # "Restart": a new event loop and store on the same folder; Google finishes the batch meanwhile.
+    batch.states = [SUCCEEDED]
+    second = run(render(inputs(prompts), store_root=tmp_path))
+    assert len(google.hits("POST", CREATE)) == 1
+    assert [row["status"] for row in second.report["items"]] == [OK, OK, OK]
+    assert [second.images.shape[0], second.images.shape[2]] == [3, 2]
+    assert not list((tmp_path / ".journal").glob("*.json"))
+    # A third run finds every result in the cache: no request at all.
+    before = len(google.requests)
+    third = run(render(inputs(prompts), store_root=tmp_path))
+    assert len(google.requests) == before and {row["status"] for row in third.report["items"]} == {"cached"}
+
+
+def test_interrupt_cancels_the_batch_and_keeps_what_finished(google, tmp_path):
+    fake = FakeBatchMode(google, states=[PENDING, RUNNING, RUNNING, RUNNING, RUNNING], partial=1).install()
+    polls = {"n": 0}
+
+    def stop() -> bool:
+        polls["n"] = sum(b.polls for b in fake.batches.values())
+        return polls["n"] >= 2
+
+    with pytest.raises(Interrupted) as caught:
+        run(render(inputs(["cat 1", "cat 2", "cat 3"]), store_root=tmp_path, cancel_check=stop))
+    assert len(google.hits("POST", r"^/batches/[\w-]+:cancel$")) == 1
+    items = caught.value.report["items"]
+    assert [row["status"] for row in items] == [OK, CANCELLED, CANCELLED]
+    assert items[0]["files"] and "cancelled at Google" in items[1]["message"]
+    assert not list((tmp_path / ".journal").glob("*.json"))  # Google settled it (cancelled): nothing left to collect
+
+
+def test_interrupt_before_google_settles_keeps_the_journal_for_a_requeue(google, tmp_path):
+    fake = FakeBatchMode(google, states=[PENDING, RUNNING]).install()
+    google.route("POST", r"^/batches/[\w-]+:cancel$", Reply(json={}))  # accepted, not yet applied
+    with pytest.raises(Interrupted):
+        run(render(inputs(["cat 1", "cat 2"]), store_root=tmp_path, cancel_check=lambda: sum(b.polls for b in fake.batches.values()) >= 1))
+    assert len(list((tmp_path / ".journal").glob("*.json"))) == 1
+    (batch,) = fake.batches.values()
+    batch.states, batch.partial = [STATE_CANCELLED], 1  # Google cancels it, with the first answer finished
+    again = run(render(inputs(["cat 1", "cat 2"]), store_root=tmp_path))
+    assert [row["status"] for row in again.report["items"]] == [OK, FAILED]
+    assert "BATCH_STATE_CANCELLED" in again.report["items"][1]["message"]
+    assert len(google.hits("POST", CREATE)) == 1
+
+
+def test_expired_batch_fails_its_unanswered_items(google, tmp_path):
+    FakeBatchMode(google, states=[PENDING, EXPIRED], partial=1).install()
+    out = run(render(inputs(["cat 1", "cat 2"]), store_root=tmp_path))
+    assert [row["status"] for row in out.report["items"]] == [OK, FAILED]
+    assert "BATCH_STATE_EXPIRED" in out.report["items"][1]["message"]
+
+
+def test_failed_batch_reports_googles_error_under_the_failure_policy(google, tmp_path):
+    FakeBatchMode(google, states=[PENDING, STATE_FAILED], batch_error={"code": 3, "message": "Batch input is malformed.", "status": "INVALID_ARGUMENT"}).install()
+    with pytest.raises(BananaError, match="Batch input is malformed"):
+        run(render(inputs(["cat 1", "cat 2"], on_failure="fail"), store_root=tmp_path))
+
+
+def test_beyond_the_inline_limit_the_requests_go_as_a_jsonl_file(google, tmp_path, monkeypatch):
+    fake = FakeBatchMode(google).install()
+    monkeypatch.setenv("BANANA_GOOGLE_BATCH_INLINE_BYTES", "200")
+    out = run(render(inputs(["cat 1", "refuse 2", "cat 3"]), store_root=tmp_path))
+    start, upload = google.hits("POST", r"^/upload/files$")
+    assert start.headers["x-goog-upload-command"] == "start" and start.headers["x-goog-upload-protocol"] == "resumable"
+    assert upload.headers["x-goog-upload-command"] == "upload, finalize" and upload.query.startswith("upload_id=")
+    lines = [json.loads(line) for line in upload.body.splitlines()]
+    assert [line["request"]["contents"][0]["parts"][0]["text"] for line in lines] == ["cat 1", "refuse 2", "cat 3"]
+    (create,) = google.hits("POST", CREATE)
+    assert create.json()["batch"]["inputConfig"]["fileName"].startswith("files/in-")
+    assert len(google.hits("GET", r"^/download/files/")) == 1
+    assert [row["status"] for row in out.report["items"]] == [OK, REFUSED, OK]
+    assert len(google.hits("DELETE", r"^/files/in-")) == 1  # the uploaded requests file is cleaned up
+    assert len(fake.batches) == 1
+
+
+def test_batch_delivery_is_refused_for_providers_without_batch_mode(server, tmp_path, monkeypatch):
+    point_presets_at(server, monkeypatch.setenv)
+    for provider in ("fal", "apiyi", "openai_hk"):
+        with pytest.raises(ConfigError, match="does not offer"):
+            run(render(inputs(["cat 1"], provider=provider, model="Nano Banana"), store_root=tmp_path))
+    assert server.requests == []
+
+
+def test_guard_checks_the_batch_estimate_at_half_price(google, tmp_path, monkeypatch):
+    FakeBatchMode(google).install()
+    monkeypatch.setenv("BANANA_SPEND_LIMIT_RUN", "0.1")  # 3 x $0.0335 = $0.1005 crosses it; 2 do not
+    with pytest.raises(SpendLimitReached, match=r"\$0.10"):
+        run(render(inputs(["cat 1", "cat 2", "cat 3"]), store_root=tmp_path))
+    assert google.requests == []
+    out = run(render(inputs(["cat 1", "cat 2"]), store_root=tmp_path))
+    assert out.images.shape[0] == 2
+
+
+def test_dry_run_in_batch_mode_sends_nothing(google, tmp_path):
+    FakeBatchMode(google).install()
+    out = run(render(inputs(["cat 1", "cat 2"], dry_run=True), store_root=tmp_path))
+    assert google.requests == [] and out.images is None
+    batch = out.report["batch_request"]
+    assert batch["url"].endswith("/models/gemini-3.1-flash-image-preview:batchGenerateContent")
+    assert len(batch["body"]["batch"]["inputConfig"]["requests"]["requests"]) == 2
+    assert out.report["estimate"] == pytest.approx(2 * NB2_1K / 2)
+
+
+def test_run_key_depends_on_every_item():
+    assert run_key(["a", "b"]) != run_key(["b", "a"]) != run_key(["a"])
