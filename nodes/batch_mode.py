@@ -156,7 +156,7 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
     progress.in_flight = len(keys)
 
     async def check():
-        state = await gemini_batch.get_state(call, name)
+        state = await gemini_batch.get_state(call, name, len(keys))
         progress.in_flight = state.pending if state.total else len(keys)
         return gemini_batch.poll_state(state)
 
@@ -167,7 +167,7 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
         # The engine has asked Google to cancel the batch; collect whatever had finished.
         interrupted = exc
         try:
-            state = await asyncio.wait_for(gemini_batch.get_state(replace(call, ctx=call.ctx.detached()), name), FINAL_LOOK_SECONDS)
+            state = await asyncio.wait_for(gemini_batch.get_state(replace(call, ctx=call.ctx.detached()), name, len(keys)), FINAL_LOOK_SECONDS)
         except (BananaError, asyncio.TimeoutError):
             state = None
     except TimedOut as exc:

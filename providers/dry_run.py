@@ -59,7 +59,9 @@ class DryRunEngine(HttpEngine):
         text = text.replace(self.api_key, REDACTED) if self.api_key else text
         return redact(text)
 
-    async def request(self, ctx, caller, method, url, *, headers=None, json_body=None, data=None, files=None, content=None, **_kw):  # type: ignore[override]
+    async def request(self, ctx, caller, method, url, *, headers=None, json_body=None, data=None, files=None, content=None, credentials=None, **_kw):  # type: ignore[override]
+        if credentials is not None:
+            headers = {**(headers or {}), **credentials.headers_for(url)}  # the same origin check a real send makes
         body: Any
         if json_body is not None:
             body = summarise(json_body)
@@ -90,7 +92,7 @@ async def plan_request(spec: ProviderSpec, offer: ModelOffer, request: Generatio
         else:
             await module.generate(call, request)
     except WouldSend as planned:
-        return {**planned.planned, "auth": f"{spec.auth} header, added by the engine ({REDACTED})", "warnings": warnings}
+        return {**planned.planned, "warnings": warnings}
     return {"method": None, "url": None, "body": None, "warnings": warnings + ["The protocol module sent nothing."]}
 
 
