@@ -77,7 +77,7 @@ class RunSpend:
             elif by_tokens is not None:  # otherwise Google bills a refusal's tokens too
                 cost, unit, source = round(by_tokens * self.discount, 6), "usd", costs.TOKENS
             request_id = request_id or error.request_id
-        elif isinstance(error, BananaError) and error.unanswered and not isinstance(error, Cancelled):
+        elif isinstance(error, BananaError) and (error.maybe_billed or (error.unanswered and not isinstance(error, Cancelled))):
             # Sent, no answer: the provider may have generated (and billed) it. Counted at list price.
             outcome, cost, unit, source = MAYBE_BILLED, self.per_call(count), self.unit, costs.LIST_PRICE
             request_id = request_id or error.request_id
