@@ -103,7 +103,7 @@ async def run_batch_mode(
 
     handle = await asyncio.to_thread(store.pending_task, journal_key)
     in_batch: list[str] = []
-    if handle is not None and isinstance(handle.get("keys"), list) and isinstance(handle.get("batch"), str):
+    if isinstance(handle, dict) and isinstance(handle.get("keys"), list) and isinstance(handle.get("batch"), str):
         in_batch = [k for k in handle["keys"] if k in by_entry]
     else:
         handle = None
