@@ -20,15 +20,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from ..providers.client import ProviderCall, check_request, price_result, resolve
 from ..providers.config import api_key_for
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, Cancelled, ConfigError, Refusal, TimedOut
 from ..providers.protocols import gemini_batch
-from .batch import CACHED, CANCELLED, FAILED, OK, REFUSED, BatchItem, BatchProgress, BatchSettings, ItemOutcome, item_request
+from .batch import (
+    CACHED,
+    CANCELLED,
+    FAILED,
+    OK,
+    REFUSED,
+    BatchItem,
+    BatchProgress,
+    BatchSettings,
+    ItemOutcome,
+    item_request,
+)
 from .spend import RunSpend
 from .store import ResultStore
 

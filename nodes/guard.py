@@ -21,9 +21,10 @@ import os
 import sqlite3
 import threading
 import uuid
-from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from ..providers.catalog import ProviderSpec
 from ..providers.config import env_name, user_settings
@@ -102,8 +103,8 @@ class _Reservation:
 class SpendGuard:
     """Checks a run against the limits and holds its estimate until the run's calls are in the ledger."""
 
-    _lock = threading.Lock()
-    _reserved: dict[str, _Reservation] = {}  # process-wide: every node and event loop shares it
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _reserved: ClassVar[dict[str, _Reservation]] = {}  # process-wide: every node and event loop shares it
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -128,7 +129,7 @@ class SpendGuard:
         return recorded + self._in_flight(limit, run)
 
     @contextmanager
-    def reserve(self, spec: ProviderSpec, *, estimate: float | None, unit: str, run: str, what: str = "") -> Iterator["Reserved"]:
+    def reserve(self, spec: ProviderSpec, *, estimate: float | None, unit: str, run: str, what: str = "") -> Iterator[Reserved]:
         """Refuse (SpendLimitReached) if the run would cross a limit; else hold its estimate while it runs."""
         token = uuid.uuid4().hex
         with self._lock:

@@ -22,9 +22,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ..providers.config import config_dir, user_settings
 from ..providers.redaction import redact

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from ..providers import costs
 from ..providers.catalog import ModelOffer, ProviderSpec

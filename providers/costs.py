@@ -7,7 +7,8 @@ the catalog's list price per image. Batch Mode bills half of the standard rate.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .catalog import ModelOffer
 

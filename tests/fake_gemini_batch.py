@@ -70,7 +70,7 @@ class FakeBatchMode:
     files: dict[str, bytes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def install(self) -> "FakeBatchMode":
+    def install(self) -> FakeBatchMode:
         s = self.server
         s.route("POST", r"^/models/[^/]+:batchGenerateContent$", self.create)
         s.route("GET", r"^/batches/[\w-]+$", self.get)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-
 from banana_pack.nodes.batch import CANCELLED, FAILED, OK, REFUSED
 from banana_pack.nodes.batch_mode import run_key
 from banana_pack.nodes.guard import SpendLimitReached
@@ -13,7 +13,8 @@ from banana_pack.nodes.ledger import LEDGER_FILE, Ledger
 from banana_pack.nodes.render import Interrupted, RenderInputs, render
 from banana_pack.providers.errors import BananaError, ConfigError
 from fake_gemini_batch import CANCELLED as STATE_CANCELLED
-from fake_gemini_batch import EXPIRED, FAILED as STATE_FAILED, PENDING, RUNNING, SUCCEEDED, FakeBatchMode
+from fake_gemini_batch import EXPIRED, PENDING, RUNNING, SUCCEEDED, FakeBatchMode
+from fake_gemini_batch import FAILED as STATE_FAILED
 from fake_providers import point_presets_at
 from helpers import run
 from loopback import Reply
@@ -73,7 +74,7 @@ def test_one_inline_batch_mixed_answers_saved_and_billed_at_half_price(google, t
     assert out.report["items"][2]["reason"] == "invalid_request" and "invalid argument" in out.report["items"][2]["message"]
     assert out.report["items"][1]["reason"] == "STOP"
     assert all(row["files"] for row in out.report["items"] if row["status"] == OK)
-    saved = json.loads(open(out.report["items"][0]["files"][0].rsplit(".", 1)[0] + ".json").read())
+    saved = json.loads(Path(out.report["items"][0]["files"][0]).with_suffix(".json").read_text())
     assert saved["delivery"] == "batch" and saved["batch"] == batch.name
     assert any("answered" in line and "pending" in line for line in progress.lines)  # progress from batchStats
     # The journal entry is gone once every answer is saved.

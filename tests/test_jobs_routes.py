@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from banana_pack.nodes.jobs_routes import cancel_job, jobs_summary
 from banana_pack.nodes.ledger import LEDGER_FILE, OK, Ledger, LedgerEntry, today
 from banana_pack.nodes.render import RenderInputs, render

@@ -7,9 +7,16 @@ import json
 import sqlite3
 
 import pytest
-
 from banana_pack.nodes.guard import SpendLimitReached
-from banana_pack.nodes.ledger import LEDGER_FILE, MAYBE_BILLED, OK, REFUSED, Ledger, LedgerEntry, today
+from banana_pack.nodes.ledger import (
+    LEDGER_FILE,
+    MAYBE_BILLED,
+    OK,
+    REFUSED,
+    Ledger,
+    LedgerEntry,
+    today,
+)
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.providers.errors import ConfigError
 from fake_providers import point_presets_at, script_all
