@@ -66,18 +66,19 @@ class FakeBatchMode:
     states: list[str] = field(default_factory=lambda: [PENDING, RUNNING, SUCCEEDED])
     partial: int = 0
     batch_error: dict[str, Any] | None = None
+    prefix: str = ""  # the base URL's path, e.g. "/v1beta" (the Files API adds /upload and /download before it)
     batches: dict[str, FakeBatch] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self) -> FakeBatchMode:
-        s = self.server
-        s.route("POST", r"^/models/[^/]+:batchGenerateContent$", self.create)
-        s.route("GET", r"^/batches/[\w-]+$", self.get)
-        s.route("POST", r"^/batches/[\w-]+:cancel$", self.cancel)
-        s.route("POST", r"^/upload/files$", self.upload)
-        s.route("GET", r"^/download/files/[\w-]+:download$", self.download)
-        s.route("DELETE", r"^/files/[\w-]+$", Reply(json={}))
+        s, p = self.server, self.prefix
+        s.route("POST", rf"^{p}/models/[^/]+:batchGenerateContent$", self.create)
+        s.route("GET", rf"^{p}/batches/[\w-]+$", self.get)
+        s.route("POST", rf"^{p}/batches/[\w-]+:cancel$", self.cancel)
+        s.route("POST", rf"^/upload{p}/files$", self.upload)
+        s.route("GET", rf"^/download{p}/files/[\w-]+:download$", self.download)
+        s.route("DELETE", rf"^{p}/files/[\w-]+$", Reply(json={}))
         return self
 
     # -- the batch API ------------------------------------------------------------------------------
@@ -99,14 +100,14 @@ class FakeBatchMode:
         return Reply(json=self.operation(self.batches[name], advance=False))
 
     def get(self, req: Recorded) -> Reply:
-        name = req.path.lstrip("/")
+        name = req.path.removeprefix(self.prefix).lstrip("/")
         batch = self.batches.get(name)
         if batch is None:
             return Reply(404, {"error": {"code": 404, "message": f"{name} not found", "status": "NOT_FOUND"}})
         return Reply(json=self.operation(batch, advance=True))
 
     def cancel(self, req: Recorded) -> Reply:
-        name = req.path.lstrip("/").split(":")[0]
+        name = req.path.removeprefix(self.prefix).lstrip("/").split(":")[0]
         self.batches[name].cancelled = True
         return Reply(json={})
 
@@ -149,13 +150,13 @@ class FakeBatchMode:
     def upload(self, req: Recorded) -> Reply:
         if req.headers.get("x-goog-upload-command") == "start":
             upload_id = uuid.uuid4().hex[:10]
-            return Reply(json={}, headers={"X-Goog-Upload-URL": f"{self.server.url}/upload/files?upload_id={upload_id}", "X-Goog-Upload-Status": "active"})
+            return Reply(json={}, headers={"X-Goog-Upload-URL": f"{self.server.url}/upload{self.prefix}/files?upload_id={upload_id}", "X-Goog-Upload-Status": "active"})
         name = f"files/in-{uuid.uuid4().hex[:10]}"
         self.files[name] = req.body
         return Reply(json={"file": {"name": name, "mimeType": "application/jsonl", "sizeBytes": str(len(req.body))}}, headers={"X-Goog-Upload-Status": "final"})
 
     def download(self, req: Recorded) -> Reply:
-        name = req.path.removeprefix("/download/").split(":")[0]
+        name = req.path.removeprefix(f"/download{self.prefix}/").split(":")[0]
         if name not in self.files:
             return Reply(404, {"error": {"code": 404, "message": "no such file", "status": "NOT_FOUND"}})
         return Reply(body=self.files[name], content_type="application/jsonl")

@@ -203,3 +203,55 @@ def test_dry_run_in_batch_mode_sends_nothing(google, tmp_path):
 
 def test_run_key_depends_on_every_item():
     assert run_key(["a", "b"]) != run_key(["b", "a"]) != run_key(["a"])
+
+
+# -- checked against Google's own client (google-genai) ------------------------------------------
+
+
+@pytest.fixture
+def google_v1beta(server, monkeypatch):
+    """The fake under /v1beta, where google-genai sends its requests."""
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "batch-mode-key-0123456789")
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", f"{server.url}/v1beta")
+    monkeypatch.setenv("BANANA_GOOGLE_POLL_FIRST_DELAY", "0.02")
+    monkeypatch.setenv("BANANA_GOOGLE_POLL_MAX_DELAY", "0.05")
+    monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "20")
+    return server
+
+
+def sdk_client(server):
+    from google import genai
+
+    return genai.Client(api_key="sdk-key-0123456789", http_options={"base_url": server.url, "api_version": "v1beta"})
+
+
+def test_our_batch_request_has_the_shape_google_genai_sends(google_v1beta, tmp_path):
+    fake = FakeBatchMode(google_v1beta, prefix="/v1beta").install()
+    client = sdk_client(google_v1beta)  # kept referenced: the SDK closes its HTTP client when collected
+    client.batches.create(
+        model="gemini-3.1-flash-image-preview",
+        src=[{"contents": [{"parts": [{"text": "cat 1"}], "role": "user"}], "metadata": {"key": "item-0"}}],
+        config={"display_name": "sdk-made"},
+    )
+    run(render(inputs(["cat 1"]), store_root=tmp_path))
+    sdk_req, ours = google_v1beta.hits("POST", CREATE)
+    assert sdk_req.path == ours.path == "/v1beta/models/gemini-3.1-flash-image-preview:batchGenerateContent"
+    sdk_batch, our_batch = sdk_req.json()["batch"], ours.json()["batch"]
+    assert set(our_batch) == set(sdk_batch) == {"displayName", "inputConfig"}
+    sdk_entry, our_entry = sdk_batch["inputConfig"]["requests"]["requests"][0], our_batch["inputConfig"]["requests"]["requests"][0]
+    assert set(our_entry) == set(sdk_entry) == {"request", "metadata"}
+    assert our_entry["request"]["contents"] == sdk_entry["request"]["contents"]
+    assert len(fake.batches) == 2
+
+
+def test_google_genai_reads_the_fakes_answers_as_we_do(google_v1beta, tmp_path):
+    fake = FakeBatchMode(google_v1beta, prefix="/v1beta", states=[SUCCEEDED]).install()
+    out = run(render(inputs(["cat 1", "refuse 2", "error 3"]), store_root=tmp_path))
+    (batch,) = fake.batches.values()
+    client = sdk_client(google_v1beta)
+    job = client.batches.get(name=batch.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED" and job.name == batch.name
+    responses = job.dest.inlined_responses
+    assert [r.metadata["key"] for r in responses] == [line[0] for line in batch.requests]
+    sdk_kinds = ["refused" if r.response and not any(p.inline_data for p in r.response.candidates[0].content.parts or []) else "failed" if r.error else "ok" for r in responses]
+    assert sdk_kinds == [row["status"] for row in out.report["items"]] == [OK, REFUSED, FAILED]
