@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
-from ..providers.catalog import ModelOffer
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
@@ -134,24 +134,6 @@ def expand_items(
     return items
 
 
-def item_request(item: BatchItem, settings: BatchSettings, provider_id: str, offer: ModelOffer) -> tuple[GenerationRequest, str, dict[str, Any]]:
-    """An item's request, its cache key (everything that determines the result) and its provenance."""
-    request = GenerationRequest(
-        prompt=item.prompt,
-        images=item.images,
-        aspect_ratio=settings.aspect_ratio,
-        resolution=settings.resolution,
-        seed=item.seed,
-        temperature=settings.temperature,
-        system_prompt=settings.system_prompt,
-        web_search=settings.web_search,
-        count=item.count,
-    )
-    fields = {"provider": provider_id, "model_id": offer.model_id, **{k: v for k, v in request.__dict__.items() if k != "images"}}
-    key = request_key(fields, (im.digest for im in item.images))
-    return request, key, {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
-
-
 def split_prompts(text: str, per_line: bool) -> list[str]:
     if not per_line:
         return [text]
@@ -182,7 +164,24 @@ async def run_batch(
 
     async def run_one(item: BatchItem) -> ItemOutcome:
         outcome = ItemOutcome(index=item.index, prompt=item.prompt, seed=item.seed, provider=spec.id, model_id=offer.model_id)
-        request, key, provenance = item_request(item, settings, spec.id, offer)
+        request = GenerationRequest(
+            prompt=item.prompt,
+            images=item.images,
+            aspect_ratio=settings.aspect_ratio,
+            resolution=settings.resolution,
+            seed=item.seed,
+            temperature=settings.temperature,
+            system_prompt=settings.system_prompt,
+            web_search=settings.web_search,
+            count=item.count,
+        )
+        fields = {
+            "provider": spec.id,
+            "model_id": offer.model_id,
+            **{k: v for k, v in request.__dict__.items() if k != "images"},
+        }
+        key = request_key(fields, (im.digest for im in item.images))
+        provenance = {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
         if store is not None and settings.use_cache:
             cached = await asyncio.to_thread(store.lookup, key)
             if cached is not None:

@@ -24,10 +24,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from ..providers.catalog import ModelOffer
 from ..providers.client import ProviderCall, check_request, price_result, resolve
 from ..providers.config import api_key_for
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, Cancelled, ConfigError, Refusal, TimedOut
+from ..providers.outcome import GenerationRequest
 from ..providers.protocols import gemini_batch
 from .batch import (
     CACHED,
@@ -39,13 +41,30 @@ from .batch import (
     BatchProgress,
     BatchSettings,
     ItemOutcome,
-    item_request,
 )
 from .spend import RunSpend
-from .store import ResultStore
+from .store import ResultStore, request_key
 
 DISPLAY_PREFIX = "nano-banana-bridge"
 FINAL_LOOK_SECONDS = 10.0  # after an interrupt: how long to wait for the answers that had finished
+
+
+def item_request(item: BatchItem, settings: BatchSettings, provider_id: str, offer: ModelOffer) -> tuple[GenerationRequest, str, dict[str, Any]]:
+    """An item's request, its cache key (the same fields as nodes/batch.py's run_batch) and its provenance."""
+    request = GenerationRequest(
+        prompt=item.prompt,
+        images=item.images,
+        aspect_ratio=settings.aspect_ratio,
+        resolution=settings.resolution,
+        seed=item.seed,
+        temperature=settings.temperature,
+        system_prompt=settings.system_prompt,
+        web_search=settings.web_search,
+        count=item.count,
+    )
+    fields = {"provider": provider_id, "model_id": offer.model_id, **{k: v for k, v in request.__dict__.items() if k != "images"}}
+    key = request_key(fields, (im.digest for im in item.images))
+    return request, key, {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
 
 
 def supports_batch(spec) -> bool:

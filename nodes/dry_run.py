@@ -17,8 +17,8 @@ from ..providers.client import check_request
 from ..providers.dry_run import NO_KEY, REDACTED, plan_request, summarise
 from ..providers.errors import BananaError
 from ..providers.protocols import gemini_batch
-from .batch import BatchItem, BatchSettings, item_request
-from .batch_mode import DISPLAY_PREFIX, entry_key, run_key
+from .batch import BatchItem, BatchSettings
+from .batch_mode import DISPLAY_PREFIX, entry_key, item_request, run_key
 from .guard import money
 from .ledger import BATCH
 from .spend import RunSpend

@@ -11,7 +11,6 @@ import sqlite3
 import urllib.request
 
 import pytest
-
 from fake_gemini_batch import RUNNING, SUCCEEDED, FakeBatchMode
 from loopback import LoopbackServer
 
@@ -76,7 +75,7 @@ def test_dry_run_sends_nothing_and_nothing_downstream_of_images_runs(comfy, prov
 
 
 def test_batch_mode_end_to_end_with_the_ledger_keyed_by_the_prompt_id(comfy, provider):
-    server, fake = provider
+    server, _ = provider
     prompt_id = comfy.post_prompt(prompt_graph(comfy, "batch cat 1\nbatch dog 2", delivery="batch"))
     entry = comfy.wait_for(prompt_id, timeout=90)
     assert entry["status"]["status_str"] == "success", comfy.server.log_tail()
