@@ -133,11 +133,17 @@ async def run_batch_mode(
     by_entry = {entry_key(item.index, key): (item, request, key, provenance, warnings) for item, request, key, provenance, warnings in prepared}
 
     handle = await asyncio.to_thread(store.pending_task, journal_key)
-    in_batch: list[str] = []
-    if isinstance(handle, dict) and isinstance(handle.get("keys"), list) and isinstance(handle.get("batch"), str):
-        in_batch = [k for k in handle["keys"] if k in by_entry]
-    else:
+    if not isinstance(handle, dict) or not isinstance(handle.get("keys"), list):
         handle = None
+    elif not isinstance(handle.get("batch"), str) and isinstance(handle.get("display_name"), str):
+        # The create's answer was lost: the batch may exist. Find it by its display name before sending anything.
+        update(f"Looking for the batch {handle['display_name']} at Google")
+        found = await gemini_batch.find_by_display_name(call, handle["display_name"])
+        handle = {**handle, "batch": found} if found else None
+        if found:
+            await asyncio.to_thread(store.remember_task, journal_key, handle, {"delivery": "batch", "provider": spec.id, "model_id": offer.model_id, "display_name": handle["display_name"]})
+    in_batch = [k for k in handle["keys"] if k in by_entry] if handle is not None and isinstance(handle.get("batch"), str) else []
+    handle = handle if in_batch else None
     # Items not in the journaled batch: from the cache (saved on an earlier run), else into a new batch.
     todo: list[str] = []
     for entry, (item, _request, key, _prov, _warn) in by_entry.items():
@@ -164,9 +170,22 @@ async def run_batch_mode(
         with spend.guarded(counts):
             display_name = f"{DISPLAY_PREFIX}-{journal_key[:16]}"
             entries = gemini_batch.build_entries([(e, by_entry[e][1]) for e in todo])
-            handle = await gemini_batch.create_batch(call, offer.model_id, display_name, entries)
-            # Journaled before anything else: from here on, a lost process or a re-queue finds this batch.
-            await asyncio.to_thread(store.remember_task, journal_key, handle, {"delivery": "batch", "provider": spec.id, "model_id": offer.model_id, "items": len(todo), "display_name": display_name})
+            body, input_file = await gemini_batch.prepare_input(call, display_name, entries)
+            provenance = {"delivery": "batch", "provider": spec.id, "model_id": offer.model_id, "items": len(todo), "display_name": display_name}
+            handle = {"batch": None, "display_name": display_name, "input_file": input_file, "keys": todo, "model_id": offer.model_id}
+            # Journaled before the create is sent (by display name), and again with the batch's name the
+            # moment Google answers: a lost answer, a lost process or a re-queue always finds this batch.
+            await asyncio.to_thread(store.remember_task, journal_key, handle, provenance)
+            try:
+                handle["batch"] = await gemini_batch.create(call, offer.model_id, body)
+            except BananaError as exc:
+                if exc.maybe_billed or exc.unanswered:
+                    exc.hint = f"{exc.hint}\nQueue the same run again: it looks for the batch '{display_name}' at Google and attaches to it instead of submitting again."
+                    exc.args = (str(exc),)
+                else:
+                    await asyncio.to_thread(store.forget_task, journal_key)  # answered with an error: no batch exists
+                raise
+            await asyncio.to_thread(store.remember_task, journal_key, handle, provenance)
             progress.in_flight = len(todo)
             update(f"Submitted {handle['batch']} ({len(todo)} requests)")
             await _wait_and_collect(call, store, spend, handle, by_entry, outcomes, progress, update, journal_key)

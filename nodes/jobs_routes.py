@@ -73,7 +73,7 @@ def _job(root: Path, path: Path) -> dict[str, Any] | None:
     except ValueError:
         age = None
     is_batch = isinstance(handle.get("batch"), str)
-    task_id = handle.get("batch") if is_batch else next((handle[k] for k in ("request_id", "task_id", "id") if isinstance(handle.get(k), str)), None)
+    task_id = handle.get("batch") if is_batch else next((handle[k] for k in ("request_id", "task_id", "id", "display_name") if isinstance(handle.get(k), str)), None)
     return {
         "id": f"{root.name}/{path.stem}",
         "folder": root.name,

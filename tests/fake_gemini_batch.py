@@ -66,6 +66,7 @@ class FakeBatchMode:
     states: list[str] = field(default_factory=lambda: [PENDING, RUNNING, SUCCEEDED])
     partial: int = 0
     batch_error: dict[str, Any] | None = None
+    drop_create_answers: int = 0  # create the batch, then lose this many answers (the connection drops)
     prefix: str = ""  # the base URL's path, e.g. "/v1beta" (the Files API adds /upload and /download before it)
     batches: dict[str, FakeBatch] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
@@ -75,6 +76,7 @@ class FakeBatchMode:
         s, p = self.server, self.prefix
         s.route("POST", rf"^{p}/models/[^/]+:batchGenerateContent$", self.create)
         s.route("GET", rf"^{p}/batches/[\w-]+$", self.get)
+        s.route("GET", rf"^{p}/batches$", self.list)
         s.route("POST", rf"^{p}/batches/[\w-]+:cancel$", self.cancel)
         s.route("POST", rf"^/upload{p}/files$", self.upload)
         s.route("GET", rf"^/download{p}/files/[\w-]+:download$", self.download)
@@ -97,7 +99,13 @@ class FakeBatchMode:
         name = f"batches/{uuid.uuid4().hex[:12]}"
         with self._lock:
             self.batches[name] = FakeBatch(name, model, body.get("displayName", ""), requests, from_file, list(self.states), self.partial, error=self.batch_error)
+        if self.drop_create_answers > 0:
+            self.drop_create_answers -= 1
+            return Reply(drop=True)  # accepted (and billable) at Google; the answer never arrives
         return Reply(json=self.operation(self.batches[name], advance=False))
+
+    def list(self, req: Recorded) -> Reply:
+        return Reply(json={"operations": [self.operation(b, advance=False) for b in self.batches.values()]})
 
     def get(self, req: Recorded) -> Reply:
         name = req.path.removeprefix(self.prefix).lstrip("/")

@@ -255,3 +255,23 @@ def test_google_genai_reads_the_fakes_answers_as_we_do(google_v1beta, tmp_path):
     assert [r.metadata["key"] for r in responses] == [line[0] for line in batch.requests]
     sdk_kinds = ["refused" if r.response and not any(p.inline_data for p in r.response.candidates[0].content.parts or []) else "failed" if r.error else "ok" for r in responses]
     assert sdk_kinds == [row["status"] for row in out.report["items"]] == [OK, REFUSED, FAILED]
+
+
+def test_a_lost_create_answer_is_never_resent_and_a_requeue_finds_the_batch_by_name(google, tmp_path):
+    fake = FakeBatchMode(google, states=[RUNNING, SUCCEEDED], drop_create_answers=1).install()
+    with pytest.raises(BananaError) as caught:
+        run(render(inputs(["cat 1", "cat 2"]), store_root=tmp_path))
+    assert caught.value.maybe_billed and "looks for the batch" in str(caught.value)
+    assert len(google.hits("POST", CREATE)) == 1 and len(fake.batches) == 1  # sent once, and it exists at Google
+    again = run(render(inputs(["cat 1", "cat 2"]), store_root=tmp_path))
+    assert len(google.hits("POST", CREATE)) == 1 and len(google.hits("GET", r"^/batches$")) == 1
+    assert [row["status"] for row in again.report["items"]] == [OK, OK]
+    assert not list((tmp_path / ".journal").glob("*.json"))
+
+
+def test_a_create_refused_with_an_error_leaves_no_journal(google, tmp_path):
+    FakeBatchMode(google).install()
+    google.route("POST", CREATE, Reply(400, {"error": {"code": 400, "message": "Batch mode is not available for this model.", "status": "INVALID_ARGUMENT"}}))
+    with pytest.raises(BananaError, match="not available for this model"):
+        run(render(inputs(["cat 1"]), store_root=tmp_path))
+    assert not list((tmp_path / ".journal").glob("*.json"))

@@ -149,20 +149,38 @@ async def upload_jsonl(call, data: bytes, display_name: str) -> str:
     return name
 
 
-async def create_batch(call, model_id: str, display_name: str, entries: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    """Create the batch job (inline, or through a JSONL file beyond the inline limit); returns its handle.
-
-    The handle must be journaled before anything else happens: it is the only way back to a paid job.
-    """
+async def prepare_input(call, display_name: str, entries: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], str | None]:
+    """The create request's body: inline requests, or (beyond the inline limit) a JSONL file uploaded first."""
     body = inline_body(display_name, entries)
     size = len(json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode())
-    input_file = None
-    if size > call.number_option("batch_inline_bytes", 20_000_000):
-        input_file = await upload_jsonl(call, jsonl(entries), display_name)
-        body = file_body(display_name, input_file)
+    if size <= call.number_option("batch_inline_bytes", 20_000_000):
+        return body, None
+    input_file = await upload_jsonl(call, jsonl(entries), display_name)
+    return file_body(display_name, input_file), input_file
+
+
+async def create(call, model_id: str, body: dict[str, Any]) -> str:
+    """Create the batch job, once (a lost answer is never resent); returns its name, batches/{id}."""
     response = await call.submit_once(f"models/{model_id}:batchGenerateContent", body)
-    state = read_state(response.json_object())
-    return {"batch": state.name, "input_file": input_file, "keys": [key for key, _ in entries], "model_id": model_id}
+    return read_state(response.json_object()).name
+
+
+async def find_by_display_name(call, display_name: str, pages: int = 5) -> str | None:
+    """The batch created under this display name, if Google lists one (after a create whose answer was lost)."""
+    token = ""
+    for _ in range(pages):
+        response = await call.get(f"batches?pageSize=100{'&pageToken=' + token if token else ''}", status="Looking for the batch")
+        body = response.json_object()
+        for operation in body.get("operations") or []:
+            if not isinstance(operation, dict):
+                continue
+            meta = operation.get("metadata") if isinstance(operation.get("metadata"), dict) else {}
+            if meta.get("displayName") == display_name:
+                return valid_name(operation.get("name"))
+        token = body.get("nextPageToken") if isinstance(body.get("nextPageToken"), str) and re.fullmatch(r"[\w.=-]{1,512}", body["nextPageToken"]) else ""
+        if not token:
+            return None
+    return None
 
 
 async def get_state(call, name: str, items: int = 1) -> BatchState:
