@@ -132,15 +132,14 @@ async def run_batch_mode(
     journal_key = run_key([key for _, _, key, _, _ in prepared])
     by_entry = {entry_key(item.index, key): (item, request, key, provenance, warnings) for item, request, key, provenance, warnings in prepared}
 
-    handle = await asyncio.to_thread(store.pending_task, journal_key)
-    if not isinstance(handle, dict) or not isinstance(handle.get("keys"), list):
-        handle = None
-    elif not isinstance(handle.get("batch"), str) and isinstance(handle.get("display_name"), str):
+    journaled = await asyncio.to_thread(store.pending_task, journal_key)
+    handle: dict[str, Any] | None = journaled if isinstance(journaled, dict) and isinstance(journaled.get("keys"), list) else None
+    if handle is not None and not isinstance(handle.get("batch"), str) and isinstance(handle.get("display_name"), str):
         # The create's answer was lost: the batch may exist. Find it by its display name before sending anything.
         update(f"Looking for the batch {handle['display_name']} at Google")
         found = await gemini_batch.find_by_display_name(call, handle["display_name"])
         handle = {**handle, "batch": found} if found else None
-        if found:
+        if handle is not None:
             await asyncio.to_thread(store.remember_task, journal_key, handle, {"delivery": "batch", "provider": spec.id, "model_id": offer.model_id, "display_name": handle["display_name"]})
     in_batch = [k for k in handle["keys"] if k in by_entry] if handle is not None and isinstance(handle.get("batch"), str) else []
     handle = handle if in_batch else None

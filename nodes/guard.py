@@ -68,12 +68,15 @@ def _amount(raw: Any, source: str) -> float | None:
     return value
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def limits_for(spec: ProviderSpec, unit: str) -> list[Limit]:
     """Every limit that applies to a call to `spec` billed in `unit`."""
     settings = user_settings()
-    file_limits = settings.get("spend_limits") if isinstance(settings.get("spend_limits"), dict) else {}
-    per_provider = (settings.get("settings") or {}).get(spec.id) if isinstance(settings.get("settings"), dict) else None
-    per_provider = per_provider if isinstance(per_provider, dict) else {}
+    file_limits = _obj(settings.get("spend_limits"))
+    per_provider = _obj(_obj(settings.get("settings")).get(spec.id))
     limits: list[Limit] = []
     for scope in (DAY, RUN):
         variable = f"BANANA_SPEND_LIMIT_{scope.upper()}"

@@ -66,8 +66,9 @@ def _job(root: Path, path: Path) -> dict[str, Any] | None:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raw = {}
-    provenance = raw.get("provenance") if isinstance(raw, dict) and isinstance(raw.get("provenance"), dict) else {}
-    submitted = _text(raw.get("submitted_at")) if isinstance(raw, dict) else None
+    raw = raw if isinstance(raw, dict) else {}
+    provenance: dict[str, Any] = raw["provenance"] if isinstance(raw.get("provenance"), dict) else {}
+    submitted = _text(raw.get("submitted_at"))
     try:
         age = (dt.datetime.now() - dt.datetime.fromisoformat(submitted)).total_seconds() if submitted else None
     except ValueError:

@@ -132,6 +132,8 @@ class RunSpend:
 
     def summary(self) -> dict[str, Any]:
         """This node's recorded cost, the run's (every node of the workflow) and today's, in the node's unit."""
+        run: float | None
+        day: float | None
         try:
             run, day = self.ledger.spent(unit=self.unit, run_id=self.run_id), self.ledger.spent(unit=self.unit, day=today())
         except (sqlite3.Error, OSError):

@@ -64,6 +64,11 @@ def valid_name(name: Any) -> str:
     return name
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """A JSON object from an answer, or {} for anything else (the provider's answers are untrusted)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _int(value: Any) -> int:
     try:
         return max(0, int(value))  # int64 counts arrive as strings
@@ -73,11 +78,8 @@ def _int(value: Any) -> int:
 
 def read_state(body: dict[str, Any]) -> BatchState:
     """A batch from GET batches/{id} (an Operation whose metadata is the batch) or from the create answer."""
-    meta = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-    response = body.get("response") if isinstance(body.get("response"), dict) else {}
-    batch = {**body, **response, **meta}  # the batch's fields, wherever this answer put them
-    stats = batch.get("batchStats") if isinstance(batch.get("batchStats"), dict) else {}
-    output = batch.get("output") if isinstance(batch.get("output"), dict) else {}
+    batch = {**body, **_obj(body.get("response")), **_obj(body.get("metadata"))}  # the batch's fields, wherever this answer put them
+    stats, output = _obj(batch.get("batchStats")), _obj(batch.get("output"))
     state = str(batch.get("state") or PENDING)
     if body.get("done") and state not in TERMINAL:
         state = FAILED if body.get("error") else SUCCEEDED
@@ -89,7 +91,7 @@ def read_state(body: dict[str, Any]) -> BatchState:
         failed=_int(stats.get("failedRequestCount")),
         pending=_int(stats.get("pendingRequestCount")),
         output=output,
-        error=body.get("error") if isinstance(body.get("error"), dict) else None,
+        error=_obj(body.get("error")) or None,
     )
 
 
@@ -174,10 +176,10 @@ async def find_by_display_name(call, display_name: str, pages: int = 5) -> str |
         for operation in body.get("operations") or []:
             if not isinstance(operation, dict):
                 continue
-            meta = operation.get("metadata") if isinstance(operation.get("metadata"), dict) else {}
-            if meta.get("displayName") == display_name:
+            if _obj(operation.get("metadata")).get("displayName") == display_name:
                 return valid_name(operation.get("name"))
-        token = body.get("nextPageToken") if isinstance(body.get("nextPageToken"), str) and re.fullmatch(r"[\w.=-]{1,512}", body["nextPageToken"]) else ""
+        next_token = body.get("nextPageToken")
+        token = next_token if isinstance(next_token, str) and re.fullmatch(r"[\w.=-]{1,512}", next_token) else ""
         if not token:
             return None
     return None
@@ -208,7 +210,7 @@ async def answers(call, state: BatchState, keys: list[str]) -> dict[str, dict[st
         for index, row in enumerate(inline["inlinedResponses"]):
             if not isinstance(row, dict):
                 continue
-            meta = row.get("metadata") if isinstance(row.get("metadata"), dict) else {}
+            meta = _obj(row.get("metadata"))
             key = meta.get("key") if isinstance(meta.get("key"), str) else (keys[index] if index < len(keys) else None)
             if key in keys:
                 found[key] = row  # answers come in request order; the metadata key, when echoed, wins
@@ -235,7 +237,8 @@ async def answers(call, state: BatchState, keys: list[str]) -> dict[str, dict[st
 def item_error(call, error: Any, request_id: str | None = None) -> BananaError:
     """A per-request error (a google.rpc.Status) as the typed error a direct call would have raised."""
     status = error if isinstance(error, dict) else {"message": str(error)}
-    http = _GRPC_TO_HTTP.get(status.get("code") if isinstance(status.get("code"), int) else -1, 500)
+    code = status.get("code")
+    http = _GRPC_TO_HTTP.get(code, 500) if isinstance(code, int) else 500
     return error_for_status(http, read_error_body({"error": status}), call.caller, request_id=request_id)
 
 
