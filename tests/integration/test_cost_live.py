@@ -86,3 +86,23 @@ def test_batch_mode_end_to_end_with_the_ledger_keyed_by_the_prompt_id(comfy, pro
     with urllib.request.urlopen(comfy.server.base_url + "/nano_banana_bridge/jobs") as answer:
         summary = json.loads(answer.read())
     assert summary["jobs"] == [] and any(row["provider"] == "google" and row["calls"] >= 2 for row in summary["spend"]["days"])
+
+
+def test_stop_cancels_the_batch_at_google_and_reports_an_interruption(comfy, provider):
+    import time
+
+    server, fake = provider
+    fake.states = [RUNNING]  # batches created from now on never finish by themselves
+    try:
+        prompt_id = comfy.post_prompt(prompt_graph(comfy, "stop cat 1\nstop dog 2", delivery="batch"))
+        deadline = time.monotonic() + 60
+        while not any(b.display_name and b.polls >= 1 and "stop" in json.dumps(b.requests) for b in fake.batches.values()):
+            assert time.monotonic() < deadline, comfy.server.log_tail()
+            time.sleep(0.2)
+        comfy.interrupt()
+        entry = comfy.wait_for(prompt_id, timeout=60)
+    finally:
+        fake.states = [RUNNING, SUCCEEDED]
+    events = [event for event, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in events, events
+    assert len(server.hits("POST", r"/batches/[\w-]+:cancel$")) == 1
