@@ -46,6 +46,13 @@ from .spend import RunSpend
 from .store import ResultStore, request_key
 
 DISPLAY_PREFIX = "nano-banana-bridge"
+
+
+class BatchStillRunning(TimedOut):
+    """The wait ran out; the batch runs on at Google, journaled, and a re-queue collects it."""
+
+    kind = "batch_pending"
+    headline_template = "The batch is still running at {provider}: queue the same run again to collect it"
 FINAL_LOOK_SECONDS = 10.0  # after an interrupt: how long to wait for the answers that had finished
 
 
@@ -220,10 +227,15 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
         except (BananaError, asyncio.TimeoutError):
             state = None
     except TimedOut as exc:
-        exc.hint = f"The batch {name} is still running at Google and stays journaled: queue the same run again to collect it (nothing is submitted twice), or raise BANANA_GOOGLE_BATCH_MAX_WAIT."
-        exc.args = (str(exc),)
+        waiting = BatchStillRunning(
+            f"The batch {name} was still running after {call.provider.max_wait:.0f} s; it stays journaled.",
+            provider=call.provider.id,
+            model=call.model.model_id,
+            hint="Queue the same run again to collect it (nothing is submitted twice), or raise BANANA_GOOGLE_BATCH_MAX_WAIT.",
+        )
+        waiting.__cause__ = exc
         for entry in keys:
-            _fail(outcomes[by_entry[entry][0].index], progress, exc)
+            _fail(outcomes[by_entry[entry][0].index], progress, waiting)
         progress.in_flight = 0
         update()
         return

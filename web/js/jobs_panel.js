@@ -75,18 +75,23 @@ export async function renderJobsPanel(root) {
 
   wrap.append(el("div", { style: "font-weight:600", textContent: `Pending jobs (${data.jobs.length})` }));
   if (data.jobs.length) {
-    const rows = data.jobs.map((job) =>
-      el(
-        "tr",
-        { className: "nbb-jobs-row" },
-        el("td", { textContent: job.provider ?? "?", style: CELL }),
-        el("td", { textContent: `${job.task_id ?? "?"}${job.kind === "batch" ? ` (${job.items} items)` : ""}`, style: `${CELL};word-break:break-all` }),
-        el("td", { textContent: age(job.age_seconds), style: CELL }),
-        el("td", { textContent: job.status ?? "", style: CELL }),
-        el("td", { style: CELL }, job.can_cancel ? button("Cancel", () => cancelJob(job, note)) : null)
-      )
-    );
-    wrap.append(table(["provider", "task", "age", "status", ""], rows));
+    // One card per job: the sidebar is narrow, and task ids and statuses are long.
+    for (const job of data.jobs) {
+      wrap.append(
+        el(
+          "div",
+          { className: "nbb-jobs-row", style: "border:1px solid var(--border-color);border-radius:6px;padding:6px 8px;display:flex;flex-direction:column;gap:3px;font-size:12px" },
+          el(
+            "div",
+            { style: "display:flex;justify-content:space-between;align-items:center;gap:6px" },
+            el("b", { textContent: `${job.provider ?? "?"} · ${job.kind === "batch" ? `batch of ${job.items}` : "job"} · ${age(job.age_seconds)} ago` }),
+            job.can_cancel ? button("Cancel", () => cancelJob(job, note)) : null
+          ),
+          el("div", { textContent: job.task_id ?? "?", style: "word-break:break-all;opacity:.8;font-family:monospace" }),
+          el("div", { textContent: job.status ?? "" })
+        )
+      );
+    }
   } else {
     wrap.append(el("div", { textContent: "None: every submitted job has been collected.", style: "opacity:.7" }));
   }
