@@ -225,12 +225,12 @@ def test_a_huge_error_body_is_not_read_whole_even_when_retried(base, monkeypatch
 
 
 def test_a_slow_drip_ends_at_the_attempts_deadline(google, monkeypatch):
-    monkeypatch.setenv("BANANA_GOOGLE_TIMEOUT", "1")  # each byte arrives well inside one read timeout
-    google.route("POST", GEN, drip(0.3))
+    monkeypatch.setenv("BANANA_GOOGLE_TIMEOUT", "3")  # each byte arrives well inside one read timeout
+    google.route("POST", GEN, drip(0.2, give_up_after=30))
     started = time.monotonic()
     with pytest.raises(TimedOut) as info:
         gen()
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 15  # the deadline is 6 s; the drip would last 30 s
     assert "deadline" in str(info.value) and info.value.maybe_billed
     assert google.count("POST") == 1
 
