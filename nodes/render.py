@@ -81,9 +81,11 @@ async def render(
     inputs: RenderInputs,
     *,
     store_root: Path | None,
+    output_root: Path | None = None,
     cancel_check: Callable[[], bool] | None = None,
     progress: ProgressSink | None = None,
 ) -> RenderOutput:
+    """Run the node's work. Report paths are relative to `output_root` (ComfyUI's output folder)."""
     prompts = [p for text in inputs.prompts for p in split_prompts(text or "", inputs.prompt_per_line)]
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
@@ -119,7 +121,7 @@ async def render(
     check_request(spec, offer, GenerationRequest(prompt=prompts[0], images=first_refs, aspect_ratio=settings.aspect_ratio, resolution=settings.resolution))
 
     items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
-    store = ResultStore(store_root) if store_root is not None else None
+    store = ResultStore(store_root, output_root=output_root) if store_root is not None else None
 
     def on_update(state: BatchProgress) -> None:
         if progress is not None:
@@ -128,11 +130,14 @@ async def render(
 
     outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
     report = batch_report(outcomes, settings)
+    report_file = None
     if store is not None:
-        report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
+        report["save_folder"] = store.view_path(store.root)
+        report_file = await asyncio.to_thread(store.save_report, report)
+        report["report_file"] = store.view_path(report_file)
     if any(o.status == CANCELLED for o in outcomes):
         raise Interrupted(report)
-    kept = settle(outcomes, inputs.on_failure)
+    kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
 
     blobs = [image.data for outcome in kept for image in outcome.images]
     try:
@@ -142,7 +147,7 @@ async def render(
         raise BananaError(
             f"A result could not be decoded: {exc}",
             provider=spec.id,
-            hint=(f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on to keep the provider's original bytes."),
+            hint=(f"The provider's original files are saved: {', '.join(str(store.output_root / f) for f in saved)}" if saved and store else "Turn saving on to keep the provider's original bytes."),
         ) from None
 
     texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]

@@ -7,6 +7,11 @@ Layout under the store's root (by default `<ComfyUI output>/nano_banana_bridge/`
   .journal/<key>.json                                an asynchronous job accepted but not yet saved
   reports/<YYYYMMDD-HHMMSS>_<run>.json               the report of each batch run
 
+Paths in reports and cache answers are relative to ComfyUI's output folder (`output_root`), in
+the form ComfyUI's own `/view?filename=...&subfolder=...&type=output` takes, for fresh and cached
+results alike; the cache entries themselves name files relative to the store's root, so a
+moved output folder keeps its cache.
+
 Pure Python (no torch, no ComfyUI), so it is tested in CI; the node layer chooses the root.
 """
 
@@ -23,6 +28,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 from ..providers.outcome import GeneratedImage, GenerationResult, NotAnImage, inspect_image
 from ..providers.redaction import redact
@@ -69,9 +75,19 @@ class CachedResult:
 class ResultStore:
     """Files under one root; safe to use from several threads and event loops at once."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, output_root: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
+        # What report paths are relative to: ComfyUI's output folder (default: the store's root).
+        self.output_root = Path(output_root) if output_root is not None else self.root
         self._lock = threading.Lock()
+
+    def view_path(self, path: str | os.PathLike) -> str:
+        """A saved file as the report names it: relative to the output folder, with forward slashes."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.output_root.resolve()).as_posix()
+        except ValueError:
+            return str(path)  # outside the output folder (a script's own root): absolute
 
     # -- saving on arrival ---------------------------------------------------------------------
 
@@ -102,7 +118,8 @@ class ResultStore:
         }
         for n, path in enumerate(paths):
             image = result.images[n]
-            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, "file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height}))
+            details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url)}
+            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         entry = {"files": [str(p.relative_to(self.root)) for p in paths], "text": result.text, "meta": sidecar}
         _atomic_write(self._cache_path(key), _json_bytes(entry))
         self.forget_task(key)
@@ -123,7 +140,8 @@ class ResultStore:
             return None  # missing, moved or damaged: the request runs again
         if not images:
             return None
-        return CachedResult(images=images, files=entry["files"], text=entry.get("text", ""), meta=entry.get("meta", {}))
+        files = [self.view_path(self.root / rel) for rel in entry["files"]]
+        return CachedResult(images=images, files=files, text=entry.get("text", ""), meta=entry.get("meta", {}))
 
     # -- the journal of accepted asynchronous jobs ---------------------------------------------
 
@@ -146,8 +164,22 @@ class ResultStore:
 
     def save_report(self, report: dict[str, Any]) -> Path:
         path = self.root / "reports" / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
-        _atomic_write(path, _json_bytes(report))
+        _atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
         return path
+
+
+def without_userinfo(url: str | None) -> str | None:
+    """A URL without any user:password@ part (a result link must not carry credentials into a sidecar)."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _safe(text: str) -> str:
