@@ -11,8 +11,15 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from banana_pack.nodes.batch import CACHED, CANCELLED, OK, BatchFailed, BatchSettings, expand_items, run_batch
+from banana_pack.nodes.batch import (
+    CACHED,
+    CANCELLED,
+    OK,
+    BatchFailed,
+    BatchSettings,
+    expand_items,
+    run_batch,
+)
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.store import ResultStore, without_userinfo
 from helpers import png_bytes, run

@@ -16,7 +16,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import pytest
-
 from conftest import PACK_DIR
 
 
