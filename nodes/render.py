@@ -104,8 +104,8 @@ async def render(
     references = await asyncio.to_thread(_encode, images, spec.upload_max_pixels, inputs.upload_format) if images else []
     per_image = await asyncio.to_thread(_encode, subjects, spec.upload_max_pixels, inputs.upload_format) if subjects else None
 
-    # Check the first call against the catalog now, so a wrong ratio or too many references fails
-    # at once with the model's limits, instead of once per item.
+    # Check the first call against the catalog now, so a wrong ratio, an option the provider cannot
+    # honour or too many references fails at once with the model's limits, instead of once per item.
     first_refs = tuple(([per_image[0]] if per_image else []) + references)
     settings = BatchSettings(
         provider=spec.id,
@@ -118,7 +118,9 @@ async def render(
         web_search=inputs.web_search,
         use_cache=inputs.use_cache,
     )
-    check_request(spec, offer, GenerationRequest(prompt=prompts[0], images=first_refs, aspect_ratio=settings.aspect_ratio, resolution=settings.resolution))
+    # Every option the settings carry goes through the catalog's one rule here, once, before any call.
+    options = {name: getattr(settings, name) for name in GenerationRequest.__dataclass_fields__ if hasattr(settings, name)}
+    check_request(spec, offer, GenerationRequest(**{**options, "prompt": prompts[0], "images": first_refs, "seed": inputs.seed}))
 
     items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
     store = ResultStore(store_root, output_root=output_root) if store_root is not None else None

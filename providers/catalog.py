@@ -48,6 +48,8 @@ class ModelOffer:
     ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
     edit_model_id: str | None = None  # a separate endpoint for edits (fal)
     known: bool = True  # False for a free-text id the catalog does not describe
+    fixed_resolution: str = "1K"  # the size a model without `resolutions` gives: asking for it is honoured
+    best_effort: tuple[str, ...] = ()  # options (OPTION_RULES names) this offer treats as best-effort on top of the global ones
 
     def id_for(self, resolution: str | None, editing: bool = False) -> str:
         if editing and self.edit_model_id:
@@ -64,6 +66,61 @@ class ModelOffer:
         if not self.resolutions:
             return None
         return "1K" if "1K" in self.resolutions else self.resolutions[0]
+
+
+@dataclass(frozen=True)
+class OptionRule:
+    """One rule for every generation option a provider might not honour.
+
+    A value the offer cannot honour is refused before anything is sent, with the allowed values,
+    unless the option is best-effort (here, or in the offer's `best_effort`): then it is dropped
+    and the report says so. `capability` names the ModelOffer attribute that says what is
+    honoured: a tuple of allowed values, or a bool (any value, or none). New options (thinking
+    level, safety, grounding...) add a GenerationRequest field, a ModelOffer capability and a row.
+    """
+
+    option: str  # the GenerationRequest field (and the node's input of the same name)
+    capability: str  # the ModelOffer attribute listing what is honoured
+    unset: tuple[Any, ...] = (None, "", False)  # values that ask for nothing: never checked, never refused
+    best_effort: bool = False
+    why: str = ""  # for best-effort options: why dropping it is acceptable (README, messages)
+    note: bool = True  # best-effort: say in the report that it was not sent
+
+    def allowed(self, offer: ModelOffer) -> tuple[Any, ...] | None:
+        """The values the offer honours; None: any value."""
+        capability = getattr(offer, self.capability)
+        if isinstance(capability, bool):
+            return None if capability else ()
+        if self.capability == "resolutions" and not capability:
+            return (offer.fixed_resolution,)  # a fixed size: asking for that size is honoured
+        return tuple(capability)
+
+    def is_unset(self, value: Any) -> bool:
+        # By type as well as value: a seed of 0 or a temperature of 0.0 is a setting, not False.
+        return any(value is u or (type(value) is type(u) and value == u) for u in self.unset)
+
+    def is_best_effort(self, offer: ModelOffer) -> bool:
+        return self.best_effort or self.option in offer.best_effort
+
+
+OPTION_RULES: tuple[OptionRule, ...] = (
+    OptionRule("aspect_ratio", "aspect_ratios", unset=(None, "", AUTO)),
+    OptionRule("resolution", "resolutions"),
+    OptionRule("system_prompt", "system_prompt"),
+    OptionRule("web_search", "web_search"),
+    OptionRule("temperature", "temperature", best_effort=True, why="a sampling hint: results vary run to run even where it is sent"),
+    OptionRule(
+        "seed",
+        "seed",
+        best_effort=True,
+        note=False,
+        why="no provider promises identical images for a seed; where it is not sent it still makes ComfyUI run the node again",
+    ),
+)
+
+
+def option_rule(option: str) -> OptionRule:
+    return next(rule for rule in OPTION_RULES if rule.option == option)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
-from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
+from .catalog import AUTO, MATCH_INPUT, OPTION_RULES, ModelOffer, OptionRule, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
@@ -242,7 +242,13 @@ def nearest_ratio(width: int, height: int, ratios: tuple[str, ...]) -> str | Non
 
 
 def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
-    """Validate against the catalog and normalise; returns the request to send and warnings."""
+    """Validate against the catalog and normalise; returns the request to send and warnings.
+
+    Every option goes through one rule (catalog.OPTION_RULES): a value this offer cannot honour
+    is refused here, before anything is sent, naming the allowed values, unless the option is
+    best-effort, in which case it is dropped and the report says so. A free-text model id
+    (model_id_override) is not described by the catalog: its values are sent unchecked, with a note.
+    """
     warnings: list[str] = []
     where = f"{offer.name} on {spec.display_name}"
     if not request.prompt.strip():
@@ -255,41 +261,69 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
                 hint="Each image in a batch counts as one reference. Remove some, or pick a model that takes more (Nano Banana Pro and Nano Banana 2 take 14).",
             )
         warnings.append(f"{len(request.images)} reference images sent to an unlisted model; the provider may reject them.")
+    dropped: dict[str, Any] = {}
+    for rule in OPTION_RULES:
+        value = getattr(request, rule.option)
+        if rule.is_unset(value):
+            continue
+        allowed = rule.allowed(offer)
+        if allowed is None or value in allowed:
+            continue
+        shown = _shown(rule.option, value)
+        if not offer.known:
+            warnings.append(f"{shown} sent to an unlisted model unchecked.")
+        elif rule.is_best_effort(offer):
+            dropped[rule.option] = rule.unset[0]
+            if rule.note:
+                warnings.append(f"{where} does not take the {rule.option.replace('_', ' ')} (best-effort); it was not sent.")
+        else:
+            raise _unhonoured(spec, offer, rule, value, allowed)
+    request = replace(request, **dropped)
     ratio = request.aspect_ratio
     if ratio in (None, "", AUTO):
         ratio = None
     elif ratio == MATCH_INPUT:
         first = next((im for im in request.images if im.width and im.height), None)
         ratio = nearest_ratio(first.width, first.height, offer.aspect_ratios) if first else None
-    elif ratio not in offer.aspect_ratios:
-        if offer.known:
-            raise InvalidRequest(f"Aspect ratio {ratio} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.aspect_ratios)}.")
-        warnings.append(f"Aspect ratio {ratio} sent to an unlisted model unchecked.")
     resolution = request.resolution or None
-    if resolution and resolution not in offer.resolutions:
-        if not offer.resolutions:
-            if offer.known:
-                warnings.append(f"{where} has a fixed size; resolution {resolution} was not sent.")
-            resolution = None if offer.known else resolution
-        elif offer.known:
-            raise InvalidRequest(f"Resolution {resolution} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.resolutions)}.")
-    # The seed is not in this list: where a provider ignores it, it is still the node's re-run trigger.
-    for flag, value, label in (("temperature", request.temperature, "temperature"), ("system_prompt", request.system_prompt, "system prompt")):
-        if value not in (None, "") and not getattr(offer, flag):
-            warnings.append(f"{where} ignores the {label}; it was not sent.")
-    if request.web_search and not offer.web_search:
-        warnings.append(f"{where} has no web search; it was not requested.")
+    if offer.known and not offer.resolutions:
+        resolution = None  # a fixed size: nothing to send
     normalised = replace(
         request,
         aspect_ratio=ratio,
         resolution=resolution if resolution else offer.default_resolution if offer.resolutions else None,
-        seed=request.seed if offer.seed else None,
-        temperature=request.temperature if offer.temperature else None,
-        system_prompt=(request.system_prompt or None) if offer.system_prompt else None,
-        web_search=request.web_search and offer.web_search,
         count=max(1, min(request.count, offer.max_count)),
     )
     return normalised, warnings
+
+
+def _shown(option: str, value: Any) -> str:
+    label = option.replace("_", " ")
+    if isinstance(value, bool):
+        return f"{label} on"
+    if option == "system_prompt":
+        return "a system prompt"
+    return f"{label} {value}"
+
+
+def _unhonoured(spec: ProviderSpec, offer: ModelOffer, rule: OptionRule, value: Any, allowed: tuple[Any, ...]) -> InvalidRequest:
+    """The refusal for a value this offer cannot honour: what it allows instead, and which providers take the value."""
+    shown = _shown(rule.option, value)
+    takers = []
+    for other in all_providers():
+        their = other.model(offer.name) if other.id != spec.id else None
+        if their is not None and their.known:
+            their_allowed = rule.allowed(their)
+            if their_allowed is None or value in their_allowed:
+                takers.append(other.id)
+    if not allowed:
+        instead = f"Turn {rule.option} off" if isinstance(value, bool) else f"Leave {rule.option} empty"
+    elif rule.option == "resolution" and not offer.resolutions:
+        instead = f"It has a fixed size: choose {allowed[0]}"
+    else:
+        instead = f"Choose one of: {', '.join(str(v) for v in allowed)}"
+    elsewhere = f", or pick a provider that offers it for {offer.name}: {', '.join(takers)}" if takers else ""
+    return InvalidRequest(f"{shown[0].upper()}{shown[1:]} is not available for {offer.name} on {spec.display_name}.", provider=spec.id, hint=f"{instead}{elsewhere}.")
 
 
 AUTO_PROVIDER = "auto"
