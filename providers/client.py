@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 import math
 import os
 import time
@@ -32,6 +33,7 @@ LOST_SUBMIT_HINT = (
     "No answer to the submit arrived, so the job may have been accepted (and billed). It was NOT sent again: "
     "check the provider's dashboard or request history before queueing the same request again."
 )
+log = logging.getLogger("nano_banana_bridge")
 _OFF = ("", "none", "null", "false")  # option values that mean "not set" (the environment sends strings)
 _ON = ("1", "true", "yes", "on")
 
@@ -156,13 +158,16 @@ class ProviderCall:
     async def poll(self, check: Callable[[], Awaitable[PollState]], *, cancel: tuple[str, str] | None = None, label: str = "") -> Any:
         """engine.poll paced by the options poll_first_delay / poll_max_delay and the provider's max_wait.
 
-        cancel: the (method, path or URL) that cancels the remote job when the user stops.
+        cancel: the (method, path or URL) that cancels the remote job when the user stops. Only a
+        stop the caller asked for (ctx.cancel_check, ComfyUI's Interrupt) cancels the job. When the
+        task is cancelled from outside without that (ComfyUI cancels a prompt's other nodes when one
+        fails), the paid job is left running: its handle is already journaled, so the next run attaches.
         """
         return await self.engine.poll(
             self.ctx,
             self.caller,
             check,
-            cancel=self._request_later(*cancel, "Cancelling the job") if cancel else None,
+            cancel=self._cancel_if_asked(*cancel, label) if cancel else None,
             first_delay=self.number_option("poll_first_delay", 1.0),
             max_delay=self.number_option("poll_max_delay", 5.0),
             max_wait=self.provider.max_wait,
@@ -172,6 +177,22 @@ class ProviderCall:
     async def cleanup(self, method: str, path_or_url: str, what: str) -> None:
         """A best-effort request (delete an upload, ...) that also runs after an interrupt and never fails."""
         await self.engine.courtesy(self.ctx, self.caller, self._request_later(method, path_or_url, what), what)
+
+    def _cancel_if_asked(self, method: str, path_or_url: str, label: str) -> Callable[[CallContext], Awaitable[Response | None]]:
+        request = self._request_later(method, path_or_url, "Cancelling the job")
+
+        async def cancel_remote(detached: CallContext) -> Response | None:
+            if not self.ctx.cancelled():
+                log.info(
+                    "%s: the run was cancelled without an interrupt (another node in the prompt failed?); job %s is left running, "
+                    "journaled for the next run of the same request",
+                    self.provider.id,
+                    label or "(no id)",
+                )
+                return None
+            return await request(detached)
+
+        return cancel_remote
 
     def _request_later(self, method: str, path_or_url: str, status: str) -> Callable[[CallContext], Awaitable[Response]]:
         """An idempotent request to run under the context the engine passes (a detached one)."""
