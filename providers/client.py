@@ -23,7 +23,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, OPTION_RULES, ModelOffer, OptionRule, ProviderSpec, unknown_model
-from .config import all_providers, api_key_for, config_dir, get_provider, has_key
+from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key
+from .redaction import clip
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
@@ -85,7 +86,7 @@ class ProviderCall:
         return dict(value)
 
     def _bad_option(self, name: str, what: str, raw: Any) -> ConfigError:
-        return ConfigError(f"Option '{name}' of '{self.provider.id}' must be {what}, got {str(raw)[:60]!r}.", provider=self.provider.id)
+        return ConfigError(f"Option '{name}' of '{self.provider.id}' must be {what}, got {clip(raw, 60)!r}.", provider=self.provider.id)
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -366,7 +367,7 @@ def choose_provider(model: str) -> ProviderSpec:
         f"No provider with an API key offers '{model}'.",
         provider=AUTO_PROVIDER,
         hint="Set a key for any provider (for example BANANA_GOOGLE_API_KEY or GEMINI_API_KEY, or FAL_KEY), or add one to "
-        f"{config_dir() / 'keys.json'}; see the README, 'API keys'.",
+        f"{display_path(config_dir() / 'keys.json')}; see the README, 'API keys'.",
     )
 
 

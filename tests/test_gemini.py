@@ -277,7 +277,7 @@ def test_missing_key_says_where_to_put_one(server, isolated_config):
     with pytest.raises(MissingKey) as info:
         gen()
     text = str(info.value)
-    assert "BANANA_GOOGLE_API_KEY" in text and "GEMINI_API_KEY" in text and str(isolated_config / "keys.json") in text
+    assert "BANANA_GOOGLE_API_KEY" in text and "GEMINI_API_KEY" in text and "$BANANA_CONFIG_DIR/keys.json" in text and str(isolated_config) not in text
     assert server.requests == []
 
 

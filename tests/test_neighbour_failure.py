@@ -125,7 +125,7 @@ def test_neighbour_failure_leaves_the_job_running_and_journaled(comfy, fal, tmp_
     assert task.cancelled()  # cancelled by asyncio.run, as in ComfyUI
     assert fal.hits("POST", APP) and not fal.hits("PUT", r"/cancel$")  # the paid job was not cancelled
     (journal,) = (tmp_path / ".journal").glob("*.json")
-    assert json.loads(journal.read_text())["handle"]["request_id"] == RID
+    assert json.loads(journal.read_text())["body"]["handle"]["request_id"] == RID
 
     # The next run of the same prompt attaches to the finished job instead of paying again.
     result = fixture("fal/result_single.json")
