@@ -22,6 +22,7 @@ from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.outcome import GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .housekeeping import tidy_once
 from .store import ResultStore
 from .tensors import ImageDecodeError, decode_images, encode_image
 
@@ -191,6 +192,8 @@ async def render(
 
     items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
     store = ResultStore(store_root, output_root=output_root) if store_root is not None else None
+    if store_root is not None:
+        await asyncio.to_thread(tidy_once, store_root)  # a save_to folder's first use in this process (the default one: at load)
 
     def on_update(state: BatchProgress) -> None:
         if progress is not None:

@@ -137,6 +137,10 @@ class ProviderSpec:
     concurrency: int = 4  # requests in flight at once, process-wide
     read_timeout: float = 360.0  # 4K Pro generations take minutes
     max_wait: float = 900.0  # asynchronous jobs: total wait before giving up (the job is journaled)
+    # How long an accepted job's result can still be fetched; a journal entry older than this is
+    # removed at load (nothing left to attach to). Where unknown, err long: an entry kept too
+    # long costs one failed attach, one removed too early a second payment.
+    result_lifetime: float = 24 * 3600.0
     upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
     custom: bool = False
@@ -304,6 +308,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
         ),
         key_help="https://openai-hk.com (keys start with hk-)",
+        result_lifetime=7 * 24 * 3600.0,  # UNVERIFIED for the passthrough: a week, erring long
         # The passthrough answers with fal's queue.fal.run URLs: moved onto the base URL (5.8).
         options=_freeze({"rewrite_queue_urls": True, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
@@ -321,6 +326,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",
         concurrency=8,
+        result_lifetime=30 * 24 * 3600.0,  # request payloads are kept 30 days (providers.md 5.7)
         options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
     ProviderSpec(
@@ -336,6 +342,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10 + ("1:4", "4:1"), web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://apimaster.ai (console, API keys)",
+        result_lifetime=24 * 3600.0,  # results expire 24 h after completion (expires_at, providers.md section 10)
         # Async endpoint (a journaled task id), not the sync one; references go inline (no upload API).
         options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution", "cancel_path": None, "poll_first_delay": 3.0, "poll_max_delay": 5.0}),
     ),
@@ -352,6 +359,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://evolink.ai (dashboard, API keys)",
+        result_lifetime=24 * 3600.0,  # result URLs and tasks expire after 24 h (providers.md section 10)
         # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
         # BANANA_EVOLINK_RATIO_FIELD=size / BANANA_EVOLINK_RESOLUTION_FIELD=quality, or a custom provider.
         # References are uploaded to its file API (URLs only) and deleted when the job is over.
