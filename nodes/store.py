@@ -40,9 +40,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 from ..providers.config import store_secret, warn_once
+from ..providers.engine.auth import without_userinfo
 from ..providers.errors import ConfigError
 from ..providers.outcome import GeneratedImage, GenerationResult, NotAnImage, inspect_image
 from ..providers.redaction import redact, redact_data
@@ -227,7 +227,7 @@ class ResultStore:
         }
         for n, path in enumerate(paths):
             image = result.images[n]
-            details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url)}
+            details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
         self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
@@ -294,20 +294,6 @@ class ResultStore:
         path = self.root / "reports" / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
         _atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
         return path
-
-
-def without_userinfo(url: str | None) -> str | None:
-    """A URL without any user:password@ part (a result link must not carry credentials into a sidecar)."""
-    if not url:
-        return url
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def _checked_key(key: str) -> str:

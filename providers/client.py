@@ -24,11 +24,11 @@ from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, OPTION_RULES, ModelOffer, OptionRule, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key
-from .redaction import clip
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
+from .redaction import clip
 
 
 LOST_SUBMIT_HINT = (

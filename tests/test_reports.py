@@ -21,7 +21,7 @@ from banana_pack.nodes.batch import (
     run_batch,
 )
 from banana_pack.nodes.render import RenderInputs, render
-from banana_pack.nodes.store import ResultStore, without_userinfo
+from banana_pack.nodes.store import ResultStore
 from helpers import png_bytes, run
 from loopback import Recorded, Reply, fixture
 
@@ -131,19 +131,6 @@ def test_sidecar_records_the_source_url_without_credentials(fal, tmp_path):
     assert sidecar["source_url"] == f"http://{host}/files/out.png?sig=abc"
     assert "cdn-secret-999" not in sidecar_text and "cdnuser" not in sidecar_text
     assert sidecar["request_id"] == rid
-
-
-@pytest.mark.parametrize(
-    "url, expected",
-    [
-        ("https://u:p@cdn.example/a.png", "https://cdn.example/a.png"),
-        ("https://only-user@cdn.example:8443/a.png?x=1#f", "https://cdn.example:8443/a.png?x=1#f"),
-        ("https://cdn.example/a@b.png", "https://cdn.example/a@b.png"),
-        (None, None),
-    ],
-)
-def test_without_userinfo(url, expected):
-    assert without_userinfo(url) == expected
 
 
 def test_fail_policy_error_names_the_save_folder_and_the_report(google, tmp_path):
