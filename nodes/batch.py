@@ -171,6 +171,7 @@ async def run_batch(
                 progress.cached += 1
                 update()
                 return outcome
+
         def on_task(handle: dict) -> None:
             outcome.request_id = job_id(handle)  # known from the submit on, so even a cancelled item names its job
             if store is not None:
