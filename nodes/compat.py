@@ -76,6 +76,8 @@ def missing_features() -> list[str] | None:
         return ["comfy_api.latest"] if "folder_paths" in sys.modules or "comfy" in sys.modules else None
     missing = []
     for path in REQUIRED_ATTRIBUTES:
+        if any(path.startswith(gone + ".") for gone in missing):
+            continue  # io.DynamicCombo.Option when io.DynamicCombo itself is missing: said once
         try:
             _lookup(api, path)
         except AttributeError:

@@ -141,4 +141,4 @@ def test_new_enough_stub_passes_and_outside_comfyui_nothing_is_checked(monkeypat
     assert compat.unsupported_comfyui_message() is None
     # Take one feature away: it is named.
     del latest.io.Autogrow
-    assert compat.missing_features() == ["io.Autogrow", "io.Autogrow.TemplateNames"]
+    assert compat.missing_features() == ["io.Autogrow"]
