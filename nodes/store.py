@@ -173,7 +173,7 @@ class ResultStore:
             return None
 
     def _inside(self, rel: Any) -> Path:
-        """The file a cache entry names, which must be a regular file inside this store."""
+        """The file a cache entry names, which must lie inside this store (symlinks resolved)."""
         if not isinstance(rel, str) or not rel or "\x00" in rel:
             raise _Untrusted("a file entry is not a path")
         root = self.root.resolve()
