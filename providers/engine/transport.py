@@ -420,7 +420,7 @@ class HttpEngine:
 
     # -- downloads -------------------------------------------------------------------------------
 
-    async def fetch_image(self, ctx: CallContext, caller: Caller, ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> GeneratedImage:
+    async def fetch_image(self, ctx: CallContext, caller: Caller, ref: str, *, max_bytes: int | None = None) -> GeneratedImage:
         """Turn a result reference (data URI, bare base64 or http(s) URL) into checked image bytes.
 
         Inline base64 has the same size limit as a download. URLs lose any `user:pass@` part and are
@@ -429,6 +429,7 @@ class HttpEngine:
         limit and magic-byte and pixel-count checks.
         """
         ref = ref.strip()
+        max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
         try:
             if ref.startswith("data:") or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", ref):
                 return inspect_image(decode_base64_payload(ref, max_bytes=max_bytes))
