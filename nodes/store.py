@@ -120,10 +120,10 @@ class CachedResult:
 class ResultStore:
     """Files under one root; safe to use from several threads and event loops at once."""
 
-    def __init__(self, root: str | os.PathLike, *, secret: bytes | None = None) -> None:
+    def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
-        self._secret = secret
+        self._secret: bytes | None = None  # read (or created) on first use
 
     # -- authenticated entries -----------------------------------------------------------------
 
@@ -235,8 +235,12 @@ class ResultStore:
             images, names = [], []
             for file in files:
                 target = self._inside(file.get("path"))
+                info = target.stat()
+                # Sized before it is read: an upload may have replaced the image with anything.
+                if not stat.S_ISREG(info.st_mode) or info.st_size != file.get("bytes"):
+                    raise _Untrusted(f"{file['path']} changed since it was saved")
                 data = target.read_bytes()
-                if len(data) != file.get("bytes") or hashlib.sha256(data).hexdigest() != file.get("sha256"):
+                if hashlib.sha256(data).hexdigest() != file.get("sha256"):
                     raise _Untrusted(f"{file['path']} changed since it was saved")
                 images.append(inspect_image(data))
                 names.append(file["path"])
