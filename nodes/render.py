@@ -106,7 +106,7 @@ def max_decoded_pixels() -> int:
         return DEFAULT_MAX_PIXELS
     try:
         value = int(float(raw))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {raw[:40]!r}.") from None
     if value < 1:
         raise ConfigError(f"{MAX_PIXELS_ENV} must be at least 1, got {value}.")
