@@ -10,6 +10,7 @@ passes the cancel check and turns the outcomes into tensors.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -151,7 +152,7 @@ async def run_batch(
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = [{"provider": spec.id, "model_id": offer.model_id, **{k: v for k, v in r.__dict__.items() if k != "images"}} for r in requests]
-    keys = item_keys(fields, items)
+    keys = claim_keys(fields, items)
 
     def update(status: str | None = None) -> None:
         if status is not None:
@@ -226,7 +227,10 @@ async def run_batch(
             update()
         return outcome
 
-    return list(await asyncio.gather(*(run_one(position, item) for position, item in enumerate(items))))
+    try:
+        return list(await asyncio.gather(*(run_one(position, item) for position, item in enumerate(items))))
+    finally:
+        release_keys(keys)
 
 
 def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:
@@ -243,23 +247,35 @@ def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:
     )
 
 
-def item_keys(fields: list[dict[str, Any]], items: list[BatchItem]) -> list[str]:
-    """One request key per item, unique within the run.
+_claims_lock = threading.Lock()
+_claimed: set[str] = set()  # request keys of the items running now, in any node of this process
 
-    Identical items (a repeated prompt line, the same seed twice) are separate paid calls, so each
-    needs its own journal entry and cache entry: the n-th repeat's key is derived from the first's
-    and n. A re-run of the same batch maps each repeat to the same key again, so every one of
-    them is answered from the cache, each with its own image; a first occurrence keeps the plain
-    key, so a single request still hits what an earlier run saved for it.
+
+def claim_keys(fields: list[dict[str, Any]], items: list[BatchItem]) -> list[str]:
+    """One request key per item, unique among everything running now; release_keys when done.
+
+    Identical items (a repeated prompt line, the same seed twice, two copies of a node running at
+    once) are separate paid calls, so each needs its own journal entry and cache entry: the n-th
+    one running is keyed by the first's key and n. A re-run of the same batch assigns the same
+    keys in the same order, so each repeat is answered from the cache with its own image, and a
+    request running alone keeps the plain key, so it still hits what any earlier run saved for it.
     """
-    seen: dict[str, int] = {}
     keys = []
-    for item_fields, item in zip(fields, items):
-        base = request_key(item_fields, (image.digest for image in item.images))
-        repeat = seen.get(base, 0)
-        seen[base] = repeat + 1
-        keys.append(base if repeat == 0 else request_key({"repeat_of": base, "repeat": repeat}, ()))
+    with _claims_lock:
+        for item_fields, item in zip(fields, items):
+            base = request_key(item_fields, (image.digest for image in item.images))
+            key, repeat = base, 0
+            while key in _claimed:
+                repeat += 1
+                key = request_key({"repeat_of": base, "repeat": repeat}, ())
+            _claimed.add(key)
+            keys.append(key)
     return keys
+
+
+def release_keys(keys: list[str]) -> None:
+    with _claims_lock:
+        _claimed.difference_update(keys)
 
 
 def job_id(handle: dict | None) -> str | None:

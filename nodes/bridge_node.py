@@ -153,7 +153,7 @@ class NanoBananaBridge(io.ComfyNode):
         except Exception as exc:
             if type(exc).__name__ == "InterruptProcessingException":
                 raise
-            # ComfyUI puts the message (and the log, the chained causes) in /history: redact, and drop the cause.
+            # ComfyUI shows the message in /history and logs the chained causes: redact it, and drop the cause.
             log.debug("Nano Banana Bridge: %s", redact(traceback.format_exc()))
             raise BananaError(redact(f"{type(exc).__name__}: {exc}")) from None
         return io.NodeOutput(out.images, redact(out.text), report_json(out.report))

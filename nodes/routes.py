@@ -11,7 +11,15 @@ import logging
 
 from ..providers.catalog import STABLE_MODEL_NAMES
 from ..providers.client import choose_provider
-from ..providers.config import KEYS_FILE, all_providers, config_dir, display_path, env_name, has_key, schema_providers
+from ..providers.config import (
+    KEYS_FILE,
+    all_providers,
+    config_dir,
+    display_path,
+    env_name,
+    has_key,
+    schema_providers,
+)
 from ..providers.errors import BananaError, ConfigError
 
 log = logging.getLogger("nano_banana_bridge")

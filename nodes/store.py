@@ -126,12 +126,12 @@ class CachedResult:
 class ResultStore:
     """Files under one root; safe to use from several threads and event loops at once."""
 
-    def __init__(self, root: str | os.PathLike, output_root: str | os.PathLike | None = None, *, secret: bytes | None = None) -> None:
+    def __init__(self, root: str | os.PathLike, output_root: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
         # What report paths are relative to: ComfyUI's output folder (default: the store's root).
         self.output_root = Path(output_root) if output_root is not None else self.root
         self._lock = threading.Lock()
-        self._secret = secret
+        self._secret: bytes | None = None  # read (or created) on first use
 
     # -- authenticated entries -----------------------------------------------------------------
 
@@ -181,7 +181,7 @@ class ResultStore:
             return None
 
     def _inside(self, rel: Any) -> Path:
-        """The file a cache entry names, which must be a regular file inside this store."""
+        """The file a cache entry names, which must lie inside this store (symlinks resolved)."""
         if not isinstance(rel, str) or not rel or "\x00" in rel:
             raise _Untrusted("a file entry is not a path")
         root = self.root.resolve()
@@ -252,8 +252,12 @@ class ResultStore:
             images, names = [], []
             for file in files:
                 target = self._inside(file.get("path"))
+                info = target.stat()
+                # Sized before it is read: an upload may have replaced the image with anything.
+                if not stat.S_ISREG(info.st_mode) or info.st_size != file.get("bytes"):
+                    raise _Untrusted(f"{file['path']} changed since it was saved")
                 data = target.read_bytes()
-                if len(data) != file.get("bytes") or hashlib.sha256(data).hexdigest() != file.get("sha256"):
+                if hashlib.sha256(data).hexdigest() != file.get("sha256"):
                     raise _Untrusted(f"{file['path']} changed since it was saved")
                 images.append(inspect_image(data))
                 names.append(self.view_path(target))

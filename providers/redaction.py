@@ -7,8 +7,9 @@ reports and sidecars all pass through it, so a key that reached a provider's err
 URL still never reaches the user's screen, a log, a file or /history.
 
 Truncate only after redacting (`clip`): a key cut in half by a [:200] no longer matches. For
-text that was cut before it got here, a long-enough piece of a key at either end of the text
-(where a cut would leave it) is redacted too.
+text that was cut before it got here (a provider's truncated echo, a model's words), the first or
+last 8 or more characters of a key are redacted wherever they appear: keys are random, so such a
+run does not occur in ordinary text by chance.
 """
 
 from __future__ import annotations
@@ -22,10 +23,7 @@ from urllib.parse import quote, quote_plus
 
 MARKER = "***"
 _MIN_SECRET_LENGTH = 6  # shorter values would redact ordinary words
-# A cut-off piece of a key at the end (or start) of a text is redacted from this many characters:
-# keys are random, so 8 matching characters do not happen by chance in ordinary text.
-_MIN_PIECE = 8
-_ELLIPSIS = ".…\u2026 \t\r\n\"'"
+_MIN_PIECE = 8  # a cut-off piece of a key is redacted from this many characters
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -64,29 +62,25 @@ def redact(text: object) -> str:
 
 
 def _redact_cut_pieces(s: str, forms: list[str]) -> str:
-    """A piece of a key left at the end (or start) of a text by a cut: `...key[:n]` or `key[-n:]...`."""
-    tail = s.rstrip(_ELLIPSIS)
-    head_len = len(s) - len(s.lstrip(_ELLIPSIS))
+    """A piece of a key that a cut left behind: its first or last _MIN_PIECE+ characters, anywhere in the text."""
     for form in forms:
         if len(form) <= _MIN_PIECE:
             continue
-        # End: the text ends with the first k >= _MIN_PIECE characters of the form.
-        start = tail.find(form[:_MIN_PIECE], max(0, len(tail) - len(form)))
-        while start != -1:
-            if form.startswith(tail[start:]):
-                s = s[:start] + MARKER + s[len(tail):]
-                tail = s[: start + len(MARKER)]
-                break
-            start = tail.find(form[:_MIN_PIECE], start + 1)
-        # Start: the text begins with the last k >= _MIN_PIECE characters of the form.
-        body = s[head_len:]
-        end = body.rfind(form[-_MIN_PIECE:], 0, len(form))
-        while end != -1:
-            piece = body[: end + _MIN_PIECE]
-            if form.endswith(piece):
-                s = s[:head_len] + MARKER + body[len(piece):]
-                break
-            end = body.rfind(form[-_MIN_PIECE:], 0, end + _MIN_PIECE - 1)
+        head, tail = form[:_MIN_PIECE], form[-_MIN_PIECE:]
+        at = s.find(head)
+        while at != -1:  # `...key[:n]`: extend the match as far as the key goes
+            n = _MIN_PIECE
+            while n < len(form) and at + n < len(s) and s[at + n] == form[n]:
+                n += 1
+            s = s[:at] + MARKER + s[at + n :]
+            at = s.find(head, at + len(MARKER))
+        at = s.find(tail)
+        while at != -1:  # `key[-n:]...`: extend the match backwards
+            end, n = at + _MIN_PIECE, _MIN_PIECE
+            while n < len(form) and end - n - 1 >= 0 and s[end - n - 1] == form[-n - 1]:
+                n += 1
+            s = s[: end - n] + MARKER + s[end:]
+            at = s.find(tail, end - n + len(MARKER))
     return s
 
 

@@ -244,3 +244,30 @@ def test_repeated_async_items_never_share_or_delete_one_journal_entry(fal, tmp_p
     assert sorted(o.images[0].width for o in again) == [5, 7]  # each item its own image
     assert len(fal.hits("POST", rf"^/{FAL_APP}$")) == 2  # attached to job-2: no new submit
     assert not list((store_root / ".journal").glob("*.json"))
+
+
+def test_two_runs_of_one_request_at_once_keep_separate_journal_entries(fal, tmp_path):
+    """Two copies of a node with the same settings run concurrently (ComfyUI runs async nodes at once)."""
+    items = expand_items(["twin"], [], seed=4)
+    jobs = iter([fal_job(fal, "twin-1", done=False, width=5), fal_job(fal, "twin-2", done=False, width=7)])
+    fal.route("POST", rf"^/{FAL_APP}$", lambda _req: Reply(json=next(jobs)))
+    store_root = tmp_path / "store"
+
+    async def both_then_crash():
+        tasks = [asyncio.create_task(run_batch(items, FAL, store=ResultStore(store_root))) for _ in range(2)]
+        for _ in range(300):
+            if len(list((store_root / ".journal").glob("*.json"))) == 2:
+                break
+            await asyncio.sleep(0.05)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    run(both_then_crash())
+    entries = [json.loads(p.read_text()) for p in (store_root / ".journal").glob("*.json")]
+    journals = [entry.get("body", entry)["handle"]["request_id"] for entry in entries]
+    assert sorted(journals) == ["twin-1", "twin-2"]  # neither overwrote the other
+    fal_job(fal, "twin-1", done=True, width=5)
+    fal_job(fal, "twin-2", done=True, width=7)
+    (a,) = run(run_batch(items, FAL, store=ResultStore(store_root)))
+    assert a.status == OK and len(fal.hits("POST", rf"^/{FAL_APP}$")) == 2  # attached, not resubmitted

@@ -130,7 +130,7 @@ async def upload(call, image: ImageInput, index: int) -> tuple[str, str | None]:
     url = next((data.get(k) or body.get(k) for k in ("file_url", "url", "download_url") if data.get(k) or body.get(k)), None)
     if body.get("success") is False or not isinstance(url, str):
         raise UpstreamUnavailable(
-            f"Uploading reference image {index + 1} failed: {body.get('msg') or body.get('message') or str(body)[:300]}",
+            f"Uploading reference image {index + 1} failed: {body.get('msg') or body.get('message') or clip(body, 300)}",
             provider=call.provider.id,
             hint="The file API keeps at most 100 files per account for 72 h; delete old uploads in the dashboard, or retry later.",
         )

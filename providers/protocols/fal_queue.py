@@ -114,7 +114,7 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
             envelope = parse_error_body(response.content)
             if not any(words in envelope.message.lower() for words in STILL_RUNNING):
                 raise error_for_status(400, envelope, call.caller)
-            return PollState(False, status=envelope.message[:80])
+            return PollState(False, status=clip(envelope.message, 80, ellipsis=""))
         if response.status == 202:
             body = parse_error_body(response.content).body  # any JSON, or None
             body = body if isinstance(body, dict) else {}

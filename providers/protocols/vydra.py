@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import MalformedResponse, NoImageReturned, Refusal
-from ..redaction import clip
 from ..outcome import GenerationRequest, GenerationResult, ImageInput
+from ..redaction import clip
 
 
 async def upload(call, image: ImageInput) -> str:
