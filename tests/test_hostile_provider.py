@@ -261,3 +261,12 @@ def test_inline_images_beyond_the_count_are_dropped_too(google):
     google.route("POST", GEN, reply(200, answer))
     result = gen()
     assert len(result.images) == 1 and any("returned 30 images for 1 asked" in w for w in result.warnings)
+
+
+def test_a_workflow_naming_a_url_as_model_id_override_is_refused_by_the_node(fal, other, tmp_path):
+    from banana_pack.nodes.render import RenderInputs, render
+
+    inputs = RenderInputs(provider="fal", model="Nano Banana", prompts=["a cat"], model_id_override=other.url + "/x")
+    with pytest.raises(InvalidRequest):
+        run(render(inputs, store_root=tmp_path))
+    assert other.hits == [] and fal.hits == []

@@ -11,7 +11,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -119,7 +119,7 @@ class _BodyCut(Exception):
         super().__init__(str(cause))
 
 
-async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> AsyncIterator[None]:
+async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
     """Suspended at its yield for the life of the loop; asyncio.run's shutdown_asyncgens() closes it,
     which closes the loop's client (ComfyUI runs every prompt in a fresh asyncio.run loop)."""
     try:
@@ -134,7 +134,7 @@ async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLo
 class HttpEngine:
     def __init__(self) -> None:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = weakref.WeakKeyDictionary()
 
     def client(self) -> httpx.AsyncClient:
         """One pooled client per event loop (httpx clients cannot cross loops), closed when the loop ends."""
@@ -244,7 +244,7 @@ class HttpEngine:
             text = await asyncio.to_thread(json.dumps, json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             content, json_body = text.encode("utf-8"), None
             headers = {**(headers or {}), "Content-Type": "application/json"}
-        who = {"provider": caller.provider, "model": caller.model or None}
+        provider, model = caller.provider, caller.model or None
         attempts = rate_limited = 0
         while True:
             attempts += 1
@@ -271,7 +271,7 @@ class HttpEngine:
                         status=response.status,
                         request_id=request_id,
                         hint="Check the provider's base URL (BANANA_<PROVIDER>_BASE_URL): it may need https:// or another path.",
-                        **who,
+                        provider=provider, model=model,
                     )
                     outcome = REDIRECTED
                 else:
@@ -285,18 +285,18 @@ class HttpEngine:
                 if response.status == 429:
                     rate_limited += 1
             except (asyncio.TimeoutError, TimeoutError):
-                error = TimedOut(f"No complete answer within the {deadline:.0f} s deadline ({DEADLINE_FACTOR:g} x the read timeout).", **who)
+                error = TimedOut(f"No complete answer within the {deadline:.0f} s deadline ({DEADLINE_FACTOR:g} x the read timeout).", provider=provider, model=model)
                 outcome = READ_TIMEOUT
             except _BodyCut as cut:
                 request_id = _request_id(cut.headers)
                 if isinstance(cut.cause, httpx.TimeoutException):
-                    error = TimedOut(f"The answer (HTTP {cut.status}) stopped arriving: {type(cut.cause).__name__}.", request_id=request_id, **who)
+                    error = TimedOut(f"The answer (HTTP {cut.status}) stopped arriving: {type(cut.cause).__name__}.", request_id=request_id, provider=provider, model=model)
                     outcome = READ_TIMEOUT
                 else:
-                    error = MalformedResponse(f"The answer (HTTP {cut.status}) was cut off: {cut}.", request_id=request_id, **who)
+                    error = MalformedResponse(f"The answer (HTTP {cut.status}) was cut off: {cut}.", request_id=request_id, provider=provider, model=model)
                     outcome = TRUNCATED
             except _BodyRefused as refused:
-                error = MalformedResponse(f"The answer (HTTP {refused.status}) was refused: {refused}.", status=refused.status, request_id=_request_id(refused.headers), **who)
+                error = MalformedResponse(f"The answer (HTTP {refused.status}) was refused: {refused}.", status=refused.status, request_id=_request_id(refused.headers), provider=provider, model=model)
                 if policy.paid and 200 <= refused.status < 300:
                     _mark_maybe_billed(error, error.request_id)
                 raise error from None
@@ -305,15 +305,15 @@ class HttpEngine:
                 never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
                 if isinstance(exc, httpx.TimeoutException):
                     phase = "connect" if never_sent else "response"
-                    error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", **who)
+                    error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", provider=provider, model=model)
                 else:
                     error = UpstreamUnavailable(
-                        f"Network error talking to the provider: {type(exc).__name__}: {exc}", hint="Check the network, proxy settings and the provider's base URL.", **who
+                        f"Network error talking to the provider: {type(exc).__name__}: {exc}", hint="Check the network, proxy settings and the provider's base URL.", provider=provider, model=model
                     )
                 outcome = NEVER_CONNECTED if never_sent else READ_TIMEOUT if isinstance(exc, httpx.ReadTimeout) else CONNECTION_LOST
                 error.sent = not never_sent
             except httpx.RequestError as exc:  # too many redirects on a download, a bad URL: not transient
-                raise MalformedResponse(f"The request to {host_of(url)} failed: {type(exc).__name__}: {exc}", **who) from None
+                raise MalformedResponse(f"The request to {host_of(url)} failed: {type(exc).__name__}: {exc}", provider=provider, model=model) from None
             if answered_status is not None and policy.billing is None:
                 retryable = answered_status in policy.statuses and hint is not False
             else:
