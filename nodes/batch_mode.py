@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, Cancelled, ConfigError, Refusal, TimedOut
 from ..providers.outcome import GenerationRequest
 from ..providers.protocols import gemini_batch
+from ..providers.redaction import redact
 from .batch import (
     CACHED,
     CANCELLED,
@@ -41,9 +43,13 @@ from .batch import (
     BatchProgress,
     BatchSettings,
     ItemOutcome,
+    _request,
+    claim_keys,
+    release_keys,
+    request_fields,
 )
 from .spend import RunSpend
-from .store import ResultStore, request_key
+from .store import ResultStore
 
 DISPLAY_PREFIX = "nano-banana-bridge"
 
@@ -56,22 +62,17 @@ class BatchStillRunning(TimedOut):
 FINAL_LOOK_SECONDS = 10.0  # after an interrupt: how long to wait for the answers that had finished
 
 
-def item_request(item: BatchItem, settings: BatchSettings, provider_id: str, offer: ModelOffer) -> tuple[GenerationRequest, str, dict[str, Any]]:
-    """An item's request, its cache key (the same fields as nodes/batch.py's run_batch) and its provenance."""
-    request = GenerationRequest(
-        prompt=item.prompt,
-        images=item.images,
-        aspect_ratio=settings.aspect_ratio,
-        resolution=settings.resolution,
-        seed=item.seed,
-        temperature=settings.temperature,
-        system_prompt=settings.system_prompt,
-        web_search=settings.web_search,
-        count=item.count,
-    )
-    fields = {"provider": provider_id, "model_id": offer.model_id, **{k: v for k, v in request.__dict__.items() if k != "images"}}
-    key = request_key(fields, (im.digest for im in item.images))
-    return request, key, {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
+@contextmanager
+def claimed_requests(items: list[BatchItem], settings: BatchSettings, provider_id: str, offer: ModelOffer) -> Iterator[list[tuple[GenerationRequest, str, dict[str, Any]]]]:
+    """Each item's request, cache key and provenance, keyed as run_batch keys them (identical items
+    get keys of their own: nodes/batch.py claim_keys), held while the run lasts."""
+    requests = [_request(item, settings) for item in items]
+    fields = request_fields(provider_id, offer.model_id, requests)
+    keys = claim_keys(fields, items)
+    try:
+        yield [(r, k, {**f, "model": offer.name, "references": len(i.images), "item": i.index}) for i, r, k, f in zip(items, requests, keys, fields)]
+    finally:
+        release_keys(keys)
 
 
 def supports_batch(spec) -> bool:
@@ -130,9 +131,14 @@ async def run_batch_mode(
     max_wait = float(spec.options.get("batch_max_wait", 3600.0) or 3600.0)
     call = ProviderCall(engine=get_engine(), ctx=ctx, provider=replace(spec, max_wait=max_wait), model=offer, api_key=api_key_for(spec))
 
+    with claimed_requests(items, settings, spec.id, offer) as requests:
+        return await _run(call, items, requests, settings, store, spend, progress, update)
+
+
+async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: BatchSettings, store: ResultStore, spend: RunSpend, progress: BatchProgress, update) -> list[ItemOutcome]:
+    spec, offer = call.provider, call.model
     prepared: list[tuple[BatchItem, Any, str, dict[str, Any], list[str]]] = []
-    for item in items:
-        request, key, provenance = item_request(item, settings, spec.id, offer)
+    for item, (request, key, provenance) in zip(items, requests):
         normalised, warnings = check_request(spec, offer, request)
         prepared.append((item, normalised, key, provenance, warnings))
     outcomes = {item.index: ItemOutcome(index=item.index, prompt=item.prompt, seed=item.seed, provider=spec.id, model_id=offer.model_id) for item in items}
@@ -152,13 +158,13 @@ async def run_batch_mode(
     handle = handle if in_batch else None
     # Items not in the journaled batch: from the cache (saved on an earlier run), else into a new batch.
     todo: list[str] = []
-    for entry, (item, _request, key, _prov, _warn) in by_entry.items():
+    for entry, (item, _req, key, _prov, _warn) in by_entry.items():
         if entry in in_batch:
             continue
         cached = await asyncio.to_thread(store.lookup, key) if settings.use_cache or handle is not None else None
         if cached is not None:
             outcome = outcomes[item.index]
-            outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, cached.text
+            outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, redact(cached.text)
             outcome.request_id = cached.meta.get("request_id")
             progress.cached += 1
         else:
@@ -258,8 +264,8 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
             price_result(result, call.model, request.resolution, discount=spend.discount)
             result.request_id = result.request_id or f"{name}#{entry}"
             paths = await asyncio.to_thread(store.save, key, result, {**provenance, "delivery": "batch", "batch": name})  # on disk before any decoding
-            outcome.files = [str(p) for p in paths]
-            outcome.status, outcome.images, outcome.text = OK, result.images, result.text
+            outcome.files = [store.view_path(p) for p in paths]
+            outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
             outcome.cost_source, outcome.usage = result.cost_source, result.usage
             outcome.warnings = warnings + result.warnings
@@ -267,7 +273,7 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
         except Refusal as exc:
             exc.request_id = exc.request_id or f"{name}#{entry}"
             outcome.status, outcome.reason, outcome.message, outcome.error = REFUSED, exc.reason, str(exc), exc
-            outcome.request_id, outcome.text = exc.request_id, exc.model_text or ""
+            outcome.request_id, outcome.text = exc.request_id, redact(exc.model_text or "")
             progress.refused += 1
         except BananaError as exc:
             _fail(outcome, progress, exc)

@@ -18,7 +18,7 @@ from ..providers.dry_run import NO_KEY, REDACTED, plan_request, summarise
 from ..providers.errors import BananaError
 from ..providers.protocols import gemini_batch
 from .batch import BatchItem, BatchSettings
-from .batch_mode import DISPLAY_PREFIX, entry_key, item_request, run_key
+from .batch_mode import DISPLAY_PREFIX, claimed_requests, entry_key, run_key
 from .guard import money
 from .ledger import BATCH
 from .spend import RunSpend
@@ -31,8 +31,9 @@ async def dry_run_report(items: list[BatchItem], settings: BatchSettings, spec: 
     calls: list[dict[str, Any]] = []
     batch_entries: list[tuple[str, Any]] = []
     keys: list[str] = []
-    for item in items:
-        request, key, _ = item_request(item, settings, spec.id, offer)
+    with claimed_requests(items, settings, spec.id, offer) as claimed:
+        requests = [(request, key) for request, key, _ in claimed]
+    for item, (request, key) in zip(items, requests):
         keys.append(key)
         cached = store is not None and settings.use_cache and await asyncio.to_thread(store.lookup, key) is not None
         row: dict[str, Any] = {"item": item.index + 1, "prompt": item.prompt, "seed": item.seed, "images": item.count, "references": len(item.images)}

@@ -59,16 +59,12 @@ def _journal_files(root: Path) -> list[Path]:
 
 
 def _job(root: Path, path: Path) -> dict[str, Any] | None:
-    handle = ResultStore(root).pending_task(path.stem)  # the store decides what it trusts
-    if not isinstance(handle, dict):
+    entry = ResultStore(root).journal_entry(path.stem)  # only entries this install wrote and signed
+    if entry is None:
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raw = {}
-    raw = raw if isinstance(raw, dict) else {}
-    provenance: dict[str, Any] = raw["provenance"] if isinstance(raw.get("provenance"), dict) else {}
-    submitted = _text(raw.get("submitted_at"))
+    handle: dict[str, Any] = entry["handle"]
+    provenance: dict[str, Any] = entry["provenance"] if isinstance(entry.get("provenance"), dict) else {}
+    submitted = _text(entry.get("submitted_at"))
     try:
         age = (dt.datetime.now() - dt.datetime.fromisoformat(submitted)).total_seconds() if submitted else None
     except ValueError:

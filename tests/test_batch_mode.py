@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from banana_pack.nodes.batch import CANCELLED, FAILED, OK, REFUSED
@@ -74,7 +73,7 @@ def test_one_inline_batch_mixed_answers_saved_and_billed_at_half_price(google, t
     assert out.report["items"][2]["reason"] == "invalid_request" and "invalid argument" in out.report["items"][2]["message"]
     assert out.report["items"][1]["reason"] == "STOP"
     assert all(row["files"] for row in out.report["items"] if row["status"] == OK)
-    saved = json.loads(Path(out.report["items"][0]["files"][0]).with_suffix(".json").read_text())
+    saved = json.loads((tmp_path / out.report["items"][0]["files"][0]).with_suffix(".json").read_text())  # relative to the output folder
     assert saved["delivery"] == "batch" and saved["batch"] == batch.name
     assert any("answered" in line and "pending" in line for line in progress.lines)  # progress from batchStats
     # The journal entry is gone once every answer is saved.

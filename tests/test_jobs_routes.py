@@ -8,6 +8,7 @@ import pytest
 from banana_pack.nodes.jobs_routes import cancel_job, jobs_summary
 from banana_pack.nodes.ledger import LEDGER_FILE, OK, Ledger, LedgerEntry, today
 from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.nodes.store import ResultStore
 from banana_pack.providers.errors import BananaError
 from fake_gemini_batch import PENDING, RUNNING, FakeBatchMode
 from helpers import run
@@ -47,20 +48,24 @@ def test_pending_batch_is_listed_with_googles_status_and_can_be_cancelled(google
     assert run(jobs_summary(base=output, with_status=False))["jobs"]  # still journaled for a re-queue
 
 
-def test_tampered_journal_files_are_skipped_and_ids_cannot_leave_the_output_folder(google, tmp_path):
+def test_planted_journal_files_are_skipped_and_ids_cannot_leave_the_output_folder(google, tmp_path):
     output = tmp_path / "output"
-    journal = output / "nano_banana_bridge" / ".journal"
+    root = output / "nano_banana_bridge"
+    journal = root / ".journal"
     journal.mkdir(parents=True)
+    # Anyone can write here through ComfyUI's upload route: none of these was signed by this install.
     (journal / ("a" * 64 + ".json")).write_text("not json")
     (journal / ("b" * 64 + ".json")).write_text(json.dumps({"handle": ["a", "list"], "provenance": "x"}))
-    (journal / ("c" * 64 + ".json")).write_text(json.dumps({"handle": {"batch": "batches/x"}, "provenance": {"provider": "no-such"}, "submitted_at": "yesterday"}))
-    (journal / "../escape.json").write_text("{}")
-    summary = run(jobs_summary(base=output))
-    (job,) = summary["jobs"]
-    assert job["provider"] == "no-such" and job["age_seconds"] is None and "unavailable" in job["status"]
+    (journal / ("c" * 64 + ".json")).write_text(json.dumps({"handle": {"batch": "batches/x", "cancel_url": "https://evil.example/"}, "provenance": {"provider": "google"}}))
+    assert run(jobs_summary(base=output))["jobs"] == []
+    assert run(cancel_job({"id": "nano_banana_bridge/" + "c" * 64}, base=output))[0] == 404
+    # A signed entry naming a provider that does not exist: listed, but nothing is sent anywhere.
+    ResultStore(root).remember_task("d" * 64, {"batch": "batches/x", "keys": ["k"]}, {"provider": "no-such"})
+    (job,) = run(jobs_summary(base=output))["jobs"]
+    assert job["provider"] == "no-such" and "unavailable" in job["status"]
     status, _ = run(cancel_job({"id": job["id"]}, base=output))
-    assert status == 502 and google.requests == []  # an unknown provider gets no request, let alone a key
-    for bad in ("../nano_banana_bridge/" + "c" * 64, "nano_banana_bridge/../../x", "x", None, 5):
+    assert status == 502 and google.requests == []
+    for bad in ("../nano_banana_bridge/" + "d" * 64, "nano_banana_bridge/../../x", "x", None, 5):
         assert run(cancel_job({"id": bad}, base=output))[0] == 404
 
 

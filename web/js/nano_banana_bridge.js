@@ -17,12 +17,18 @@ let catalogPromise = null;
 
 // The catalog (providers, models, prices, who has a key). Fetched again whenever key status may
 // have changed: the keys tab saved something, or a node's provider changed.
+let configErrorShown = false;
 function refreshCatalog() {
   catalogPromise = api
     .fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" })
     .then((r) => (r.ok ? r.json() : null))
     .catch(() => null)
     .then((data) => {
+      // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix.
+      if (data?.error && !configErrorShown) {
+        configErrorShown = true;
+        toast("warn", "Nano Banana Bridge configuration", data.error);
+      }
       if (data) catalogData = data;
       app.graph?.setDirtyCanvas?.(true, true);
       return catalogData;
