@@ -160,7 +160,10 @@ class Ledger:
         """Append rows. Never raises: a paid image is already on disk, a ledger problem must not fail the run."""
         if not entries:
             return
-        keep = keep_prompts()
+        try:
+            keep = keep_prompts()
+        except Exception:  # noqa: BLE001 - a broken providers.json: keep no prompt, still record the cost
+            keep = False
         for entry in entries:
             entry.prompt = redact(entry.prompt) if keep and entry.prompt else None
         try:
