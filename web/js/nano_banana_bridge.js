@@ -97,9 +97,19 @@ function watchModel(node) {
       target.callback?.(change.value);
     }
     arm();
+    syncModelState(node);
     node.setDirtyCanvas?.(true, true);
     return result;
   };
+}
+
+// Frontend 1.43's DynamicCombo keeps its value in a closure (its own value property), so the
+// Vue-nodes view, which draws from the widget's store state, shows the default model after a
+// workflow loads (core DynamicCombo nodes show the same). Copy the value into that state.
+function syncModelState(node) {
+  const modelWidget = widget(node, "model");
+  const state = modelWidget?._state;
+  if (state && "value" in state && state.value !== modelWidget.value) state.value = modelWidget.value;
 }
 
 function addBadge(node) {
@@ -217,7 +227,9 @@ app.registerExtension({
         const index = values.findIndex((v, i) => i <= 3 && typeof v === "string" && !labels.includes(v) && labels.some((l) => stableModel(l) === v));
         if (index >= 0) values[index] = labels.find((l) => stableModel(l) === values[index]);
       }
-      return configure.call(this, info, ...rest);
+      const result = configure.call(this, info, ...rest);
+      syncModelState(this);
+      return result;
     };
   },
   async nodeCreated(node) {
