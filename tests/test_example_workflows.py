@@ -58,3 +58,16 @@ def test_the_batch_example_flags_failures_through_the_options_node():
     workflow = json.loads((FOLDER / "nano_banana_batch_prompt_list.json").read_text())
     (options,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"]
     assert dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"]))["on_failure"] == "flag"
+
+
+def test_the_readme_api_example_matches_the_nodes():
+    readme = (FOLDER.parent / "README.md").read_text()
+    section = readme[readme.index("## Headless use"):]
+    prompt = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert by_type["LoadImage"]["image"] == "example.png"  # ships in ComfyUI's input/ folder
+    assert set(by_type["NanoBananaOptions"]) == {spec.name for spec in OPTION_SPECS}
+    bridge = by_type["NanoBananaBridge"]
+    assert model_from_choice(bridge["model"]) and bridge["model"] == model_label(model_from_choice(bridge["model"]))
+    assert not {spec.name for spec in OPTION_SPECS} & set(bridge)  # the clean layout: options come through the socket
+    assert bridge["options"][0] in prompt and prompt[bridge["options"][0]]["class_type"] == "NanoBananaOptions"
