@@ -83,7 +83,8 @@ def key_status() -> dict[str, Any]:
         if entry is None:
             env_names = [env_name(owner, "API_KEY"), *spec.key_env]
             from_env = next((name for name in env_names if os.environ.get(name, "").strip()), None)
-            in_file = isinstance((file_keys or {}).get(owner), str) and bool(file_keys[owner].strip())
+            stored = (file_keys or {}).get(owner)
+            in_file = isinstance(stored, str) and bool(stored.strip())
             entry = owners[owner] = {
                 "owner": owner,
                 "providers": [],

@@ -39,7 +39,7 @@ def test_example_is_a_runnable_graph_of_core_nodes_and_ours(path):
     rows = 9 + (1 if model_capabilities()[model]["resolutions"] else 0)
     assert len(ours["widgets_values"]) == rows and ours["widgets_values"][-1] in ("references", "each image")
     for options in (n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"):
-        values = dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"]))
+        values = dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"], strict=True))
         assert len(options["widgets_values"]) == len(OPTION_SPECS)
         assert all(spec.coerce(values[spec.name]) == values[spec.name] for spec in OPTION_SPECS)
         assert any(link[1] == options["id"] and link[3] == ours["id"] and link[5] == "NANO_BANANA_OPTIONS" for link in workflow["links"])
@@ -57,7 +57,7 @@ def test_example_carries_no_key_or_local_address(path):
 def test_the_batch_example_flags_failures_through_the_options_node():
     workflow = json.loads((FOLDER / "nano_banana_batch_prompt_list.json").read_text())
     (options,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"]
-    assert dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"]))["on_failure"] == "flag"
+    assert dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"], strict=True))["on_failure"] == "flag"
 
 
 def test_the_readme_api_example_matches_the_nodes():

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 
 import pytest
 
-from banana_pack.nodes import key_routes
 from banana_pack.nodes.key_routes import key_status, refuse_write, set_key, try_key
 from banana_pack.providers.config import has_key, get_provider
 from helpers import run
