@@ -14,6 +14,7 @@ const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"],
 
 let catalogData = null;
 let catalogPromise = null;
+let shownConfigError = null;
 
 // The catalog (providers, models, prices, who has a key). Fetched again whenever key status may
 // have changed: the keys tab saved something, or a node's provider changed.
@@ -23,6 +24,11 @@ function refreshCatalog() {
     .then((r) => (r.ok ? r.json() : null))
     .catch(() => null)
     .then((data) => {
+      // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
+      if (data?.error && data.error !== shownConfigError) {
+        shownConfigError = data.error;
+        toast("warn", "Nano Banana Bridge configuration", data.error);
+      }
       if (data) catalogData = data;
       app.graph?.setDirtyCanvas?.(true, true);
       return catalogData;
