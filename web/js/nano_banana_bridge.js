@@ -164,6 +164,7 @@ async function renderKeysTab(root) {
   wrap.append(
     el("div", { style: "opacity:.8;line-height:1.4" }, `Keys are written to ${status.keys_file} (readable only by you), never to the workflow or ComfyUI's settings. Environment variables take precedence. Keys are never shown again once saved.`)
   );
+  if (status.error) wrap.append(el("div", { textContent: status.error, style: "color:#f0a0a0;white-space:pre-wrap" }));
   for (const owner of status.owners) {
     const names = owner.providers.map((p) => p.display_name).join(", ");
     const state = el("span", { textContent: keyStatusText(owner), style: `font-weight:600;color:${owner.source ? "#7fc97f" : "#e07a7a"}` });
