@@ -328,7 +328,7 @@ def settle(outcomes: list[ItemOutcome], policy: str, *, saved_in: str | None = N
             f"Item {first.index + 1} in full: {first.message}",
             hint=where
             + (f"Every item's status, reason and request id: {report_file}. " if report_file else "")
-            + ("Set on_failure to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
+            + ("Set on_failure (on a Nano Banana Options node) to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
         )
     return good
 

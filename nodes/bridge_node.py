@@ -36,6 +36,13 @@ SEED_TOOLTIP = (
 )
 
 
+IMAGE_TOOLTIP = "A reference image (or a batch: each image counts as one reference). Connect one and the next slot appears."
+OPTIONS_TOOLTIP = (
+    "Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, "
+    "upload format, cache, save folder, model id). Not connected: the defaults."
+)
+
+
 def _model_option(name: str, cap: dict[str, Any]) -> io.DynamicCombo.Option:
     inputs: list = [
         io.Combo.Input(
@@ -46,11 +53,18 @@ def _model_option(name: str, cap: dict[str, Any]) -> io.DynamicCombo.Option:
         )
     ]
     if cap["resolutions"]:
-        inputs.append(io.Combo.Input("resolution", options=cap["resolutions"], default="1K" if "1K" in cap["resolutions"] else cap["resolutions"][0]))
+        inputs.append(
+            io.Combo.Input(
+                "resolution",
+                options=cap["resolutions"],
+                default="1K" if "1K" in cap["resolutions"] else cap["resolutions"][0],
+                tooltip="Output size tier (about 1K = 1024 px on the long side). Higher tiers cost more with most providers: see the badge.",
+            )
+        )
     inputs.append(
         io.Autogrow.Input(
             "images",
-            template=io.Autogrow.TemplateNames(io.Image.Input("image"), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
+            template=io.Autogrow.TemplateNames(io.Image.Input("image", tooltip=IMAGE_TOOLTIP), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
             tooltip=f"Reference images, up to {cap['max_refs']} in all: every image of a batch counts as one reference.",
         )
     )
@@ -74,7 +88,13 @@ class NanoBananaBridge(io.ComfyNode):
             search_aliases=["nano banana", "gemini image", "gemini 3 pro image", "nano banana pro", "nano banana 2", "fal", "image edit"],
             is_input_list=True,
             inputs=[
-                io.String.Input("prompt", multiline=True, default="", placeholder="Describe the image, or the edit to make to the reference images."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    placeholder="Describe the image, or the edit to make to the reference images.",
+                    tooltip="What to make, or the edit to apply to the reference images. With prompt_per_line, each non-empty line is its own prompt.",
+                ),
                 io.Combo.Input(
                     "provider",
                     options=providers,
@@ -84,7 +104,10 @@ class NanoBananaBridge(io.ComfyNode):
                 io.DynamicCombo.Input(
                     "model",
                     options=[_model_option(name, caps[name]) for name in MODEL_ORDER],
-                    tooltip="Nano Banana 2 is the newest and cheapest per image at 1K; Pro follows long instructions and renders text best; Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch.",
+                    tooltip=(
+                        "Nano Banana 2 is the newest and cheapest per image at 1K; Pro follows long instructions and renders text best; "
+                        "Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch."
+                    ),
                 ),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=SEED_TOOLTIP),
                 io.Int.Input("count", default=1, min=1, max=64, tooltip="Images per prompt: the provider's own n where it has one, else parallel calls."),
@@ -95,10 +118,10 @@ class NanoBananaBridge(io.ComfyNode):
                     default=REFERENCES,
                     tooltip="references: all connected images guide every call. each image: the prompt is applied to each image of image_1 separately (the other slots stay shared references).",
                 ),
-                Options.Input("options", optional=True, tooltip="Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, upload format, cache, save folder, model id). Not connected: the defaults."),
+                Options.Input("options", optional=True, tooltip=OPTIONS_TOOLTIP),
             ],
             outputs=[
-                io.Image.Output("images"),
+                io.Image.Output("images", tooltip="Every image that arrived, as one batch (sizes follow the options' size_policy). Each is also saved on arrival."),
                 io.String.Output("text", tooltip="The model's words; for a refusal, its explanation."),
                 io.String.Output("report", tooltip="JSON: one row per call with status, reason, request id, seed, cost, seconds and saved files."),
             ],

@@ -9,7 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from ..providers.config import ensure_keys_file, set_comfy_user_dir
 from .bridge_node import NanoBananaBridge
-from .comfy_glue import install_interrupt_observer, output_dir, served_dirs, user_dir
+from .comfy_glue import install_interrupt_observer, output_dir, quiet_http_logs, served_dirs, user_dir
 from .housekeeping import tidy_once
 from .jobs_routes import register_jobs_routes
 from .key_routes import register_key_routes
@@ -22,6 +22,7 @@ log = logging.getLogger("nano_banana_bridge")
 
 class BananaBridgeExtension(ComfyExtension):
     async def on_load(self) -> None:
+        quiet_http_logs()
         try:
             set_comfy_user_dir(user_dir(), served_dirs())
             path = ensure_keys_file()
