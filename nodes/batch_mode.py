@@ -1,9 +1,10 @@
 """delivery "batch": the run's items as one Google Batch Mode job, at half price.
 
 The order of events protects the money: the spend guard checks the run's estimate (at the batch
-price); the batch is created once (never resent after a lost answer); its name is journaled in
-the result store before anything else, under a key made of every item's request, so re-queuing
-the same run, even after a restart, attaches to it instead of paying again. While it runs, the
+price); the batch is journaled in the result store under its display name before the create is
+sent and with Google's batch name the moment Google answers, under a key made of every item's
+request; the create is never resent (after a lost answer a re-queue finds the batch by display
+name), so re-queuing the same run, even after a restart, attaches to it instead of paying again. While it runs, the
 node shows Google's batch stats. When it ends, every answer is classified like a direct call's
 (refusals and errors become the same typed outcomes, under the same failure policy), saved to disk
 before anything decodes it, and written to the cost ledger; only then is the journal entry dropped.
