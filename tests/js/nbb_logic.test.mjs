@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { badgeFor, carryOver, keyStatusText, promptCount, stableModel } from "../../web/js/nbb_logic.js";
+import { badgeFor, carryOver, keyStatusText, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
 
 const offer = (prices, resolutions = ["1K", "2K", "4K"], unit = "usd") => ({ resolutions, prices, price_unit: unit, aspect_ratios: [], max_refs: 14 });
 const catalog = {
@@ -87,4 +87,12 @@ test("key status wording", () => {
   assert.equal(keyStatusText({ source: "env", env_name: "GEMINI_API_KEY" }), "set from GEMINI_API_KEY");
   assert.equal(keyStatusText({ source: "file" }), "set in keys file");
   assert.equal(keyStatusText({ source: null }), "missing");
+});
+
+test("the provider widget shows who has a key and whom auto picks", () => {
+  assert.equal(providerLabel(catalog, "fal", "Nano Banana Pro (Gemini 3 Pro Image)"), "fal (no key)");
+  assert.equal(providerLabel(catalog, "google", "Nano Banana Pro (Gemini 3 Pro Image)"), "google");
+  assert.equal(providerLabel(catalog, "auto", "Nano Banana Pro (Gemini 3 Pro Image)"), "auto → google");
+  assert.equal(providerLabel(catalog, "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)"), "auto (no key)");
+  assert.equal(providerLabel(null, "fal", "x"), "fal");
 });

@@ -6,7 +6,7 @@
 // nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badgeFor, carryOver, keyStatusText, stableModel } from "./nbb_logic.js";
+import { badgeFor, carryOver, keyStatusText, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
 const SUB_WIDGETS = /^model\.(aspect_ratio|resolution)$/;
@@ -249,6 +249,8 @@ app.registerExtension({
       applyProvider(node, value, true);
       return result;
     };
+    // The canvas shows "fal (no key)" / "auto → google" (the value stays the plain id).
+    providerWidget.options.getOptionLabel = (value) => providerLabel(catalogData, value, widget(node, "model")?.value);
     watchModel(node);
     // Workflows load their saved values after creation: narrow once they are in place.
     setTimeout(() => applyProvider(node, providerWidget.value, false), 0);

@@ -74,6 +74,17 @@ export function carryOver(kept, widgets) {
   return changes;
 }
 
+// The provider widget's label: which providers have a key, and whom "auto" picks for the model.
+export function providerLabel(catalog, providerId, model) {
+  if (!catalog || !providerId) return providerId ?? "";
+  if (providerId === "auto") {
+    const picked = catalog.auto?.[stableModel(model)];
+    return picked ? `auto → ${picked}` : "auto (no key)";
+  }
+  const provider = catalog.providers.find((p) => p.id === providerId);
+  return provider && !provider.has_key ? `${providerId} (no key)` : providerId;
+}
+
 // "set from BANANA_GOOGLE_API_KEY", "set in keys file", "missing"
 export function keyStatusText(status) {
   if (!status) return "unknown";
