@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { badgeFor, carryOver, keyStatusText, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
 
 const offer = (prices, resolutions = ["1K", "2K", "4K"], unit = "usd") => ({ resolutions, prices, price_unit: unit, aspect_ratios: [], max_refs: 14 });
 const catalog = {
@@ -95,4 +95,45 @@ test("the provider widget shows who has a key and whom auto picks", () => {
   assert.equal(providerLabel(catalog, "auto", "Nano Banana Pro (Gemini 3 Pro Image)"), "auto → google");
   assert.equal(providerLabel(catalog, "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)"), "auto (no key)");
   assert.equal(providerLabel(null, "fal", "x"), "fal");
+});
+
+const withKey = (has) => ({ ...catalog, auto: { ...catalog.auto, "Nano Banana Pro": has ? "fal" : null }, providers: catalog.providers.map((p) => (p.id === "fal" ? { ...p, has_key: has } : p)) });
+
+test("key status refresh: after the keys tab saves a key, the badge and the provider list follow", async () => {
+  let hasKey = false;
+  const changes = [];
+  const store = createCatalogStore(async () => withKey(hasKey), (data) => changes.push(data));
+  await store.refresh();
+  assert.equal(badgeFor({ ...base, catalog: store.data, providerId: "fal" }).text, "no key · ~$0.15/image");
+  assert.equal(providerLabel(store.data, "fal", base.model), "fal (no key)");
+  hasKey = true; // the keys tab wrote keys.json, then refreshed
+  await store.refresh();
+  assert.equal(badgeFor({ ...base, catalog: store.data, providerId: "fal" }).text, "~$0.15/image");
+  assert.equal(providerLabel(store.data, "fal", base.model), "fal");
+  assert.equal(changes.length, 2);
+});
+
+test("key status refresh: a slow earlier answer never overwrites a newer one", async () => {
+  const answers = [];
+  const store = createCatalogStore(() => new Promise((resolve) => answers.push(resolve)));
+  const first = store.refresh();
+  const second = store.refresh();
+  await new Promise((r) => setImmediate(r));
+  answers[1](withKey(true)); // the newer request answers first
+  await second;
+  answers[0](withKey(false)); // then the stale one
+  await first;
+  assert.equal(store.data.providers.find((p) => p.id === "fal").has_key, true);
+});
+
+test("key status refresh: an unreachable server keeps what was known", async () => {
+  let up = true;
+  const store = createCatalogStore(async () => {
+    if (!up) throw new Error("offline");
+    return withKey(true);
+  });
+  await store.refresh();
+  up = false;
+  await store.refresh();
+  assert.equal(store.data.providers.find((p) => p.id === "fal").has_key, true);
 });

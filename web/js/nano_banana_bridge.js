@@ -6,35 +6,27 @@
 // nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badgeFor, carryOver, keyStatusText, providerLabel, stableModel } from "./nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
 const SUB_WIDGETS = /^model\.(aspect_ratio|resolution)$/;
 const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"], error: ["#f6d6d6", "#6b2222"] };
 
-let catalogData = null;
-let catalogPromise = null;
 let shownConfigError = null;
 
-// The catalog (providers, models, prices, who has a key). Fetched again whenever key status may
-// have changed: the keys tab saved something, or a node's provider changed.
-function refreshCatalog() {
-  catalogPromise = api
-    .fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" })
-    .then((r) => (r.ok ? r.json() : null))
-    .catch(() => null)
-    .then((data) => {
-      // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
-      if (data?.error && data.error !== shownConfigError) {
-        shownConfigError = data.error;
-        toast("warn", "Nano Banana Bridge configuration", data.error);
-      }
-      if (data) catalogData = data;
-      app.graph?.setDirtyCanvas?.(true, true);
-      return catalogData;
-    });
-  return catalogPromise;
-}
+// The catalog (providers, models, prices, who has a key), refreshed when key status may have changed.
+const catalog = createCatalogStore(
+  () => api.fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" }).then((r) => (r.ok ? r.json() : null)),
+  (data) => {
+    // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
+    if (data?.error && data.error !== shownConfigError) {
+      shownConfigError = data.error;
+      toast("warn", "Nano Banana Bridge configuration", data.error);
+    }
+    app.graph?.setDirtyCanvas?.(true, true);
+  }
+);
+const refreshCatalog = () => catalog.refresh();
 
 function toast(severity, summary, detail) {
   const t = app.extensionManager?.toast;
@@ -46,7 +38,7 @@ const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 
 function badgeState(node) {
   return badgeFor({
-    catalog: catalogData,
+    catalog: catalog.data,
     providerId: widget(node, "provider")?.value,
     model: widget(node, "model")?.value,
     resolution: widget(node, "model.resolution")?.value,
@@ -60,7 +52,7 @@ function badgeState(node) {
 // Narrow the model list to the provider's offers (never switch the model for the user: that would
 // reset its settings; the badge says when the provider does not offer it).
 async function applyProvider(node, providerId, announce) {
-  const data = announce ? await refreshCatalog() : catalogData ?? (await catalogPromise);
+  const data = announce ? await refreshCatalog() : catalog.data ?? (await catalog.ready);
   const modelWidget = widget(node, "model");
   if (!data || !modelWidget?.options?.values) return;
   if (!modelWidget._nbbAllModels) modelWidget._nbbAllModels = [...modelWidget.options.values];
@@ -250,7 +242,7 @@ app.registerExtension({
       return result;
     };
     // The canvas shows "fal (no key)" / "auto → google" (the value stays the plain id).
-    providerWidget.options.getOptionLabel = (value) => providerLabel(catalogData, value, widget(node, "model")?.value);
+    providerWidget.options.getOptionLabel = (value) => providerLabel(catalog.data, value, widget(node, "model")?.value);
     watchModel(node);
     // Workflows load their saved values after creation: narrow once they are in place.
     setTimeout(() => applyProvider(node, providerWidget.value, false), 0);

@@ -74,6 +74,40 @@ export function carryOver(kept, widgets) {
   return changes;
 }
 
+// The catalog as the frontend knows it (providers, prices, who has a key), fetched again whenever key
+// status may have changed (the keys tab saved something, a node's provider changed). The newest
+// request wins: a slow earlier answer never overwrites a later one. `fetchCatalog` resolves to the
+// route's JSON or null (unreachable server: keep what we had).
+export function createCatalogStore(fetchCatalog, onChange = () => {}) {
+  let data = null;
+  let issued = 0;
+  let applied = 0;
+  let latest = Promise.resolve(null);
+  return {
+    get data() {
+      return data;
+    },
+    get ready() {
+      return latest;
+    },
+    refresh() {
+      const ticket = ++issued;
+      latest = Promise.resolve()
+        .then(fetchCatalog)
+        .catch(() => null)
+        .then((answer) => {
+          if (answer && ticket > applied) {
+            applied = ticket;
+            data = answer;
+            onChange(answer);
+          }
+          return data;
+        });
+      return latest;
+    },
+  };
+}
+
 // The provider widget's label: which providers have a key, and whom "auto" picks for the model.
 export function providerLabel(catalog, providerId, model) {
   if (!catalog || !providerId) return providerId ?? "";
