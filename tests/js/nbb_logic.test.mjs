@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { badgeFor, carryOver, createCatalogStore, keyStatusText, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
 
 const offer = (prices, resolutions = ["1K", "2K", "4K"], unit = "usd") => ({ resolutions, prices, price_unit: unit, aspect_ratios: [], max_refs: 14 });
 const catalog = {
@@ -136,4 +136,12 @@ test("key status refresh: an unreachable server keeps what was known", async () 
   up = false;
   await store.refresh();
   assert.equal(store.data.providers.find((p) => p.id === "fal").has_key, true);
+});
+
+test("a node saved before the options node: its last nine values are the old advanced settings", () => {
+  const old = ["a cat", "auto", "Nano Banana", "3:2", 1000, "randomize", 2, true, "references", "flag", "resize", "", 1, false, "auto", true, "nano_banana_bridge", ""];
+  assert.deepEqual(legacyOptions(old), { on_failure: "flag", size_policy: "resize", system_prompt: "", temperature: 1, web_search: false, upload_format: "auto", use_cache: true, save_to: "nano_banana_bridge", model_id_override: "" });
+  const withResolution = ["a cat", "google", "Nano Banana Pro", "16:9", "2K", 42, "fixed", 1, false, "each image", "skip", "pad", "be brief", 0.5, true, "png", false, "mine", "x-id"];
+  assert.equal(legacyOptions(withResolution).save_to, "mine");
+  assert.equal(legacyOptions(["a cat", "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)", "auto", "1K", 0, "randomize", 1, false, "references"]), null); // the new layout
 });

@@ -6,9 +6,10 @@
 // nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badgeFor, carryOver, createCatalogStore, keyStatusText, providerLabel, stableModel } from "./nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
+const OPTIONS_ID = "NanoBananaOptions";
 const SUB_WIDGETS = /^model\.(aspect_ratio|resolution)$/;
 const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"], error: ["#f6d6d6", "#6b2222"] };
 
@@ -222,6 +223,7 @@ app.registerExtension({
     const configure = nodeType.prototype.configure;
     nodeType.prototype.configure = function (info, ...rest) {
       const values = info?.widgets_values;
+      this._nbbLegacyOptions = legacyOptions(values);
       if (Array.isArray(values)) {
         const index = values.findIndex((v, i) => i <= 3 && typeof v === "string" && !labels.includes(v) && labels.some((l) => stableModel(l) === v));
         if (index >= 0) values[index] = labels.find((l) => stableModel(l) === values[index]);
@@ -230,6 +232,29 @@ app.registerExtension({
       syncModelState(this);
       return result;
     };
+  },
+  // A workflow saved before the options node: put its advanced settings on a new Nano Banana
+  // Options node connected to this one (only when they differ from the defaults).
+  loadedGraphNode(node) {
+    const legacy = node._nbbLegacyOptions;
+    delete node._nbbLegacyOptions;
+    const slot = node.inputs?.findIndex((i) => i.name === "options") ?? -1;
+    if (!legacy || slot < 0 || node.inputs[slot].link != null || !node.graph) return;
+    const options = window.LiteGraph?.createNode?.(OPTIONS_ID);
+    if (!options) return;
+    let changed = false;
+    for (const [name, value] of Object.entries(legacy)) {
+      const w = widget(options, name);
+      const allowed = w && (!w.options?.values || w.options.values.includes(value)) && typeof value === typeof w.value;
+      if (allowed && w.value !== value) {
+        w.value = value;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    options.pos = [node.pos[0], node.pos[1] + node.size[1] + 50]; // below the node it feeds
+    node.graph.add(options);
+    options.connect(0, node, slot);
   },
   async nodeCreated(node) {
     if (node.comfyClass !== NODE_ID) return;

@@ -108,6 +108,19 @@ export function createCatalogStore(fetchCatalog, onChange = () => {}) {
   };
 }
 
+// Before the Nano Banana Options node, the main node saved its advanced settings as its last nine
+// widget values, in this order, right after image_mode. Returns them by name when `values` (a saved
+// widgets_values) has that old layout, else null.
+export const LEGACY_OPTION_ORDER = ["on_failure", "size_policy", "system_prompt", "temperature", "web_search", "upload_format", "use_cache", "save_to", "model_id_override"];
+
+export function legacyOptions(values) {
+  if (!Array.isArray(values) || values.length < LEGACY_OPTION_ORDER.length + 9) return null;
+  const tail = values.slice(-LEGACY_OPTION_ORDER.length);
+  const imageMode = values[values.length - LEGACY_OPTION_ORDER.length - 1];
+  if (!["references", "each image"].includes(imageMode) || !["fail", "skip", "flag"].includes(tail[0])) return null;
+  return Object.fromEntries(LEGACY_OPTION_ORDER.map((name, i) => [name, tail[i]]));
+}
+
 // The provider widget's label: which providers have a key, and whom "auto" picks for the model.
 export function providerLabel(catalog, providerId, model) {
   if (!catalog || !providerId) return providerId ?? "";
