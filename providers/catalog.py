@@ -193,6 +193,8 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_help="https://api.apiyi.com (token page); keys start with sk-",
         concurrency=4,
         read_timeout=600.0,  # APIYI: 360 s, 600 s for 4K or many references
+        # Its gateway sends interim drafts as ordinary image parts before the final one (providers.md 2.4).
+        options=_freeze({"keep_images": "last"}),
     ),
     ProviderSpec(
         id="apiyi_chat",
@@ -205,7 +207,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         models=tuple(_offer(m.name, m.model_id, aspect_ratios=(AUTO,), resolutions=(), web_search=False, **_NO_SAMPLING) for m in GOOGLE_MODELS),
         key_help="https://api.apiyi.com (token page); keys start with sk-",
         read_timeout=600.0,
-        options=_freeze({"size_controls": "none"}),
+        options=_freeze({"size_controls": "none", "keep_images": "last"}),
     ),
     ProviderSpec(
         id="openai_hk",

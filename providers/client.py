@@ -22,9 +22,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
-from .config import all_providers, api_key_for, config_dir, get_provider, has_key
+from .config import all_providers, api_key_for, config_dir, get_provider, has_key, key_hint
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
-from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
+from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 
 
@@ -353,6 +353,8 @@ async def generate(
         else:
             result = await module.generate(call, request)
     except BananaError as exc:
+        if isinstance(exc, AuthError):
+            exc.hint = key_hint(spec)  # the engine knows the preset's id, not whose key it reads
         raise exc.with_context(provider=spec.id, model=offer.model_id)
     finally:
         limiter.release()

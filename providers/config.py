@@ -104,16 +104,22 @@ def api_key_for(spec: ProviderSpec) -> str:
     if value:
         register_secret(value)
         return value
-    where = " or ".join(candidates)
+    raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
+
+
+def key_hint(spec: ProviderSpec, *, missing: bool = False) -> str:
+    """Where this preset's key is read from: its key owner's variable(s) and keys-file entry.
+
+    Presets of one reseller share a key (openai_hk_chat reads BANANA_OPENAI_HK_API_KEY and "openai_hk").
+    """
+    owner = spec.key_owner
+    where = " or ".join([env_name(owner, "API_KEY"), *spec.key_env])
     help_line = f" Get a key at {spec.key_help}." if spec.key_help else ""
-    raise MissingKey(
-        f"No API key for '{spec.display_name}'.",
-        provider=spec.id,
-        hint=(
-            f"Set the environment variable {where} before starting ComfyUI, or add "
-            f"\"{owner}\": \"<your key>\" to {config_dir() / KEYS_FILE}.{help_line} "
-            "Keys are never stored in workflows."
-        ),
+    lead = "Set" if missing else f"Check the key for '{spec.display_name}': it may be wrong, revoked, or lack access to this model. Set"
+    return (
+        f"{lead} the environment variable {where} before starting ComfyUI, or add "
+        f"\"{owner}\": \"<your key>\" to {config_dir() / KEYS_FILE}.{help_line} "
+        "Keys are never stored in workflows."
     )
 
 

@@ -10,7 +10,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Hashable, TypeVar
 
 from PIL import Image
 
@@ -180,3 +180,20 @@ def image_refs_in_text(text: str) -> tuple[list[str], str]:
     for url in bare:
         rest = rest.replace(url, "")
     return refs, rest.strip()
+
+
+Ref = TypeVar("Ref", bound=Hashable)
+
+
+def final_images(turn: list[Ref], keep_last: bool) -> list[Ref]:
+    """The results among one turn's images (a Gemini candidate, a chat choice), in order.
+
+    Google marks its interim drafts `thought: true` and the protocol skips them. Some gateways
+    (APIYI, providers.md 2.4) send the drafts as ordinary image parts before the final one: a
+    preset that does sets the option keep_images "last", and only the turn's last image is a
+    result. Everywhere, an image sent twice in one turn is one result, at its last position.
+    """
+    if keep_last:
+        return turn[-1:]
+    last_position = {ref: n for n, ref in enumerate(turn)}
+    return [ref for n, ref in enumerate(turn) if last_position[ref] == n]

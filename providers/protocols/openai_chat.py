@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, NoImageReturned, SafetyRejected, SafetyStage
-from ..outcome import GenerationRequest, GenerationResult, image_refs_in_text
+from ..outcome import GenerationRequest, GenerationResult, final_images, image_refs_in_text
 from .gemini import SAFETY_FINISH_REASONS
 from .openai_images import ratio_value, resolution_value, unsent_warnings
 
@@ -100,9 +100,12 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     refusals: list[str] = []
     finishes: list[str] = []
     natives: list[str] = []
+    keep_last = call.text_option("keep_images") == "last"
     for choice in choices:
         message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        read_message(message, refs, texts)
+        turn: list[str] = []
+        read_message(message, turn, texts)
+        refs += final_images(turn, keep_last)
         if isinstance(message.get("refusal"), str) and message["refusal"].strip():
             refusals.append(message["refusal"].strip())
         finishes += [str(choice["finish_reason"])] if choice.get("finish_reason") else []
