@@ -16,8 +16,8 @@ from typing import Any, Callable
 
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
-from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
+from ..providers.errors import BananaError, Cancelled, Refusal, UnusableImage, UpstreamUnavailable
+from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput
 from .store import ResultStore, request_key
 
 # Statuses in the report.
@@ -219,6 +219,11 @@ async def run_batch(
             outcome.request_id = exc.request_id
             outcome.text = exc.model_text or ""
             progress.refused += 1
+        except UnusableImage as exc:
+            if store is not None and exc.payloads:
+                outcome.files = await asyncio.to_thread(save_unusable, store, key, exc, provenance)
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            progress.failed += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             progress.failed += 1
@@ -231,6 +236,15 @@ async def run_batch(
         return outcome
 
     return list(await asyncio.gather(*(run_one(item) for item in items)))
+
+
+def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance: dict[str, Any]) -> list[str]:
+    """Bytes that are not a usable image were still paid for: on disk (.bin, with a sidecar) before the error is shown."""
+    kept = GenerationResult(provider=error.provider or "", model=error.model or "", images=error.payloads, request_id=error.request_id, warnings=[str(error)])
+    paths = [str(p) for p in store.save(key, kept, provenance, cache=False)]
+    error.hint = f"The provider's bytes are saved as {', '.join(paths)}. {error.hint}"
+    error.args = (str(error),)
+    return paths
 
 
 class BatchFailed(BananaError):

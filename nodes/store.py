@@ -75,8 +75,12 @@ class ResultStore:
 
     # -- saving on arrival ---------------------------------------------------------------------
 
-    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any]) -> list[Path]:
-        """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths."""
+    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
+        """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths.
+
+        cache=False: keep the bytes without answering later requests from them (unusable results,
+        saved as .bin because they were paid for).
+        """
         now = dt.datetime.now()
         folder = self.root / now.strftime("%Y-%m-%d")
         stem = f"{now:%H%M%S}_{_safe(result.provider)}_{key[:8]}_{uuid.uuid4().hex[:4]}"
@@ -103,8 +107,9 @@ class ResultStore:
         for n, path in enumerate(paths):
             image = result.images[n]
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, "file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height}))
-        entry = {"files": [str(p.relative_to(self.root)) for p in paths], "text": result.text, "meta": sidecar}
-        _atomic_write(self._cache_path(key), _json_bytes(entry))
+        if cache:
+            entry = {"files": [str(p.relative_to(self.root)) for p in paths], "text": result.text, "meta": sidecar}
+            _atomic_write(self._cache_path(key), _json_bytes(entry))
         self.forget_task(key)
         return paths
 

@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key, key_hint
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
-from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey
+from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey, UnusableImage
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 
 
@@ -184,15 +184,35 @@ class ProviderCall:
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if ref.startswith("/") else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
-        """fetch_image for each, concurrently, in order; the first failure stops the rest."""
-        tasks = [asyncio.ensure_future(self.fetch_image(ref)) for ref in refs]
+        """fetch_image for each, concurrently, in order; the first failure stops the rest.
+
+        Bytes that are not a usable image do not stop the rest: they were paid for, so one
+        UnusableImage is raised at the end carrying every payload of the answer, to be saved.
+        """
+
+        async def fetch(ref: str) -> GeneratedImage | UnusableImage:
+            try:
+                return await self.fetch_image(ref)
+            except UnusableImage as exc:
+                return exc
+
+        tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
         try:
-            return list(await asyncio.gather(*tasks))
+            fetched = list(await asyncio.gather(*tasks))
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        unusable = [item for item in fetched if isinstance(item, UnusableImage)]
+        if unusable:
+            first = unusable[0]
+            first.payloads = [p for item in fetched for p in (item.payloads if isinstance(item, UnusableImage) else [item])]
+            if len(unusable) > 1:
+                first.message += f" ({len(unusable)} of {len(fetched)} results are unusable.)"
+                first.args = (str(first),)
+            raise first
+        return [item for item in fetched if isinstance(item, GeneratedImage)]
 
     def result(self, images: list[GeneratedImage], *, asked: int | None = None, **fields: Any) -> GenerationResult:
         """The result; with `asked`, a warning when the provider returned fewer images than that."""

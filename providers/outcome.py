@@ -121,7 +121,18 @@ def extension_for(mime: str) -> str:
 
 
 class NotAnImage(ValueError):
-    """Bytes that are not a supported image, or one too large to decode safely."""
+    """Bytes that are not a supported image, or one too large to decode safely.
+
+    `data` is what the provider sent, when there were bytes: paid for, so the caller saves them.
+    """
+
+    def __init__(self, message: str, data: bytes | None = None, declared_mime: str | None = None) -> None:
+        super().__init__(message)
+        self.data = data
+        self.declared_mime = declared_mime
+
+
+UNKNOWN_MIME = "application/octet-stream"  # saved with the extension .bin
 
 
 def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str | None = None) -> GeneratedImage:
@@ -134,7 +145,9 @@ def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str
         head = data[:16]
         raise NotAnImage(
             f"expected image bytes, got {len(data)} bytes starting {head!r}"
-            + (f" (declared {declared_mime})" if declared_mime else "")
+            + (f" (declared {declared_mime})" if declared_mime else ""),
+            data,
+            declared_mime,
         )
     try:
         with warnings.catch_warnings():
@@ -142,11 +155,11 @@ def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise NotAnImage(f"image too large to decode safely: {exc}") from None
+        raise NotAnImage(f"image too large to decode safely: {exc}", data, declared_mime) from None
     except Exception as exc:  # truncated or corrupt header
-        raise NotAnImage(f"{mime} bytes could not be read: {exc}") from None
+        raise NotAnImage(f"{mime} bytes could not be read: {exc}", data, declared_mime) from None
     if width * height > MAX_RESULT_PIXELS:
-        raise NotAnImage(f"image too large to decode safely: {width}x{height}")
+        raise NotAnImage(f"image too large to decode safely: {width}x{height}", data, declared_mime)
     return GeneratedImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
 
 

@@ -113,3 +113,60 @@ def test_the_hinted_variable_is_the_one_that_fixes_it(server, monkeypatch):
     run(generate("openai_hk_chat", "Nano Banana", GenerationRequest(prompt="a castle")))
     assert server.requests[0].headers["authorization"] == "Bearer hk-the-right-key-0123456789"
     assert json.loads(server.requests[0].body)["model"] == "nano-banana"
+
+
+# -- 3. bytes that are not a recognised image: kept as .bin with a sidecar, then the error -----------------
+
+AVIF = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(range(256)) * 4  # an AVIF header Pillow cannot open here
+
+
+def _batch(server, monkeypatch, tmp_path, provider: str, answer_route, file_route=None):
+    from banana_pack.nodes.batch import BatchSettings, expand_items, run_batch
+    from banana_pack.nodes.store import ResultStore
+
+    point_presets_at(server, monkeypatch.setenv)
+    script_all(server)
+    server.route(*answer_route)
+    if file_route:
+        server.route(*file_route)
+    store = ResultStore(tmp_path / "out")
+    items = expand_items(["a castle"], [], count=1, seed=7)
+    outcomes = run(run_batch(items, BatchSettings(provider=provider, model="Nano Banana"), store=store))
+    return store, outcomes
+
+
+def test_unrecognised_inline_bytes_are_saved_as_bin_with_sidecar_before_the_error(server, monkeypatch, tmp_path):
+    from banana_pack.nodes.batch import FAILED, settle
+    from banana_pack.providers import MalformedResponse
+
+    answer = {"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/avif", "data": b64(AVIF)}}]}, "finishReason": "STOP"}], "responseId": "resp-avif-1"}
+    store, (outcome,) = _batch(server, monkeypatch, tmp_path, "google", ("POST", r"^/google/models/[^/]+:generateContent$", Reply(json=answer)))
+    assert outcome.status == FAILED and outcome.reason == "unusable_image"
+    (saved,) = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix == ".bin"]
+    assert saved.read_bytes() == AVIF and [str(saved)] == outcome.files
+    sidecar = json.loads(saved.with_suffix(".json").read_text())
+    assert sidecar["provider"] == "google" and sidecar["mime"] == "application/octet-stream" and sidecar["prompt"] == "a castle"
+    assert not (tmp_path / "out" / ".cache").exists() or not any((tmp_path / "out" / ".cache").iterdir())  # not a cache answer
+    with pytest.raises(MalformedResponse) as info:
+        settle([outcome], "fail")
+    assert str(saved) in str(info.value) and "not a usable image" in str(info.value)
+
+
+def test_unrecognised_download_keeps_every_image_of_the_answer(server, monkeypatch, tmp_path):
+    """fal returns two URLs, one a TIFF: both files reach disk (the PNG with its own extension), then the error."""
+    tiff = b"II*\x00" + b"\x08\x00\x00\x00" + bytes(200)
+
+    def result(req):
+        return Reply(json={"images": [{"url": f"{server.url}/files/24.png", "content_type": "image/png"}, {"url": f"{server.url}/odd/result.tiff", "content_type": "image/tiff"}], "description": ""})
+
+    store, (outcome,) = _batch(
+        server, monkeypatch, tmp_path, "fal",
+        ("GET", r"^/fal/fal-ai/[\w.-]+/requests/\w+$", result),
+        ("GET", r"^/odd/result\.tiff$", Reply(body=tiff, content_type="image/tiff")),
+    )
+    files = outcome.files
+    assert [f.rsplit(".", 1)[1] for f in files] == ["png", "bin"]  # the answer's order
+    by_ext = {f.rsplit(".", 1)[1]: f for f in files}
+    assert open(by_ext["bin"], "rb").read() == tiff and open(by_ext["png"], "rb").read()[:4] == b"\x89PNG"
+    assert json.loads(open(by_ext["bin"][:-4] + ".json").read())["mime"] == "application/octet-stream"
+    assert "not a usable image" in outcome.message and by_ext["bin"] in outcome.message

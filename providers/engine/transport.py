@@ -22,9 +22,10 @@ from ..errors import (
     MalformedResponse,
     Refusal,
     TimedOut,
+    UnusableImage,
     UpstreamUnavailable,
 )
-from ..outcome import GeneratedImage, NotAnImage, decode_base64_payload, inspect_image
+from ..outcome import UNKNOWN_MIME, GeneratedImage, NotAnImage, decode_base64_payload, inspect_image
 from ..redaction import install_log_filter, redact
 from .context import CallContext, Caller
 from .error_mapping import _request_id, error_for_status, parse_error_body
@@ -287,7 +288,11 @@ class HttpEngine:
             response = await self.request(ctx, caller, "GET", ref, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes)
             return inspect_image(response.content, source_url=ref)
         except NotAnImage as exc:
-            raise MalformedResponse(f"The provider's result is not a usable image: {exc}", provider=caller.provider, model=caller.model or None) from None
+            message, where = f"The provider's result is not a usable image: {exc}", dict(provider=caller.provider, model=caller.model or None)
+            if exc.data is None:
+                raise MalformedResponse(message, **where) from None
+            raw = GeneratedImage(data=exc.data, mime=UNKNOWN_MIME, source_url=ref if ref.lower().startswith("http") else None)
+            raise UnusableImage(message, payloads=[raw], **where) from None
 
 
 
