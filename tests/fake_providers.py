@@ -193,8 +193,8 @@ ACCEPTS: dict[str, dict[str, Accepts]] = {
 def _plain_base64(text: Any) -> bool:
     if not isinstance(text, str) or not text or text.startswith("data:"):
         return False
-    try:
-        base64.b64decode(text, validate=True)
+    try:  # proto JSON reads the standard and the URL-safe alphabet (google-genai writes the latter)
+        base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
         return True
     except (binascii.Error, ValueError):
         return False
@@ -566,7 +566,7 @@ class ProviderFakes:
 
     def install(self) -> "ProviderFakes":
         route, guarded = self.server.route, self._guarded
-        route("POST", r"^/(google|apiyi)/models/[^/]+:generateContent$", guarded(self.gemini))
+        route("POST", r"^/(google|apiyi)(/v1beta)?/models/[^/]+:generateContent$", guarded(self.gemini))
         route("POST", r"^/openai_hk/images/generations$", guarded(self.images_generate))
         route("POST", r"^/openai_hk/images/edits$", guarded(self.images_edit))
         route("POST", r"^/(apiyi_chat|openai_hk_chat)/chat/completions$", guarded(self.chat))
