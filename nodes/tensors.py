@@ -157,18 +157,17 @@ def decode_images(
     blobs: Sequence[bytes],
     *,
     size_policy: SizePolicy = "resize",
-    target: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Decode provider images into one IMAGE batch [B, H, W, 3], float32 0..1, on the CPU.
 
     Any Pillow format and mode works (PNG, JPEG, WebP, grey, palette, 16-bit, CMYK); EXIF
-    rotation is applied and transparency is composited over white. The batch size is `target`
-    (width, height), else the first image's; other sizes follow `size_policy` (see `place`).
+    rotation is applied and transparency is composited over white. The batch size is the first
+    image's; other sizes follow `size_policy` (see `place`).
     Raises ImageDecodeError for bytes that are not an image or exceed Image.MAX_IMAGE_PIXELS.
     """
     if not blobs:
         raise ValueError("no images to decode")
-    frames, size = None, target
+    frames, size = None, None
     for index, blob in enumerate(blobs):
         picture, full_scale = _open(blob)
         size = size or picture.size
