@@ -49,8 +49,9 @@ def test_apiyi_chat_mode_keeps_the_last_image_of_a_choice(server, monkeypatch):
     assert [im.data for im in result.images] == [FINAL]
 
 
-def test_google_interleaved_images_are_all_results_but_a_repeat_counts_once(server, monkeypatch):
-    """Google marks drafts itself (thought: true); distinct images of a turn are all results; a repeat is one."""
+def test_google_marks_its_own_drafts_and_a_repeat_counts_once(server, monkeypatch):
+    """Google marks drafts itself (thought: true). Distinct images beyond the count asked are dropped with
+    a warning (the engine's rule); an image sent twice in one turn is one image, so the warning counts 2."""
     point_presets_at(server, monkeypatch.setenv)
     parts = [
         _image_part(DRAFT, thought=True),
@@ -62,17 +63,18 @@ def test_google_interleaved_images_are_all_results_but_a_repeat_counts_once(serv
     ]
     server.route("POST", r"^/google/models/[^/]+:generateContent$", Reply(json={"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}]}))
     result = run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a recipe in two steps")))
-    assert [im.data for im in result.images] == [YELLOW_PNG, BLUE_PNG]
+    assert [im.data for im in result.images] == [YELLOW_PNG]
+    assert any("returned 2 images for 1 asked" in w for w in result.warnings), result.warnings
 
 
 def test_keep_images_can_be_switched_off_per_preset(server, monkeypatch):
-    """A user who wants every image APIYI sends (an illustrated story) sets BANANA_APIYI_KEEP_IMAGES=all."""
+    """BANANA_APIYI_KEEP_IMAGES=all turns the rule off: APIYI is then read like any provider (the first image)."""
     point_presets_at(server, monkeypatch.setenv)
     monkeypatch.setenv("BANANA_APIYI_KEEP_IMAGES", "all")
     parts = [_image_part(DRAFT, thoughtSignature="c2lnLTE="), _image_part(FINAL, thoughtSignature="c2lnLTI=")]
     server.route("POST", r"^/apiyi/models/[^/]+:generateContent$", Reply(json={"candidates": [{"content": {"parts": parts}, "finishReason": "STOP"}]}))
-    result = run(generate("apiyi", "Nano Banana Pro", GenerationRequest(prompt="a story in two pictures")))
-    assert [im.data for im in result.images] == [DRAFT, FINAL]
+    result = run(generate("apiyi", "Nano Banana Pro", GenerationRequest(prompt="a castle")))
+    assert [im.data for im in result.images] == [DRAFT]
 
 
 # -- 2. a wrong key: the hint names what the preset really reads --------------------------------------
@@ -116,7 +118,7 @@ def test_the_hinted_variable_is_the_one_that_fixes_it(server, monkeypatch):
 AVIF = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(range(256)) * 4  # an AVIF header Pillow cannot open here
 
 
-def _batch(server, monkeypatch, tmp_path, provider: str, answer_route, file_route=None):
+def _batch(server, monkeypatch, tmp_path, provider: str, answer_route, file_route=None, count: int = 1):
     from banana_pack.nodes.batch import BatchSettings, expand_items, run_batch
     from banana_pack.nodes.store import ResultStore
 
@@ -126,7 +128,7 @@ def _batch(server, monkeypatch, tmp_path, provider: str, answer_route, file_rout
     if file_route:
         server.route(*file_route)
     store = ResultStore(tmp_path / "out")
-    items = expand_items(["a castle"], [], count=1, seed=7)
+    items = expand_items(["a castle"], [], count=count, seed=7, max_count=count)
     outcomes = run(run_batch(items, BatchSettings(provider=provider, model="Nano Banana"), store=store))
     return store, outcomes
 
@@ -149,7 +151,7 @@ def test_unrecognised_inline_bytes_are_saved_as_bin_with_sidecar_before_the_erro
 
 
 def test_unrecognised_download_keeps_every_image_of_the_answer(server, monkeypatch, tmp_path):
-    """fal returns two URLs, one a TIFF: both files reach disk (the PNG with its own extension), then the error."""
+    """fal returns the two images asked for, one a TIFF: both reach disk (the PNG with its own extension), then the error."""
     tiff = b"II*\x00" + b"\x08\x00\x00\x00" + bytes(200)
 
     def result(req):
@@ -159,6 +161,7 @@ def test_unrecognised_download_keeps_every_image_of_the_answer(server, monkeypat
         server, monkeypatch, tmp_path, "fal",
         ("GET", r"^/fal/fal-ai/[\w.-]+/requests/[\w-]+$", result),
         ("GET", r"^/odd/result\.tiff$", Reply(body=tiff, content_type="image/tiff")),
+        count=2,
     )
     files = outcome.files
     assert [f.rsplit(".", 1)[1] for f in files] == ["png", "bin"]  # the answer's order

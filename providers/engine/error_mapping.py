@@ -146,7 +146,8 @@ def error_for_status(status: int, envelope: ErrorEnvelope, caller: Caller, reque
     if status == 402 or any(word in codes for word in EMPTY_BALANCE_CODES) or any(phrase in message for phrase in EMPTY_BALANCE_PHRASES):
         return QuotaOrRateLimited("The account is out of credits or quota.", hint="Top up the account with this provider, or choose another provider.", exhausted=True, **common)
     if status in (401, 403) or any(word in f"{codes} {message}" for word in _AUTH_CODES):
-        hint = f"Check the key for '{caller.provider}': set BANANA_{caller.provider.upper()}_API_KEY or add it to the keys file (README, 'API keys')."
+        # Generic: presets of one reseller share a key, so generate() names the variable this preset reads (config.key_hint).
+        hint = "Check the API key for this provider: it may be wrong, revoked, or lack access to this model (README, 'API keys')."
         return AuthError("The provider did not accept the API key.", hint=hint, **common)
     if status == 429 or any(word in codes for word in _RATE_CODES):
         retry = f" Retry after about {envelope.retry_after:.0f} s." if envelope.retry_after else ""
