@@ -9,13 +9,13 @@ import json
 from typing import Any
 
 from ..providers.catalog import AUTO, MATCH_INPUT, RATIOS_14, RESOLUTIONS_ALL, STABLE_MODEL_NAMES
-from ..providers.config import all_providers
+from ..providers.config import schema_providers
 
 
 def model_capabilities() -> dict[str, dict[str, Any]]:
     """Per stable model, the union of what any provider offers: the node lists these; the provider chosen at run time is checked exactly."""
     caps: dict[str, dict[str, Any]] = {name: {"ratios": set(), "resolutions": set(), "max_refs": 0} for name in STABLE_MODEL_NAMES}
-    for spec in all_providers():
+    for spec in schema_providers():
         for offer in spec.models:
             if offer.name in caps:
                 cap = caps[offer.name]
@@ -32,7 +32,7 @@ def model_capabilities() -> dict[str, dict[str, Any]]:
 def price_table() -> dict[str, dict[str, dict[str, Any]]]:
     """provider -> model -> {"unit", resolution ("" when fixed) -> price per image}, lower-cased as the frontend passes widget values."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
-    for spec in all_providers():
+    for spec in schema_providers():
         for offer in spec.models:
             if offer.prices:
                 prices = {k.lower(): v for k, v in offer.prices.items()}

@@ -96,7 +96,7 @@ def test_wrong_key_hint_names_the_variable_and_keys_file_entry_the_preset_reads(
     with pytest.raises(AuthError) as info:
         run(generate(preset, "Nano Banana", GenerationRequest(prompt="a castle")))
     text = str(info.value)
-    assert owner_var in text and f"{owner_entry}: \"<your key>\" to {isolated_config / 'keys.json'}" in text
+    assert owner_var in text and f'{owner_entry}: "<your key>" to $BANANA_CONFIG_DIR/keys.json' in text
     assert never not in text
 
 
