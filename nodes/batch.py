@@ -198,7 +198,8 @@ async def run_batch(
                 if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable)):
                     raise  # keep the journal: the job may still finish, and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
-                store.forget_task(key)
+                if store is not None:  # (a resumed task implies a store)
+                    store.forget_task(key)
                 result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding

@@ -24,7 +24,7 @@ from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .housekeeping import tidy_once
 from .store import ResultStore
-from .tensors import ImageDecodeError, decode_images, encode_image
+from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, decode_images, encode_image
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
 
@@ -48,11 +48,11 @@ class RenderInputs:
     seed: int | None = None
     count: int = 1
     on_failure: str = "fail"
-    size_policy: str = "resize"
+    size_policy: SizePolicy = "resize"
     system_prompt: str = ""
     temperature: float | None = None
     web_search: bool = False
-    upload_format: str = "auto"
+    upload_format: EncodeFormat = "auto"
     use_cache: bool = True
     model_id_override: str = ""
 
@@ -139,7 +139,7 @@ class DecodeLimitExceeded(ImageDecodeError):
     """Decoding would take more memory than the configured cap allows."""
 
 
-def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
+def _encode(images: list[torch.Tensor], max_pixels: int, fmt: EncodeFormat) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
 

@@ -116,7 +116,7 @@ def encode_image(
     picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     size = fit_pixels(picture.width, picture.height, max_pixels)
     if size != picture.size:
-        picture = picture.resize(size, Image.LANCZOS)  # Pillow premultiplies RGBA while resampling
+        picture = picture.resize(size, Image.Resampling.LANCZOS)  # Pillow premultiplies RGBA while resampling
     if fmt == "auto":
         # A 2048x2048 photo is ~10 MB as PNG but ~2.6 MB as JPEG q95, with no visible loss.
         fmt = "png" if picture.mode == "RGBA" else "jpeg"
@@ -221,7 +221,7 @@ def _has_alpha(picture: Image.Image) -> bool:
     return (
         picture.mode in ("LA", "La", "PA", "RGBA", "RGBa")
         or "transparency" in picture.info
-        or (picture.mode == "P" and picture.palette.mode.endswith("A"))
+        or (picture.mode == "P" and picture.palette is not None and picture.palette.mode.endswith("A"))
     )
 
 
@@ -233,7 +233,7 @@ def _describe(blob: bytes) -> str:
 def _open(blob: bytes) -> tuple[Image.Image, int]:
     """Decode bytes to an upright L, RGB or I;16 image plus the value that means full intensity."""
     try:
-        picture = Image.open(io.BytesIO(blob))
+        picture: Image.Image = Image.open(io.BytesIO(blob))
         # Checked here, not by turning DecompressionBombWarning into an error: warning filters
         # are process-global state, which threads must not change.
         limit = Image.MAX_IMAGE_PIXELS
@@ -262,7 +262,7 @@ def _open(blob: bytes) -> tuple[Image.Image, int]:
 def _draw(frame: np.ndarray, picture: Image.Image, full_scale: int, placement: Placement) -> None:
     """Write `picture` into the float frame [H, W, 3] at `placement`, scaled to 0..1."""
     if placement.size != picture.size:
-        picture = picture.resize(placement.size, Image.LANCZOS)
+        picture = picture.resize(placement.size, Image.Resampling.LANCZOS)
     (x, y), (w, h) = placement.offset, placement.size
     frame_h, frame_w = frame.shape[:2]
     left, top, right, bottom = max(x, 0), max(y, 0), min(x + w, frame_w), min(y + h, frame_h)

@@ -434,7 +434,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in ModelOffer.__dataclass_fields__ and k not in ("name", "id")}
         models.append(_offer(name, raw["id"], **changes))
     try:
-        limits = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
+        limits: dict[str, Any] = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
     except (TypeError, ValueError):
         raise ConfigError(f"Custom provider '{provider_id}': concurrency and timeout must be numbers.") from None
     return ProviderSpec(

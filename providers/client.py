@@ -348,7 +348,7 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
         ratio = None
     elif ratio == MATCH_INPUT:
         first = next((im for im in request.images if im.width and im.height), None)
-        ratio = nearest_ratio(first.width, first.height, offer.aspect_ratios) if first else None
+        ratio = nearest_ratio(first.width or 0, first.height or 0, offer.aspect_ratios) if first else None
     resolution = request.resolution or None
     if offer.known and not offer.resolutions:
         resolution = None  # a fixed size: nothing to send
@@ -453,7 +453,8 @@ async def generate(
     except BananaError as exc:
         if isinstance(exc, AuthError):
             exc.hint = key_hint(spec)  # the engine knows the preset's id, not whose key it reads
-        raise exc.with_context(provider=spec.id, model=offer.model_id)
+        exc.with_context(provider=spec.id, model=offer.model_id)
+        raise
     finally:
         limiter.release()
     result.seconds = time.monotonic() - started

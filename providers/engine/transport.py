@@ -460,7 +460,8 @@ class HttpEngine:
             response = await self.request(ctx, caller, "GET", url, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes, follow_redirects=True)
             return inspect_image(response.content, source_url=url)
         except NotAnImage as exc:
-            message, where = f"The provider's result is not a usable image: {exc}", dict(provider=caller.provider, model=caller.model or None)
+            message = f"The provider's result is not a usable image: {exc}"
+            where: dict[str, Any] = dict(provider=caller.provider, model=caller.model or None)
             if exc.data is None:
                 raise MalformedResponse(message, **where) from None
             raw = GeneratedImage(data=exc.data, mime=UNKNOWN_MIME, source_url=without_userinfo(ref) if ref.lower().startswith(("http://", "https://")) else None)
