@@ -5,15 +5,15 @@
 This resolves the provider (presets, custom gateways, overrides), its key, and the model's
 capabilities; checks the request against them with messages that say what to do; holds the
 provider's process-wide concurrency slot; and runs the protocol module for the provider's family.
-Protocol modules expose either `generate(call, request)` (synchronous APIs) or
-`submit(call, request) -> handle` and `wait(call, handle)` (asynchronous jobs, so the handle can be
-journaled before polling and a later run can attach to it instead of paying again).
+Protocol modules implement one of two typed interfaces (providers/protocols/__init__.py): SyncFamily,
+`generate(call, request)`, or AsyncFamily, `submit(call, request) -> handle` and `wait(call, handle)`
+(asynchronous jobs, so the handle can be journaled before polling and a later run can attach to it
+instead of paying again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import math
@@ -28,6 +28,7 @@ from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngin
 from .engine.auth import Credentials, check_model_id, without_userinfo
 from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey, UnusableImage
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
+from .protocols import AsyncFamily, SyncFamily, family_for
 from .redaction import clip
 
 
@@ -266,8 +267,8 @@ class ProviderCall:
         return result
 
 
-def protocol_module(family: str):
-    return importlib.import_module(f".protocols.{family}", __package__)
+def protocol_module(family: str) -> SyncFamily | AsyncFamily:
+    return family_for(family)
 
 
 def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None = None) -> ModelOffer:
@@ -443,7 +444,7 @@ async def generate(
             limiter.release()  # acquired in the same instant the wait was abandoned
         raise
     try:
-        if hasattr(module, "submit"):
+        if isinstance(module, AsyncFamily):
             handle = ctx.resume_task or await module.submit(call, request)
             if ctx.on_task and handle is not ctx.resume_task:
                 ctx.on_task(handle)
