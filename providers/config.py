@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 from .catalog import PRESETS, ProviderSpec, custom_provider_from_dict
 from .errors import ConfigError, MissingKey
-from .redaction import register_secret
+from .redaction import redact, register_secret
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -247,31 +247,48 @@ def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> Provider
 def all_providers() -> list[ProviderSpec]:
     """Presets, then the user's custom gateways, with overrides from the environment and providers.json."""
     data = _custom_file()
+    where = display_path(config_dir() / PROVIDERS_FILE)
     settings = data.get("settings") or {}
+    entries = data.get("providers") or []
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(f"In {where}, 'settings' must map provider ids to objects, like {{\"google\": {{\"concurrency\": 2}}}}.")
+    if not isinstance(entries, list):
+        raise ConfigError(f"In {where}, 'providers' must be a list of gateway objects.", hint="See the README, 'Custom gateways', for the format.")
     specs = list(PRESETS)
     known = {s.id for s in specs}
-    for entry in data.get("providers") or []:
-        spec = custom_provider_from_dict(entry)
+    for entry in entries:
+        spec = _checked_shape(where, lambda: custom_provider_from_dict(entry))
         if spec.id in known:
             raise ConfigError(f"Custom provider id '{spec.id}' is already taken by a preset.", hint="Pick another id in providers.json.")
         known.add(spec.id)
         specs.append(spec)
-    specs = [_apply_settings(s, settings.get(s.id) or {}) for s in specs]
+    specs = [_checked_shape(where, lambda: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
         _warn_plain_http(spec)
     return specs
 
 
+def _checked_shape(where: str, build: Any, provider_id: str | None = None) -> Any:
+    """A value of the wrong JSON type in providers.json is a ConfigError naming the file, not a TypeError."""
+    try:
+        return build()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        about = f" for '{provider_id}'" if provider_id else ""
+        raise ConfigError(f"In {where}, a value{about} has the wrong type ({type(exc).__name__}: {exc}).", hint="See the README, 'Custom gateways' and 'Settings', for the format.") from None
+
+
 def schema_providers() -> list[ProviderSpec]:
     """The providers for the node's schema and the frontend: a broken config file never removes the node.
 
-    On a ConfigError the built-in presets stand in (logged once); running the node then raises
-    that ConfigError, naming the file and line.
+    On any error the built-in presets stand in (logged once); running the node then raises the
+    ConfigError, naming the file and line.
     """
     try:
         return all_providers()
-    except ConfigError as exc:
-        warn_once("Nano Banana Bridge: using the built-in provider presets: %s", exc)
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong, the node must stay in ComfyUI's list
+        warn_once("Nano Banana Bridge: using the built-in provider presets: %s", redact(exc))
         return list(PRESETS)
 
 

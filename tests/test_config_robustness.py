@@ -143,3 +143,33 @@ def test_nothing_is_sent_with_a_refused_key(server, isolated_config, monkeypatch
     with pytest.raises(ConfigError):
         run(render(RenderInputs(prompts=["x"], provider="google", model="Nano Banana Pro", resolution="1K", images=[[torch.zeros(1, 4, 4, 3)]]), store_root=None))
     assert server.requests == []
+
+
+GATEWAY = {"id": "gw", "protocol": "gemini", "base_url": "http://127.0.0.1:9"}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"providers": {"id": "gw"}},
+        {"settings": ["google"]},
+        {"settings": {"google": "fast"}},
+        {"settings": {"google": {"options": [1, 2]}}},
+        {"providers": [{**GATEWAY, "models": ["m"], "auth_hosts": 5}]},
+    ],
+    ids=["providers-not-list", "settings-not-object", "setting-not-object", "options-not-object", "auth-hosts-not-list"],
+)
+def test_values_of_the_wrong_type_are_config_errors_and_keep_the_node(isolated_config, data):
+    write(isolated_config, "providers.json", json.dumps(data))
+    with pytest.raises(ConfigError) as info:
+        all_providers()
+    assert "providers.json" in str(info.value)
+    assert [s.id for s in schema_providers()] == [s.id for s in PRESETS]
+    assert set(catalog_view.model_capabilities()) == {"Nano Banana", "Nano Banana Pro", "Nano Banana 2"}
+    assert "error" in routes.catalog_answer()
+
+
+def test_a_gateway_model_with_a_nonsense_limit_keeps_the_node(isolated_config):
+    write(isolated_config, "providers.json", json.dumps({"providers": [{**GATEWAY, "models": [{"id": "m", "name": "Nano Banana Pro", "max_refs": "many"}]}]}))
+    caps = catalog_view.model_capabilities()
+    assert caps["Nano Banana Pro"]["max_refs"] == 14 and "google" in catalog_view.price_badge_expr()
