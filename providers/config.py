@@ -257,12 +257,12 @@ def all_providers() -> list[ProviderSpec]:
     specs = list(PRESETS)
     known = {s.id for s in specs}
     for entry in entries:
-        spec = _checked_shape(where, lambda: custom_provider_from_dict(entry))
+        spec = _checked_shape(where, lambda entry=entry: custom_provider_from_dict(entry))
         if spec.id in known:
             raise ConfigError(f"Custom provider id '{spec.id}' is already taken by a preset.", hint="Pick another id in providers.json.")
         known.add(spec.id)
         specs.append(spec)
-    specs = [_checked_shape(where, lambda: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
+    specs = [_checked_shape(where, lambda s=s: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
         _warn_plain_http(spec)
     return specs
