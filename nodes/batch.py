@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from ..providers.catalog import ModelOffer, ProviderSpec
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, Refusal, UnusableImage, UpstreamUnavailable
@@ -146,9 +147,13 @@ async def run_batch(
     store: ResultStore | None,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
-    """Run every item concurrently; return their outcomes in input order. Never raises for one item."""
-    spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
+    """Run every item concurrently; return their outcomes in input order. Never raises for one item.
+
+    resolved: the run's (provider, model), resolved once by the caller and passed to every call.
+    """
+    spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = [{"provider": spec.id, "model_id": offer.model_id, **{k: v for k, v in r.__dict__.items() if k != "images"}} for r in requests]
@@ -189,7 +194,7 @@ async def run_batch(
         update()
         try:
             try:
-                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override)
+                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override, resolved=(spec, offer))
             except Refusal:
                 if store is not None:
                     store.forget_task(key)  # that job is over; a re-run is a new request
@@ -200,7 +205,7 @@ async def run_batch(
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
                 if store is not None:  # (a resumed task implies a store)
                     store.forget_task(key)
-                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
+                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override, resolved=(spec, offer))
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
                 outcome.files = [store.view_path(p) for p in paths]

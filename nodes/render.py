@@ -201,7 +201,7 @@ async def render(
             progress.text(redact(state.line()), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
-    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
+    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
     report = batch_report(outcomes, settings)
     report_file = None
     if store is not None:

@@ -427,10 +427,15 @@ async def generate(
     *,
     model_id_override: str | None = None,
     engine: HttpEngine | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> GenerationResult:
-    """Run one generation; raise a BananaError (never return a placeholder) when there is no image."""
+    """Run one generation; raise a BananaError (never return a placeholder) when there is no image.
+
+    resolved: the (provider, model) a run resolved once, so every call of a batch uses the same
+    provider and settings even if the config files or keys change meanwhile; else resolved here.
+    """
     ctx = ctx or CallContext()
-    spec, offer = resolve(provider_id, model, model_id_override)
+    spec, offer = resolved or resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
     call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec), max_images=request.count)
     module = protocol_module(spec.family)
