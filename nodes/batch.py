@@ -16,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..providers.catalog import ModelOffer, ProviderSpec
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
-from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
+from ..providers.errors import BananaError, Cancelled, Refusal, UnusableImage, UpstreamUnavailable
+from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput
 from ..providers.redaction import redact, redact_data
 from .store import ResultStore, request_key
 
@@ -150,12 +151,14 @@ async def run_batch(
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
     on_outcome: Callable[[ItemOutcome, BatchItem], None] | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
     on_outcome sees each item as it ends (the cost ledger); it must not raise.
+    resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
-    spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
+    spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = request_fields(spec.id, offer.model_id, requests)
@@ -196,7 +199,7 @@ async def run_batch(
         update()
         try:
             try:
-                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override)
+                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override, resolved=(spec, offer))
             except Refusal:
                 if store is not None:
                     store.forget_task(key)  # that job is over; a re-run is a new request
@@ -205,8 +208,9 @@ async def run_batch(
                 if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable)):
                     raise  # keep the journal: the job may still finish, and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
-                store.forget_task(key)
-                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
+                if store is not None:  # (a resumed task implies a store)
+                    store.forget_task(key)
+                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override, resolved=(spec, offer))
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
                 outcome.files = [store.view_path(p) for p in paths]
@@ -223,6 +227,11 @@ async def run_batch(
             outcome.request_id = exc.request_id or outcome.request_id
             outcome.text = redact(exc.model_text or "")
             progress.refused += 1
+        except UnusableImage as exc:
+            if store is not None and exc.payloads:
+                outcome.files = await asyncio.to_thread(save_unusable, store, key, exc, provenance)
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            progress.failed += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             outcome.request_id = exc.request_id or outcome.request_id
@@ -299,6 +308,15 @@ def job_id(handle: dict | None) -> str | None:
         return None
     value = handle.get("request_id") or handle.get("task_id")
     return str(value) if value else None
+
+
+def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance: dict[str, Any]) -> list[str]:
+    """Bytes that are not a usable image were still paid for: on disk (.bin, with a sidecar) before the error is shown."""
+    kept = GenerationResult(provider=error.provider or "", model=error.model or "", images=error.payloads, request_id=error.request_id, warnings=[str(error)])
+    paths = [str(p) for p in store.save(key, kept, provenance, cache=False)]
+    error.hint = f"The provider's bytes are saved as {', '.join(paths)}. {error.hint}"
+    error.args = (str(error),)
+    return paths
 
 
 class BatchFailed(BananaError):

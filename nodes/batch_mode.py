@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from ..providers.catalog import ModelOffer
+from ..providers.catalog import ModelOffer, ProviderSpec
 from ..providers.client import ProviderCall, check_request, price_result, resolve
 from ..providers.config import api_key_for
 from ..providers.engine import CallContext, get_engine
@@ -115,8 +115,9 @@ async def run_batch_mode(
     spend: RunSpend,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
-    spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
+    spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     check_batch_provider(spec)
     if store is None:
         raise ConfigError("Batch delivery needs a save folder: the batch is journaled there so that no paid result is lost.", hint="Set save_to on the Nano Banana Options node (the default is nano_banana_bridge).")

@@ -29,7 +29,7 @@ from .housekeeping import tidy_once
 from .ledger import BATCH, NOW, Ledger
 from .spend import RunSpend
 from .store import ResultStore
-from .tensors import ImageDecodeError, decode_images, encode_image
+from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, decode_images, encode_image
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
 
@@ -53,11 +53,11 @@ class RenderInputs:
     seed: int | None = None
     count: int = 1
     on_failure: str = "fail"
-    size_policy: str = "resize"
+    size_policy: SizePolicy = "resize"
     system_prompt: str = ""
     temperature: float | None = None
     web_search: bool = False
-    upload_format: str = "auto"
+    upload_format: EncodeFormat = "auto"
     use_cache: bool = True
     model_id_override: str = ""
     delivery: str = NOW  # "now" or "batch" (Google's Batch Mode)
@@ -146,7 +146,7 @@ class DecodeLimitExceeded(ImageDecodeError):
     """Decoding would take more memory than the configured cap allows."""
 
 
-def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
+def _encode(images: list[torch.Tensor], max_pixels: int, fmt: EncodeFormat) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
 
@@ -230,10 +230,12 @@ async def render(
             progress.text(text.splitlines()[0], force=True)
         return RenderOutput(images=None, text=text, report=report)
     if inputs.delivery == BATCH:
-        outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update)
+        outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
     else:
         with spend.guarded([item.count for item in items]):
-            outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, on_outcome=lambda o, item: spend.record_outcome(o, item.count))
+            outcomes = await run_batch(
+                items, settings, store=store, cancel_check=cancel_check, on_update=on_update, on_outcome=lambda o, item: spend.record_outcome(o, item.count), resolved=(spec, offer)
+            )
     report = batch_report(outcomes, settings)
     report["delivery"] = inputs.delivery
     report["spend"] = await asyncio.to_thread(spend.summary)
