@@ -257,7 +257,8 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
             if interrupted is not None:
                 _fail(outcome, progress, Cancelled(f"Stopped by the user; the batch {name} was cancelled at Google before this item finished."), CANCELLED)
             else:
-                why = gemini_batch.item_error(call, state.error) if state is not None and state.error else BananaError(f"The batch {name} ended ({state.state if state else 'unknown'}) without an answer for this item.", provider=call.provider.id)
+                ended = state.state if state else "unknown"
+                why = gemini_batch.item_error(call, state.error) if state is not None and state.error else BananaError(f"The batch {name} ended ({ended}) without an answer for this item.", provider=call.provider.id)
                 _fail(outcome, progress, why)
             spend.record_outcome(outcome, item.count)
             continue

@@ -102,7 +102,8 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec(
         "delivery",
         "now",
-        "now: one request per image, answers in seconds. batch: Google's Batch Mode (Gemini API only): the run's items go as one batch job at half price, answered within 24 hours (usually minutes); re-queue the same run to collect it after a restart.",
+        "now: one request per image, answers in seconds. batch: Google's Batch Mode (Gemini API only): the run's items go as one batch job "
+        "at half price, answered within 24 hours (usually minutes); re-queue the same run to collect it after a restart.",
         choices=("now", "batch"),
     ),
     OptionSpec(

@@ -146,7 +146,7 @@ class ProviderCall:
             policy=policy,
             status=status or f"Generating with {self.provider.display_name}",
             ok_statuses=ok_statuses,
-            **({"max_bytes": max_bytes} if max_bytes else {}),
+            max_bytes=max_bytes,
         )
 
     async def post_json(self, path_or_url: str, body: Any, *, policy: RetryPolicy = GENERATE, status: str | None = None) -> Response:

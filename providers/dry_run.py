@@ -59,7 +59,7 @@ class DryRunEngine(HttpEngine):
         text = text.replace(self.api_key, REDACTED) if self.api_key else text
         return redact(text)
 
-    async def request(self, ctx, caller, method, url, *, headers=None, json_body=None, data=None, files=None, content=None, credentials=None, **_kw):  # type: ignore[override]
+    async def request(self, ctx, caller, method, url, *, headers=None, json_body=None, data=None, files=None, content=None, credentials=None, **_kw):
         if credentials is not None:
             headers = {**(headers or {}), **credentials.headers_for(url)}  # the same origin check a real send makes
         body: Any
