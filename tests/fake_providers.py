@@ -49,8 +49,11 @@ def png(width: int, height: int = 32) -> bytes:
 
 # The output tokens Google bills per image (providers.md, model card table): Google's cost is these at
 # the per-token price, which is what its list price per image rounds.
-_IMAGE_TOKENS = {"gemini-2.5-flash-image": {None: 1290}, "gemini-3-pro-image-preview": {None: 1120, "1K": 1120, "2K": 1120, "4K": 2000},
-                 "gemini-3.1-flash-image-preview": {None: 1120, "512": 747, "1K": 1120, "2K": 1680, "4K": 2520}}
+_IMAGE_TOKENS = {
+    "gemini-2.5-flash-image": {None: 1290},
+    "gemini-3-pro-image-preview": {None: 1120, "1K": 1120, "2K": 1120, "4K": 2000},
+    "gemini-3.1-flash-image-preview": {None: 1120, "512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+}
 
 
 def _gemini_usage(model_id: str, size: str | None) -> dict[str, Any]:
