@@ -28,6 +28,48 @@ RESOLUTIONS_ALL = ("0.5K", "1K", "2K", "4K")
 FAMILIES = ("gemini", "openai_images", "openai_chat", "fal_queue", "async_tasks", "vydra")
 AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key")
 
+# -- Generation options beyond the basics: their values, and who honours them -----------------------
+
+THINKING_LEVELS = ("MINIMAL", "HIGH")  # Gemini 3.1 Flash Image (Google's image-generation docs)
+RESPONSE_MODALITIES = ("IMAGE+TEXT", "IMAGE")
+HARM_CATEGORIES = ("HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT", "HARM_CATEGORY_DANGEROUS_CONTENT")
+SAFETY_THRESHOLDS = ("BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF")
+
+
+@dataclass(frozen=True)
+class GenerationOption:
+    """A request field (outcome.GenerationRequest) that only some providers and models can carry."""
+
+    name: str  # the GenerationRequest field, and the capability name in FAMILY_OPTIONS / ProviderSpec.honours
+    label: str  # for messages
+    unset: Any  # the value that means "not asked for"
+    model_flag: str | None = None  # the ModelOffer field that must be truthy for the model to take it
+    refuse: bool = False  # unhonoured: refuse before sending (True) or send without it, with a note (False)
+    best_effort: frozenset[str] = frozenset()  # families that send it without the provider documenting it
+
+
+GENERATION_OPTIONS = (
+    GenerationOption("thinking_level", "thinking level", None, model_flag="thinking_levels"),
+    GenerationOption("include_thoughts", "thought images (include_thoughts)", False, model_flag="thoughts"),
+    GenerationOption("response_modalities", "response modalities", None),
+    GenerationOption("safety", "safety thresholds", ()),
+    # Continuing without the earlier turns would be a different, paid edit: refused instead.
+    GenerationOption("history", "conversation (multi-turn editing)", (), refuse=True, best_effort=frozenset({"openai_chat"})),
+)
+
+_GEMINI_OPTIONS = frozenset({"thinking_level", "include_thoughts", "response_modalities", "safety", "history"})
+# What each protocol can carry; a custom gateway narrows it with "honours" in providers.json.
+FAMILY_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "gemini": _GEMINI_OPTIONS,
+        "openai_chat": frozenset({"history"}),  # earlier turns as messages (best effort: see GENERATION_OPTIONS)
+        "fal_queue": frozenset({"thinking_level"}),  # fal's nano-banana-2 takes thinking_level minimal|high
+        "openai_images": frozenset(),
+        "async_tasks": frozenset(),
+        "vydra": frozenset(),
+    }
+)
+
 
 @dataclass(frozen=True)
 class ModelOffer:
@@ -48,6 +90,8 @@ class ModelOffer:
     ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
     edit_model_id: str | None = None  # a separate endpoint for edits (fal)
     known: bool = True  # False for a free-text id the catalog does not describe
+    thinking_levels: tuple[str, ...] = ()  # thinkingLevel values the model accepts; empty: not settable
+    thoughts: bool = False  # can return its thinking (thought parts, interim images) on request
 
     def id_for(self, resolution: str | None, editing: bool = False) -> str:
         if editing and self.edit_model_id:
@@ -83,6 +127,11 @@ class ProviderSpec:
     upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
     custom: bool = False
+    honours: frozenset[str] | None = None  # GENERATION_OPTIONS it carries; None: its family's FAMILY_OPTIONS
+
+    @property
+    def honoured_options(self) -> frozenset[str]:
+        return self.honours if self.honours is not None else FAMILY_OPTIONS.get(self.family, frozenset())
 
     @property
     def key_owner(self) -> str:
@@ -120,6 +169,7 @@ GOOGLE_MODELS = (
         resolutions=("1K", "2K", "4K"),
         max_refs=14,
         web_search=True,
+        thoughts=True,  # always thinks; its level is not settable (Google's image-generation docs)
         prices=_freeze({"1K": 0.134, "2K": 0.134, "4K": 0.24}),
     ),
     ModelOffer(
@@ -129,6 +179,8 @@ GOOGLE_MODELS = (
         resolutions=RESOLUTIONS_ALL,
         max_refs=14,
         web_search=True,
+        thinking_levels=THINKING_LEVELS,
+        thoughts=True,
         prices=_freeze({"0.5K": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151}),
     ),
 )
@@ -362,6 +414,12 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
             continue
         changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in ModelOffer.__dataclass_fields__ and k not in ("name", "id")}
         models.append(_offer(name, raw["id"], **changes))
+    honours = data.get("honours")
+    if honours is not None:
+        names = {o.name for o in GENERATION_OPTIONS}
+        if not isinstance(honours, list) or not all(isinstance(h, str) and h in names for h in honours):
+            raise ConfigError(f"Custom provider '{provider_id}': 'honours' must be a list of option names.", hint=f"Use any of: {', '.join(sorted(names))}.")
+        honours = frozenset(honours) & FAMILY_OPTIONS.get(family, frozenset())  # a gateway cannot add what its protocol cannot send
     try:
         limits = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
     except (TypeError, ValueError):
@@ -376,6 +434,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         options=_freeze(data.get("options") or {}),
         key_help=str(data.get("key_help", "")),
         custom=True,
+        honours=honours,
         **limits,
     )
 

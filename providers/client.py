@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
-from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
+from .catalog import AUTO, GENERATION_OPTIONS, HARM_CATEGORIES, MATCH_INPUT, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
@@ -279,6 +279,7 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
             warnings.append(f"{where} ignores the {label}; it was not sent.")
     if request.web_search and not offer.web_search:
         warnings.append(f"{where} has no web search; it was not requested.")
+    unhonoured = check_generation_options(spec, offer, request, warnings)
     normalised = replace(
         request,
         aspect_ratio=ratio,
@@ -288,8 +289,53 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
         system_prompt=(request.system_prompt or None) if offer.system_prompt else None,
         web_search=request.web_search and offer.web_search,
         count=max(1, min(request.count, offer.max_count)),
+        **unhonoured,
     )
     return normalised, warnings
+
+
+def check_generation_options(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequest, warnings: list[str]) -> dict[str, Any]:
+    """Validate the values of GENERATION_OPTIONS; for each one this provider or model cannot carry,
+    refuse or add a note (the option's rule in the catalog). Returns the fields to reset, unsent."""
+    where = f"{offer.name} on {spec.display_name}"
+    level = request.thinking_level
+    if level is not None:
+        if level not in offer.thinking_levels and (offer.known and offer.thinking_levels):
+            raise InvalidRequest(f"thinking_level {level} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.thinking_levels)}.")
+    if request.response_modalities is not None and request.response_modalities not in RESPONSE_MODALITIES:
+        raise InvalidRequest(f"Unknown response_modalities '{request.response_modalities}'.", provider=spec.id, hint=f"Use one of: {', '.join(RESPONSE_MODALITIES)}.")
+    for category, threshold in request.safety:
+        if category not in HARM_CATEGORIES or threshold not in SAFETY_THRESHOLDS:
+            raise InvalidRequest(
+                f"Unknown safety setting {str(category)[:60]}={str(threshold)[:40]}.",
+                provider=spec.id,
+                hint=f"Categories: {', '.join(HARM_CATEGORIES)}; thresholds: {', '.join(SAFETY_THRESHOLDS)}.",
+            )
+    honoured = spec.honoured_options
+    reset: dict[str, Any] = {}
+    for option in GENERATION_OPTIONS:
+        value = getattr(request, option.name)
+        if value is None or value == option.unset:
+            continue
+        model_takes = option.model_flag is None or not offer.known or bool(getattr(offer, option.model_flag))
+        if option.name in honoured and model_takes:
+            if spec.family in option.best_effort:
+                warnings.append(f"{spec.display_name} does not document the {option.label}; it was sent as best effort.")
+            continue
+        why = f"the {spec.family.replace('_', '-')} protocol cannot carry it" if option.name not in honoured else f"{offer.name} does not take it"
+        if option.refuse:
+            able = ", ".join(s.id for s in _providers_honouring(option.name)) or "none configured"
+            raise InvalidRequest(f"{spec.display_name} cannot use a {option.label}: {why}.", provider=spec.id, hint=f"Pick a provider that can (here: {able}), or disconnect it.")
+        warnings.append(f"{where} does not honour the {option.label} ({why}); it was not sent.")
+        reset[option.name] = option.unset
+    return reset
+
+
+def _providers_honouring(option: str) -> list[ProviderSpec]:
+    try:
+        return [s for s in all_providers() if option in s.honoured_options]
+    except BananaError:
+        return []
 
 
 AUTO_PROVIDER = "auto"
