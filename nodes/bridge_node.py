@@ -18,9 +18,10 @@ from ..providers.client import AUTO_PROVIDER
 from ..providers.config import all_providers
 from ..providers.errors import BananaError
 from .catalog_view import model_capabilities, price_badge_expr
+from .option_specs import SPECS_BY_NAME, resolve_options
+from .options import Options
 from .comfy_glue import NodeProgress, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
-from .store import STORE_FOLDER
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -88,20 +89,7 @@ class NanoBananaBridge(io.ComfyNode):
                     default=REFERENCES,
                     tooltip="references: all connected images guide every call. each image: the prompt is applied to each image of image_1 separately (the other slots stay shared references).",
                 ),
-                io.Combo.Input(
-                    "on_failure",
-                    options=["fail", "skip", "flag"],
-                    default="fail",
-                    tooltip="When some items are refused or fail: fail the node (finished images stay saved), skip them, or keep going and list them at the top of the text output.",
-                ),
-                io.Combo.Input("size_policy", options=["resize", "pad", "crop"], default="resize", advanced=True, tooltip="Results of different sizes become one batch the size of the first: stretched, letterboxed or centre-cropped."),
-                io.String.Input("system_prompt", multiline=True, default="", advanced=True, tooltip="Sent where the model honours a system instruction."),
-                io.Float.Input("temperature", default=1.0, min=0.0, max=2.0, step=0.05, advanced=True, tooltip="1.0 is the model's default and is not sent."),
-                io.Boolean.Input("web_search", default=False, advanced=True, tooltip="Google Search grounding (Pro and Nano Banana 2, where the provider supports it)."),
-                io.Combo.Input("upload_format", options=["auto", "png", "jpeg", "webp"], default="auto", advanced=True, tooltip="auto: JPEG q95 for opaque images (a quarter of PNG's size), PNG when there is transparency. png: lossless."),
-                io.Boolean.Input("use_cache", default=True, advanced=True, tooltip="Answer an identical request (same provider, model, prompt, images, settings and seed) from the saved result, even after a restart."),
-                io.String.Input("save_to", default=STORE_FOLDER, advanced=True, tooltip="Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache)."),
-                io.String.Input("model_id_override", default="", advanced=True, tooltip="Send this model id instead of the catalog's (a newer or reseller-specific id); checks are relaxed."),
+                Options.Input("options", optional=True, tooltip="Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, upload format, cache, save folder, model id). Not connected: the defaults."),
             ],
             outputs=[
                 io.Image.Output("images"),
@@ -109,6 +97,7 @@ class NanoBananaBridge(io.ComfyNode):
                 io.String.Output("report", tooltip="JSON: one row per call with status, reason, request id, seed, cost, seconds and saved files."),
             ],
             hidden=[io.Hidden.unique_id],
+            accept_all_inputs=True,  # API prompts written before the options node pass its keys here
             price_badge=io.PriceBadge(expr=price_badge_expr(), depends_on=io.PriceBadgeDepends(widgets=["provider", "model", "model.resolution", "count"])),
         )
 
@@ -117,6 +106,8 @@ class NanoBananaBridge(io.ComfyNode):
         model = _first(kw.get("model"))  # with is_input_list, the option dict's values are lists too
         if not isinstance(model, dict) or not _first(model.get("model")):
             raise BananaError("Unknown model choice.", hint=f"Pick one of: {', '.join(STABLE_MODEL_NAMES)} (API prompts: the 'model' input).")
+        legacy = {name: _first(kw[name]) for name in SPECS_BY_NAME if name in kw}
+        opts = resolve_options(_first(kw.get("options")), legacy)
         inputs = RenderInputs(
             prompts=[p for p in kw.get("prompt") or [] if isinstance(p, str)],
             provider=_first(kw.get("provider"), AUTO_PROVIDER),
@@ -128,16 +119,16 @@ class NanoBananaBridge(io.ComfyNode):
             prompt_per_line=bool(_first(kw.get("prompt_per_line"), False)),
             seed=int(_first(kw.get("seed"), 0)),
             count=int(_first(kw.get("count"), 1)),
-            on_failure=_first(kw.get("on_failure"), "fail"),
-            size_policy=_first(kw.get("size_policy"), "resize"),
-            system_prompt=_first(kw.get("system_prompt"), "") or "",
-            temperature=_temperature(_first(kw.get("temperature"), 1.0)),
-            web_search=bool(_first(kw.get("web_search"), False)),
-            upload_format=_first(kw.get("upload_format"), "auto"),
-            use_cache=bool(_first(kw.get("use_cache"), True)),
-            model_id_override=(_first(kw.get("model_id_override"), "") or "").strip(),
+            on_failure=opts["on_failure"],
+            size_policy=opts["size_policy"],
+            system_prompt=opts["system_prompt"],
+            temperature=_temperature(opts["temperature"]),
+            web_search=opts["web_search"],
+            upload_format=opts["upload_format"],
+            use_cache=opts["use_cache"],
+            model_id_override=opts["model_id_override"].strip(),
         )
-        save_to = (_first(kw.get("save_to"), STORE_FOLDER) or "").strip()
+        save_to = opts["save_to"].strip()
         store_root = (output_dir() / save_to).resolve() if save_to else None
         if store_root is not None and output_dir().resolve() not in store_root.parents and store_root != output_dir().resolve():
             raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to}'.", hint="Use a relative folder name such as nano_banana_bridge.")

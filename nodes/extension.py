@@ -9,6 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 from ..providers.config import ensure_keys_file, set_comfy_user_dir
 from .bridge_node import NanoBananaBridge
 from .comfy_glue import user_dir
+from .options import NanoBananaOptions
 from .routes import register_routes
 
 log = logging.getLogger("nano_banana_bridge")
@@ -25,4 +26,4 @@ class BananaBridgeExtension(ComfyExtension):
         register_routes()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [NanoBananaBridge]
+        return [NanoBananaBridge, NanoBananaOptions]
