@@ -124,7 +124,7 @@ def _part(raw: Any, turn: int, store_root: Path) -> TurnPart:
         if data is None:
             raise InvalidRequest(
                 f"Image {digest[:12]} of turn {turn} of the conversation is missing from {store_root} (or was changed).",
-                hint="Run the earlier node again with use_cache off, so it saves its images anew.",
+                hint="Run the node that made that turn again (change one of its inputs so ComfyUI does not reuse its output); it saves the image anew.",
             )
         try:
             checked = inspect_image(data)
