@@ -16,9 +16,9 @@ WORKFLOWS = sorted(FOLDER.glob("*.json"))
 CORE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "MarkdownNote", "Note", "BatchImagesNode"}
 
 
-def test_the_four_examples_exist_with_thumbnails():
+def test_the_examples_exist_with_thumbnails():
     names = {p.stem for p in WORKFLOWS}
-    assert names == {"nano_banana_text_to_image", "nano_banana_multi_reference_edit", "nano_banana_batch_prompt_list", "nano_banana_edit_each_image"}
+    assert names == {"nano_banana_text_to_image", "nano_banana_multi_reference_edit", "nano_banana_batch_prompt_list", "nano_banana_edit_each_image", "nano_banana_conversation_edits"}
     assert all(p.with_suffix(".jpg").is_file() for p in WORKFLOWS)
 
 
@@ -28,13 +28,23 @@ def test_example_is_a_runnable_graph_of_core_nodes_and_ours(path):
     assert workflow["version"] == 0.4
     types = {node["type"] for node in workflow["nodes"]}
     assert "NanoBananaBridge" in types and types - {"NanoBananaBridge"} <= CORE_NODES
-    (ours,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaBridge"]
-    prompt, provider, model, ratio = ours["widgets_values"][:4]
-    assert prompt.strip() and provider in {"auto"} | {s.id for s in PRESETS} and model in STABLE_MODEL_NAMES
-    assert ratio in model_capabilities()[model]["ratios"]
+    for ours in [n for n in workflow["nodes"] if n["type"] == "NanoBananaBridge"]:
+        prompt, provider, model, ratio = ours["widgets_values"][:4]
+        assert prompt.strip() and provider in {"auto"} | {s.id for s in PRESETS} and model in STABLE_MODEL_NAMES
+        assert ratio in model_capabilities()[model]["ratios"]
+        assert any(link[1] == ours["id"] and link[5] == "IMAGE" for link in workflow["links"])  # its images go somewhere
     ids = {n["id"] for n in workflow["nodes"]}
     assert all(link[1] in ids and link[3] in ids for link in workflow["links"])
-    assert any(link[1] == ours["id"] for link in workflow["links"])  # its images go somewhere
+
+
+def test_conversation_example_chains_three_edits_of_one_photo():
+    workflow = json.loads((FOLDER / "nano_banana_conversation_edits.json").read_text())
+    bridges = {n["id"] for n in workflow["nodes"] if n["type"] == "NanoBananaBridge"}
+    chain = [(link[1], link[3]) for link in workflow["links"] if link[5] == "NANO_BANANA_CONVERSATION"]
+    assert len(bridges) == 3 and len(chain) == 2 and {a for a, _ in chain} | {b for _, b in chain} == bridges
+    assert all(link[2] == 4 for link in workflow["links"] if link[5] == "NANO_BANANA_CONVERSATION")  # the conversation output
+    loaders = [n for n in workflow["nodes"] if n["type"] == "LoadImage"]
+    assert [n["widgets_values"][0] for n in loaders] == ["example.png"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
