@@ -25,8 +25,9 @@ AUTO = "auto"  # let the provider decide (Gemini: follow the last reference imag
 MATCH_INPUT = "match input"  # the supported ratio nearest the first reference image, chosen here
 RESOLUTIONS_ALL = ("0.5K", "1K", "2K", "4K")
 
-FAMILIES = ("gemini", "openai_images", "openai_chat", "fal_queue", "async_tasks", "vydra")
-AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key")
+FAMILIES = ("gemini", "vertex", "openai_images", "openai_chat", "fal_queue", "async_tasks", "vydra")
+GOOGLE_OAUTH = "google-service-account"  # the "key" is a service-account key; calls carry its access token
+AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key", GOOGLE_OAUTH)
 
 # -- Generation options beyond the basics: their values, and who honours them -----------------------
 
@@ -62,6 +63,7 @@ _GEMINI_OPTIONS = frozenset({"thinking_level", "include_thoughts", "response_mod
 FAMILY_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "gemini": _GEMINI_OPTIONS,
+        "vertex": _GEMINI_OPTIONS,
         "openai_chat": frozenset({"history"}),  # earlier turns as messages (best effort: see GENERATION_OPTIONS)
         "fal_queue": frozenset({"thinking_level"}),  # fal's nano-banana-2 takes thinking_level minimal|high
         "openai_images": frozenset(),
@@ -234,6 +236,27 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
         key_help="https://aistudio.google.com/apikey (image models need billing enabled)",
         concurrency=4,
+    ),
+    ProviderSpec(
+        id="vertex",
+        display_name="Google Vertex AI (service account)",
+        family="vertex",
+        base_url="https://aiplatform.googleapis.com/v1",  # a regional location moves it to {location}-aiplatform...
+        auth=GOOGLE_OAUTH,
+        models=tuple(_offer(m.name, m.model_id) for m in GOOGLE_MODELS),
+        key_env=("GOOGLE_APPLICATION_CREDENTIALS",),
+        key_help="a service-account key file from the Google Cloud console (IAM, Service accounts, Keys); needs the google-auth package",
+        options=_freeze({"project": "", "location": "", "express": False}),
+    ),
+    ProviderSpec(
+        id="vertex_express",
+        display_name="Google Vertex AI (express mode)",
+        family="vertex",
+        base_url="https://aiplatform.googleapis.com/v1",
+        auth="x-goog-api-key",
+        models=tuple(_offer(m.name, m.model_id) for m in GOOGLE_MODELS),
+        key_help="https://console.cloud.google.com/vertex-ai (express mode API key)",
+        options=_freeze({"express": True}),
     ),
     ProviderSpec(
         id="apiyi",

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
-from .catalog import AUTO, GENERATION_OPTIONS, HARM_CATEGORIES, MATCH_INPUT, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, ModelOffer, ProviderSpec, unknown_model
+from .catalog import AUTO, GENERATION_OPTIONS, GOOGLE_OAUTH, HARM_CATEGORIES, MATCH_INPUT, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
@@ -93,7 +93,7 @@ class ProviderCall:
         return f"{self.provider.base_url.rstrip('/')}/{path_or_url.lstrip('/')}"
 
     def auth_headers(self) -> dict[str, str]:
-        scheme = self.provider.auth
+        scheme = self.provider.auth  # GOOGLE_OAUTH: api_key is the service account's access token, a bearer token
         if scheme == "x-goog-api-key":
             return {"x-goog-api-key": self.api_key}
         if scheme == "key":
@@ -379,8 +379,16 @@ async def generate(
     ctx = ctx or CallContext()
     spec, offer = resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
-    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec))
     module = protocol_module(spec.family)
+    if hasattr(module, "prepare"):
+        spec = module.prepare(spec)  # e.g. Vertex's regional endpoint: settled before a key goes anywhere
+    engine = engine or get_engine()
+    api_key = api_key_for(spec)
+    if spec.auth == GOOGLE_OAUTH:
+        from .vertex_auth import service_account_token
+
+        spec, api_key = await service_account_token(engine, ctx, spec, api_key)
+    call = ProviderCall(engine=engine, ctx=ctx, provider=spec, model=offer, api_key=api_key)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)
     acquiring = asyncio.ensure_future(limiter.acquire())

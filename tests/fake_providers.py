@@ -18,6 +18,7 @@ from PIL import Image
 from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.config import env_name
 from loopback import LoopbackServer, Recorded, Reply
+from vertex_fake import TokenEndpoint
 
 PRESET_IDS = [spec.id for spec in PRESETS]
 
@@ -40,6 +41,11 @@ def point_presets_at(server: LoopbackServer, setenv) -> None:
             setenv(env_name(spec.id, "POLL_FIRST_DELAY"), "0.02")
             setenv(env_name(spec.id, "POLL_MAX_DELAY"), "0.05")
     setenv(env_name("evolink", "UPLOAD_URL"), f"{server.url}/evolink-files/upload/base64")
+    # Vertex: a service-account key made here, whose token endpoint is this server (vertex_fake.py).
+    from vertex_fake import service_account_json
+
+    setenv(env_name("vertex", "API_KEY"), service_account_json(f"{server.url}/vertex/token"))
+    setenv(env_name("vertex", "LOCATION"), "us-central1")
 
 
 def width_for(refs: int) -> int:
@@ -116,6 +122,8 @@ def script_all(server: LoopbackServer) -> None:
         return Reply(body=png(width), content_type="image/png")
 
     server.route("POST", r"^/(google|apiyi)/models/[^/]+:generateContent$", gemini)
+    server.route("POST", r"^/(vertex/projects/sa-project/locations/us-central1|vertex_express)/publishers/google/models/[^/]+:generateContent$", gemini)
+    server.route("POST", r"^/vertex/token$", TokenEndpoint())
     server.route("POST", r"^/openai_hk/images/generations$", images_generate)
     server.route("POST", r"^/openai_hk/images/edits$", images_edit)
     server.route("POST", r"^/(apiyi_chat|openai_hk_chat)/chat/completions$", chat)
