@@ -14,6 +14,7 @@ from ..providers.errors import BananaError
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
+MODELS_ROUTE = "/nano_banana_bridge/models"  # ?provider=<id>[&refresh=1]: which Nano Banana ids the key can use
 _registered = False
 
 
@@ -48,6 +49,16 @@ def catalog_summary() -> dict:
     return {"providers": providers, "auto": auto, "keys_file": str(config_dir() / "keys.json")}
 
 
+async def models_summary(provider_id: str, *, refresh: bool = False) -> dict:
+    """The provider's live model list (cached; see providers/model_list.py); never a key, never raises."""
+    from ..providers.model_list import list_models
+
+    try:
+        return await list_models(provider_id, refresh=refresh)
+    except BananaError as exc:
+        return {"provider": provider_id[:100], "listed": False, "error": str(exc).splitlines()[0]}
+
+
 def register_routes() -> None:
     global _registered
     if _registered:
@@ -61,5 +72,9 @@ def register_routes() -> None:
     @PromptServer.instance.routes.get(ROUTE)
     async def catalog(_request):
         return web.json_response(catalog_summary())
+
+    @PromptServer.instance.routes.get(MODELS_ROUTE)
+    async def models(request):
+        return web.json_response(await models_summary(request.query.get("provider", ""), refresh=request.query.get("refresh") in ("1", "true")))
 
     _registered = True

@@ -29,6 +29,19 @@ FAMILIES = ("gemini", "vertex", "openai_images", "openai_chat", "fal_queue", "as
 GOOGLE_OAUTH = "google-service-account"  # the "key" is a service-account key; calls carry its access token
 AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key", GOOGLE_OAUTH)
 
+# Model ids that were renamed or retired, and their successors: a workflow that still names the old id
+# runs with the new one and a warning naming both (preview-to-GA renames broke other packs' workflows).
+RENAMED_MODEL_IDS: Mapping[str, str] = MappingProxyType(
+    {
+        "gemini-2.5-flash-image-preview": "gemini-2.5-flash-image",  # GA in Oct 2025; the preview id was discontinued 30 Oct 2025
+    }
+)
+
+# How a family lists the models a key can use (providers/model_list.py); absent: it cannot.
+MODEL_LISTS: Mapping[str, str] = MappingProxyType(
+    {"gemini": "gemini", "vertex": "vertex", "openai_chat": "openai", "openai_images": "openai"}
+)
+
 # -- Generation options beyond the basics: their values, and who honours them -----------------------
 
 THINKING_LEVELS = ("MINIMAL", "HIGH")  # Gemini 3.1 Flash Image (Google's image-generation docs)
@@ -92,6 +105,7 @@ class ModelOffer:
     ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
     edit_model_id: str | None = None  # a separate endpoint for edits (fal)
     known: bool = True  # False for a free-text id the catalog does not describe
+    renamed_from: str | None = None  # the retired id a workflow asked for (RENAMED_MODEL_IDS), for the warning
     thinking_levels: tuple[str, ...] = ()  # thinkingLevel values the model accepts; empty: not settable
     thoughts: bool = False  # can return its thinking (thought parts, interim images) on request
 

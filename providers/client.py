@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
-from .catalog import AUTO, GENERATION_OPTIONS, GOOGLE_OAUTH, HARM_CATEGORIES, MATCH_INPUT, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, ModelOffer, ProviderSpec, unknown_model
+from .catalog import AUTO, GENERATION_OPTIONS, GOOGLE_OAUTH, RENAMED_MODEL_IDS, HARM_CATEGORIES, MATCH_INPUT, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
@@ -114,6 +114,7 @@ class ProviderCall:
         status: str | None = None,
         ok_statuses: tuple[int, ...] = (),
         auth: bool = True,
+        max_bytes: int | None = None,
     ) -> Response:
         """One request through the engine; `headers` are added to (and override) the auth headers."""
         return await self.engine.request(
@@ -129,13 +130,14 @@ class ProviderCall:
             policy=policy,
             status=status or f"Generating with {self.provider.display_name}",
             ok_statuses=ok_statuses,
+            max_bytes=max_bytes,
         )
 
     async def post_json(self, path_or_url: str, body: Any, *, policy: RetryPolicy = GENERATE, status: str | None = None) -> Response:
         return await self.send("POST", path_or_url, json_body=body, policy=policy, status=status)
 
-    async def get(self, path_or_url: str, *, status: str | None = None, ok_statuses: tuple[int, ...] = ()) -> Response:
-        return await self.send("GET", path_or_url, policy=IDEMPOTENT, status=status or f"Checking {self.provider.display_name}", ok_statuses=ok_statuses)
+    async def get(self, path_or_url: str, *, status: str | None = None, ok_statuses: tuple[int, ...] = (), max_bytes: int | None = None) -> Response:
+        return await self.send("GET", path_or_url, policy=IDEMPOTENT, status=status or f"Checking {self.provider.display_name}", ok_statuses=ok_statuses, max_bytes=max_bytes)
 
     def error_in_answer(self, body: Any, request_id: str | None = None) -> BananaError:
         """The typed error for a 2xx answer that carries an error envelope instead of a result."""
@@ -210,6 +212,10 @@ def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None 
     """The provider's offer for a stable model name; a free-text id overrides the catalog."""
     if model_id_override and model_id_override.strip():
         override = model_id_override.strip()
+        successor = RENAMED_MODEL_IDS.get(override)
+        if successor:
+            offer = spec.model(successor) or resolve_model(spec, model, successor)
+            return replace(offer, renamed_from=override)
         offer = spec.model(override)
         if offer is not None:
             return offer
@@ -245,6 +251,8 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
     """Validate against the catalog and normalise; returns the request to send and warnings."""
     warnings: list[str] = []
     where = f"{offer.name} on {spec.display_name}"
+    if offer.renamed_from:
+        warnings.append(f"The model id {offer.renamed_from} was renamed or retired; {offer.model_id} was sent instead. Update model_id_override.")
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty.", provider=spec.id, hint="Type what the image should show (or, for an edit, what to change).")
     if len(request.images) > offer.max_refs:
@@ -366,6 +374,20 @@ def resolve(provider_id: str, model: str, model_id_override: str | None = None) 
     return spec, resolve_model(spec, model, model_id_override)
 
 
+async def provider_call(spec: ProviderSpec, offer: ModelOffer, ctx: CallContext, engine: HttpEngine | None = None) -> ProviderCall:
+    """The ProviderCall for a spec: its endpoint settled, its key (or Vertex access token) found."""
+    module = protocol_module(spec.family)
+    if hasattr(module, "prepare"):
+        spec = module.prepare(spec)  # e.g. Vertex's regional endpoint: settled before a key goes anywhere
+    engine = engine or get_engine()
+    api_key = api_key_for(spec)
+    if spec.auth == GOOGLE_OAUTH:
+        from .vertex_auth import service_account_token
+
+        spec, api_key = await service_account_token(engine, ctx, spec, api_key)
+    return ProviderCall(engine=engine, ctx=ctx, provider=spec, model=offer, api_key=api_key)
+
+
 async def generate(
     provider_id: str,
     model: str,
@@ -380,15 +402,7 @@ async def generate(
     spec, offer = resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
     module = protocol_module(spec.family)
-    if hasattr(module, "prepare"):
-        spec = module.prepare(spec)  # e.g. Vertex's regional endpoint: settled before a key goes anywhere
-    engine = engine or get_engine()
-    api_key = api_key_for(spec)
-    if spec.auth == GOOGLE_OAUTH:
-        from .vertex_auth import service_account_token
-
-        spec, api_key = await service_account_token(engine, ctx, spec, api_key)
-    call = ProviderCall(engine=engine, ctx=ctx, provider=spec, model=offer, api_key=api_key)
+    call = await provider_call(spec, offer, ctx, engine)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)
     acquiring = asyncio.ensure_future(limiter.acquire())
