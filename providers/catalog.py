@@ -143,6 +143,8 @@ class ProviderSpec:
     upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
     custom: bool = False
+    # https hosts besides the base URL's origin that may receive the key ("host" or "*.domain"); see engine/auth.py.
+    auth_hosts: tuple[str, ...] = ()
     honours: frozenset[str] | None = None  # GENERATION_OPTIONS it carries; None: its family's FAMILY_OPTIONS
 
     @property
@@ -353,6 +355,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",
         concurrency=8,
+        auth_hosts=("*.fal.run",),  # the queue's status/result/cancel URLs (queue.fal.run)
         options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
     ProviderSpec(
@@ -384,6 +387,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://evolink.ai (dashboard, API keys)",
+        auth_hosts=("files-api.evolink.ai",),  # its file API for reference uploads
         # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
         # BANANA_EVOLINK_RATIO_FIELD=size / BANANA_EVOLINK_RESOLUTION_FIELD=quality, or a custom provider.
         # References are uploaded to its file API (URLs only) and deleted when the job is over.
@@ -470,6 +474,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         models=tuple(models),
         options=_freeze(data.get("options") or {}),
         key_help=str(data.get("key_help", "")),
+        auth_hosts=tuple(str(host) for host in data.get("auth_hosts") or () if isinstance(host, str)),
         custom=True,
         honours=honours,
         **limits,

@@ -18,12 +18,13 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, GENERATION_OPTIONS, GOOGLE_OAUTH, RENAMED_MODEL_IDS, HARM_CATEGORIES, MATCH_INPUT, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
+from .engine.auth import Credentials, check_model_id, without_userinfo
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 
@@ -38,13 +39,20 @@ _ON = ("1", "true", "yes", "on")
 
 @dataclass
 class ProviderCall:
-    """Everything a protocol module needs for one call, passed explicitly."""
+    """Everything a protocol module needs for one call, passed explicitly.
+
+    The key never reaches protocol code as a header: send() hands the engine the provider's
+    Credentials, which attach it only for the provider's origin (engine/auth.py).
+    max_images: the most images this call may return (the request's count); extra ones are dropped.
+    """
 
     engine: HttpEngine
     ctx: CallContext
     provider: ProviderSpec
     model: ModelOffer
-    api_key: str
+    api_key: str = field(repr=False)
+    max_images: int | None = None
+    notes: list[str] = field(default_factory=list)  # warnings gathered on the way, added to the result
 
     @property
     def caller(self) -> Caller:
@@ -88,17 +96,17 @@ class ProviderCall:
     # -- requests --------------------------------------------------------------------------------
 
     def url(self, path_or_url: str) -> str:
+        """A path on the base URL, or an absolute URL (from an answer or a journal) without user info;
+        whether the key may go there is the engine's check, at send time."""
         if path_or_url.startswith(("http://", "https://")):
-            return path_or_url
+            return without_userinfo(path_or_url)
         return f"{self.provider.base_url.rstrip('/')}/{path_or_url.lstrip('/')}"
 
-    def auth_headers(self) -> dict[str, str]:
-        scheme = self.provider.auth  # GOOGLE_OAUTH: api_key is the service account's access token, a bearer token
-        if scheme == "x-goog-api-key":
-            return {"x-goog-api-key": self.api_key}
-        if scheme == "key":
-            return {"Authorization": f"Key {self.api_key}"}
-        return {"Authorization": f"Bearer {self.api_key}"}
+    @property
+    def credentials(self) -> Credentials:
+        """GOOGLE_OAUTH: api_key is then the service account's access token, sent as a bearer token."""
+        spec = self.provider
+        return Credentials(provider=spec.id, scheme=spec.auth, key=self.api_key, base_url=spec.base_url, auth_hosts=tuple(spec.auth_hosts))
 
     async def send(
         self,
@@ -116,13 +124,14 @@ class ProviderCall:
         auth: bool = True,
         max_bytes: int | None = None,
     ) -> Response:
-        """One request through the engine; `headers` are added to (and override) the auth headers."""
+        """One request through the engine, which adds the key (auth=True) only on the provider's origin."""
         return await self.engine.request(
             self.ctx,
             self.caller,
             method,
             self.url(path_or_url),
-            headers={**(self.auth_headers() if auth else {}), **(headers or {})} or None,
+            headers=headers,
+            credentials=self.credentials if auth else None,
             json_body=json_body,
             data=data,
             files=files,
@@ -186,7 +195,11 @@ class ProviderCall:
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if ref.startswith("/") else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
-        """fetch_image for each, concurrently, in order; the first failure stops the rest."""
+        """fetch_image for each, concurrently, in order; the first failure stops the rest.
+
+        At most max_images are fetched: a provider that sends more than were asked for does not get
+        the extra ones downloaded, decoded or billed to memory (a warning says so)."""
+        refs = self._within_count(refs)
         tasks = [asyncio.ensure_future(self.fetch_image(ref)) for ref in refs]
         try:
             return list(await asyncio.gather(*tasks))
@@ -196,9 +209,20 @@ class ProviderCall:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    def _within_count(self, items: list) -> list:
+        if self.max_images is not None and len(items) > self.max_images:
+            note = f"{self.provider.display_name} returned {len(items)} images for {self.max_images} asked; the extra ones were dropped."
+            if note not in self.notes:
+                self.notes.append(note)
+            return items[: self.max_images]
+        return items
+
     def result(self, images: list[GeneratedImage], *, asked: int | None = None, **fields: Any) -> GenerationResult:
-        """The result; with `asked`, a warning when the provider returned fewer images than that."""
+        """The result; with `asked`, a warning when the provider returned fewer images than that.
+        More than max_images are cut to max_images, with a warning."""
+        images = self._within_count(images)
         result = GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, **fields)
+        result.warnings.extend(self.notes)
         if asked is not None and len(images) < asked:
             result.warnings.append(f"Asked for {asked} images, {self.provider.display_name} returned {len(images)}.")
         return result
@@ -211,7 +235,7 @@ def protocol_module(family: str):
 def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None = None) -> ModelOffer:
     """The provider's offer for a stable model name; a free-text id overrides the catalog."""
     if model_id_override and model_id_override.strip():
-        override = model_id_override.strip()
+        override = check_model_id(model_id_override, spec.id)  # joined into URLs: an id, never an address
         successor = RENAMED_MODEL_IDS.get(override)
         if successor:
             offer = spec.model(successor) or resolve_model(spec, model, successor)
@@ -374,7 +398,7 @@ def resolve(provider_id: str, model: str, model_id_override: str | None = None) 
     return spec, resolve_model(spec, model, model_id_override)
 
 
-async def provider_call(spec: ProviderSpec, offer: ModelOffer, ctx: CallContext, engine: HttpEngine | None = None) -> ProviderCall:
+async def provider_call(spec: ProviderSpec, offer: ModelOffer, ctx: CallContext, engine: HttpEngine | None = None, *, max_images: int | None = None) -> ProviderCall:
     """The ProviderCall for a spec: its endpoint settled, its key (or Vertex access token) found."""
     module = protocol_module(spec.family)
     if hasattr(module, "prepare"):
@@ -385,7 +409,7 @@ async def provider_call(spec: ProviderSpec, offer: ModelOffer, ctx: CallContext,
         from .vertex_auth import service_account_token
 
         spec, api_key = await service_account_token(engine, ctx, spec, api_key)
-    return ProviderCall(engine=engine, ctx=ctx, provider=spec, model=offer, api_key=api_key)
+    return ProviderCall(engine=engine, ctx=ctx, provider=spec, model=offer, api_key=api_key, max_images=max_images)
 
 
 async def generate(
@@ -402,7 +426,7 @@ async def generate(
     spec, offer = resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
     module = protocol_module(spec.family)
-    call = await provider_call(spec, offer, ctx, engine)
+    call = await provider_call(spec, offer, ctx, engine, max_images=request.count)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)
     acquiring = asyncio.ensure_future(limiter.acquire())

@@ -167,12 +167,13 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if sources:
         text = "\n\n".join(t for t in (text, format_sources(sources)) if t)
 
-    images: list[GeneratedImage] = [await call.fetch_image(ref) for ref, _ in refs]
+    images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs])  # at most the count asked for
     finish = next((r for r in finish_reasons if r != "STOP"), finish_reasons[0] if finish_reasons else None)
     if images:
         result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)
         result.thought_images = [await call.fetch_image(ref) for ref in thought_refs]
-        result.sources, result.search_queries, result.model_parts = sources, queries, model_parts
+        kept = [p for p in model_parts if p.get("image", 0) < len(images)]  # extra images beyond the count were dropped
+        result.sources, result.search_queries, result.model_parts = sources, queries, kept
         if finish and finish != "STOP":
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
         return result
