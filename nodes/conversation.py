@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ..providers.errors import InvalidRequest
-from ..providers.outcome import GeneratedImage, ImageInput, NotAnImage, Turn, TurnPart, inspect_image
+from ..providers.outcome import (
+    GeneratedImage,
+    ImageInput,
+    NotAnImage,
+    Turn,
+    TurnPart,
+    inspect_image,
+)
 from .store import put_blob, read_blob
 
 KIND = "nano_banana_conversation"

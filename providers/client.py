@@ -238,8 +238,8 @@ def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None 
         override = check_model_id(model_id_override, spec.id)  # joined into URLs: an id, never an address
         successor = RENAMED_MODEL_IDS.get(override)
         if successor:
-            offer = spec.model(successor) or resolve_model(spec, model, successor)
-            return replace(offer, renamed_from=override)
+            renamed = spec.model(successor) or resolve_model(spec, model, successor)
+            return replace(renamed, renamed_from=override)
         offer = spec.model(override)
         if offer is not None:
             return offer

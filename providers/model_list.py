@@ -49,7 +49,8 @@ async def _gemini(call: ProviderCall) -> list[str]:
     for _ in range(MAX_PAGES):
         body = (await call.get("models?pageSize=1000" + (f"&pageToken={quote(token, safe='')}" if token else ""), status="Listing models", max_bytes=MAX_BODY)).json_object()
         ids += [str(m.get("name", "")).removeprefix("models/") for m in body.get("models") or [] if isinstance(m, dict)]
-        token = body.get("nextPageToken") if isinstance(body.get("nextPageToken"), str) else ""
+        page = body.get("nextPageToken")
+        token = page if isinstance(page, str) else ""
         if not token or len(ids) >= MAX_IDS:
             break
     return ids

@@ -22,9 +22,8 @@ import itertools
 import re
 import uuid
 
-from PIL import Image
-
 from loopback import LoopbackServer, Recorded, Reply
+from PIL import Image
 
 GEN_PATH = r"/models/[^/:]+:generateContent$"
 SKIP = "skip_thought_signature_validator"

@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-
 from banana_pack.nodes.conversation import KIND
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.store import blob_path, read_blob

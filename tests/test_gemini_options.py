@@ -4,8 +4,12 @@ requests, against a loopback Gemini that thinks and validates thought signatures
 from __future__ import annotations
 
 import pytest
-
-from banana_pack.providers import GenerationRequest, ImageInput, InvalidRequest, generate
+from banana_pack.providers import (
+    GenerationRequest,
+    ImageInput,
+    InvalidRequest,
+    generate,
+)
 from banana_pack.providers.catalog import FAMILY_OPTIONS, GENERATION_OPTIONS, PRESETS
 from banana_pack.providers.outcome import Turn, TurnPart
 from gemini_thinking_fake import SKIP, ThinkingGemini, png

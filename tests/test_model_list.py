@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from banana_pack.nodes.routes import models_summary
 from banana_pack.providers import GenerationRequest, generate
 from banana_pack.providers.model_list import forget_model_lists, list_models

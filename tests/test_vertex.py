@@ -7,8 +7,13 @@ import builtins
 import json
 
 import pytest
-
-from banana_pack.providers import AuthError, ConfigError, GenerationRequest, SafetyRejected, generate
+from banana_pack.providers import (
+    AuthError,
+    ConfigError,
+    GenerationRequest,
+    SafetyRejected,
+    generate,
+)
 from banana_pack.providers.config import get_provider
 from banana_pack.providers.protocols.vertex import prepare
 from banana_pack.providers.vertex_auth import forget_tokens

@@ -11,7 +11,6 @@ from urllib.parse import parse_qs
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-
 from loopback import Recorded, Reply
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -19,7 +18,7 @@ GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GEN_PATH = r"/publishers/google/models/[^/:]+:generateContent$"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _key_pair() -> tuple[str, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()

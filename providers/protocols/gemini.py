@@ -199,7 +199,9 @@ def read_grounding(metadata: Any, sources: list[dict[str, str]], queries: list[s
     for chunk in _get(metadata, "groundingChunks", "grounding_chunks") or []:
         for kind in ("web", "image"):
             page = chunk.get(kind) if isinstance(chunk, dict) else None
-            uri = page.get("uri") if isinstance(page, dict) else None
+            if not isinstance(page, dict):
+                continue
+            uri = page.get("uri")
             if isinstance(uri, str) and uri.startswith(("http://", "https://")) and all(s["uri"] != uri for s in sources):
                 title = page.get("title") or page.get("domain") or ""
                 sources.append({"title": str(title)[:300], "uri": uri[:2000]})

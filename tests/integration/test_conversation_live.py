@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from gemini_thinking_fake import ThinkingGemini
 from loopback import LoopbackServer
+from PIL import Image
 
 from .comfyui_harness import status_message
 
