@@ -54,7 +54,8 @@ def build_conversation(
     """The conversation after one more exchange; writes its images into the store by hash."""
     user_parts: list[dict[str, Any]] = [{"text": prompt}]
     user_parts += [{"image": put_blob(store_root, image.data), "mime": image.mime} for image in user_images]
-    if model_parts is None:  # a protocol without turns of its own: its words, then its images
+    signed = model_parts is not None
+    if model_parts is None:  # a protocol without turns of its own (or a result cached before): its words, then its images
         model_parts = ([{"text": model_text}] if model_text else []) + [{"image": n} for n in range(len(result_images))]
     parts: list[dict[str, Any]] = []
     for part in model_parts:
@@ -67,7 +68,10 @@ def build_conversation(
             entry["thought_signature"] = str(part["thought_signature"])
         parts.append(entry)
     turns = list((previous or {}).get("turns") or [])
-    turns += [{"role": "user", "parts": user_parts}, {"role": "model", "provider": provider, "model_id": model_id, "parts": parts}]
+    model_turn = {"role": "model", "provider": provider, "model_id": model_id, "parts": parts}
+    if not signed:
+        model_turn["signed"] = False  # no signatures were captured: later requests send Google's stand-in
+    turns += [{"role": "user", "parts": user_parts}, model_turn]
     return {"kind": KIND, "version": VERSION, "store": store_folder, "turns": turns}
 
 
@@ -112,7 +116,8 @@ def load_history(conversation: Any, store_root: Path | None) -> tuple[Turn, ...]
         if not isinstance(raw_parts, list) or len(raw_parts) > MAX_PARTS:
             raise _bad(f"turn {number} must hold a list of at most {MAX_PARTS} parts")
         parts = [_part(part, number, store_root) for part in raw_parts]
-        model = raw.get("model_id") if raw["role"] == "model" and isinstance(raw.get("model_id"), str) else None
+        # A model turn's model id: its signatures are valid there. None (unsigned, or a user turn): never sent as its own.
+        model = raw.get("model_id") if raw["role"] == "model" and isinstance(raw.get("model_id"), str) and raw.get("signed", True) is not False else None
         turns.append(Turn(role=raw["role"], parts=tuple(parts), model=model))
     return tuple(turns)
 

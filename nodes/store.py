@@ -6,6 +6,7 @@ Layout under the store's root (by default `<ComfyUI output>/nano_banana_bridge/`
   .cache/<key>.json                                  cache entry: which files answer a request
   .journal/<key>.json                                an asynchronous job accepted but not yet saved
   reports/<YYYYMMDD-HHMMSS>_<run>.json               the report of each batch run
+  .blobs/<ab>/<sha256>                               conversation images by content hash (put_blob / read_blob)
 
 Pure Python (no torch, no ComfyUI), so it is tested in CI; the node layer chooses the root.
 """

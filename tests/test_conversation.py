@@ -140,3 +140,17 @@ def test_without_a_store_the_conversation_says_why(google, tmp_path):
     assert out.conversation["turns"] == [] and "save_to" in out.conversation["unavailable"]
     with pytest.raises(InvalidRequest, match="save_to"):
         step("now blue", tmp_path / "s", out.conversation)
+
+
+def test_a_turn_without_captured_signatures_is_sent_with_the_stand_in(google, tmp_path):
+    """A result cached before signatures were kept (or from a chat provider) has none: the stand-in goes instead."""
+    root = tmp_path / "s"
+    first = step("a cat", root)
+    model_turn = first.conversation["turns"][1]
+    for part in model_turn["parts"]:
+        part.pop("thought_signature")
+    model_turn["signed"] = False
+    out = step("now blue", root, first.conversation)
+    sent = google.requests[-1].json()["contents"][1]["parts"]
+    assert {p["thoughtSignature"] for p in sent} == {"skip_thought_signature_validator"}
+    assert out.conversation["turns"][3].get("signed", True) is True
