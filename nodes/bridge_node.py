@@ -13,11 +13,11 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..providers.catalog import AUTO, STABLE_MODEL_NAMES
+from ..providers.catalog import AUTO
 from ..providers.client import AUTO_PROVIDER
 from ..providers.config import all_providers
 from ..providers.errors import BananaError
-from .catalog_view import model_capabilities, price_badge_expr
+from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
 from .conversation import store_folder_of
 from .option_specs import SPECS_BY_NAME, generation_options, resolve_options
 from .options import Options
@@ -54,7 +54,7 @@ def _model_option(name: str, cap: dict[str, Any]) -> io.DynamicCombo.Option:
             tooltip=f"Reference images, up to {cap['max_refs']} in all: every image of a batch counts as one reference.",
         )
     )
-    return io.DynamicCombo.Option(name, inputs)
+    return io.DynamicCombo.Option(model_label(name), inputs)
 
 
 class NanoBananaBridge(io.ComfyNode):
@@ -81,7 +81,11 @@ class NanoBananaBridge(io.ComfyNode):
                     default=AUTO_PROVIDER,
                     tooltip="Who runs the model, with your key for them. auto: the first provider with a key that offers the model (BANANA_PROVIDER_ORDER sets the order).",
                 ),
-                io.DynamicCombo.Input("model", options=[_model_option(name, caps[name]) for name in STABLE_MODEL_NAMES], tooltip="Nano Banana = Gemini 2.5 Flash Image; Pro = Gemini 3 Pro Image; 2 = Gemini 3.1 Flash Image."),
+                io.DynamicCombo.Input(
+                    "model",
+                    options=[_model_option(name, caps[name]) for name in MODEL_ORDER],
+                    tooltip="Nano Banana 2 is the newest and cheapest per image at 1K; Pro follows long instructions and renders text best; Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch.",
+                ),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=SEED_TOOLTIP),
                 io.Int.Input("count", default=1, min=1, max=64, tooltip="Images per prompt: the provider's own n where it has one, else parallel calls."),
                 io.Boolean.Input("prompt_per_line", default=False, tooltip="Each non-empty line of the prompt is its own prompt (a batch)."),
@@ -117,23 +121,25 @@ class NanoBananaBridge(io.ComfyNode):
             ],
             hidden=[io.Hidden.unique_id],
             accept_all_inputs=True,  # API prompts written before the options node pass its keys here
-            price_badge=io.PriceBadge(expr=price_badge_expr(), depends_on=io.PriceBadgeDepends(widgets=["provider", "model", "model.resolution", "count"])),
         )
 
     @classmethod
     async def execute(cls, **kw) -> io.NodeOutput:
-        model = _first(kw.get("model"))  # with is_input_list, the option dict's values are lists too
-        if not isinstance(model, dict) or not _first(model.get("model")):
-            raise BananaError("Unknown model choice.", hint=f"Pick one of: {', '.join(STABLE_MODEL_NAMES)} (API prompts: the 'model' input).")
+        model, model_values = _model_choice(kw)
+        if model is None:
+            raise BananaError(
+                f"Unknown model choice {_first(kw.get('model'))!r}.",
+                hint=f"Pick one of: {', '.join(model_label(n) for n in MODEL_ORDER)} (API prompts: the 'model' input; the bare names work too).",
+            )
         legacy = {name: _first(kw[name]) for name in SPECS_BY_NAME if name in kw}
         opts = resolve_options(_first(kw.get("options")), legacy)
         inputs = RenderInputs(
             prompts=[p for p in kw.get("prompt") or [] if isinstance(p, str)],
             provider=_first(kw.get("provider"), AUTO_PROVIDER),
-            model=_first(model["model"]),
-            aspect_ratio=_first(model.get("aspect_ratio"), AUTO),
-            resolution=_first(model.get("resolution")),
-            images=_images(kw.get("model")),
+            model=model,
+            aspect_ratio=_first(model_values[0].get("aspect_ratio"), AUTO),
+            resolution=_first(model_values[0].get("resolution")),
+            images=_images(model_values),
             image_mode=_first(kw.get("image_mode"), REFERENCES),
             prompt_per_line=bool(_first(kw.get("prompt_per_line"), False)),
             seed=int(_first(kw.get("seed"), 0)),
@@ -160,6 +166,9 @@ class NanoBananaBridge(io.ComfyNode):
             out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress)
         except Interrupted:
             raise_interrupt()
+        except BananaError as exc:
+            progress.text(f"Failed: {exc.headline()}", force=True)  # stays on the node after the popup is closed
+            raise
         return io.NodeOutput(out.images, out.text, report_json(out.report), out.thought_image, out.conversation)
 
 
@@ -171,6 +180,27 @@ def _store_root(save_to: str):
     if output_dir().resolve() not in root.parents and root != output_dir().resolve():
         raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to[:200]}'.", hint="Use a relative folder name such as nano_banana_bridge.")
     return root
+
+
+def _model_choice(kw: dict) -> tuple[str | None, list[dict]]:
+    """The stable model name and the model's sub-inputs (one dict per list item).
+
+    A prompt saved before the labels ("Nano Banana Pro" rather than "Nano Banana Pro (Gemini 3 Pro
+    Image)") matches no DynamicCombo option, so ComfyUI hands its value over as a plain string and
+    its sub-inputs as dotted keys ("model.aspect_ratio", "model.images.image_1"): read them there.
+    """
+    raw = kw.get("model")
+    items = raw if isinstance(raw, list) else [raw]
+    first = items[0] if items else None
+    if isinstance(first, dict):
+        return model_from_choice(_first(first.get("model"))), [v for v in items if isinstance(v, dict)]
+    legacy: dict[str, Any] = {"images": {}}
+    for key, value in kw.items():
+        if key.startswith("model.images."):
+            legacy["images"][key.rsplit(".", 1)[-1]] = value
+        elif key.startswith("model.") and key.count(".") == 1:
+            legacy[key.split(".", 1)[1]] = value
+    return model_from_choice(first), [legacy]
 
 
 def _first(value: Any, default: Any = None) -> Any:

@@ -9,6 +9,7 @@ from comfy_api.latest import ComfyExtension, io
 from ..providers.config import ensure_keys_file, set_comfy_user_dir
 from .bridge_node import NanoBananaBridge
 from .comfy_glue import user_dir
+from .key_routes import register_key_routes
 from .options import NanoBananaOptions
 from .routes import register_routes
 
@@ -24,6 +25,7 @@ class BananaBridgeExtension(ComfyExtension):
         except Exception:  # noqa: BLE001 - a read-only disk must not stop the pack from loading
             log.warning("Nano Banana Bridge: could not prepare the keys file", exc_info=True)
         register_routes()
+        register_key_routes()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [NanoBananaBridge, NanoBananaOptions]
