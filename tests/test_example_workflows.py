@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from banana_pack.nodes.catalog_view import model_capabilities
+from banana_pack.nodes.catalog_view import model_capabilities, model_from_choice
 from banana_pack.providers.catalog import PRESETS, STABLE_MODEL_NAMES
 
 FOLDER = Path(__file__).resolve().parents[1] / "example_workflows"
@@ -29,7 +29,8 @@ def test_example_is_a_runnable_graph_of_core_nodes_and_ours(path):
     types = {node["type"] for node in workflow["nodes"]}
     assert "NanoBananaBridge" in types and types - {"NanoBananaBridge"} <= CORE_NODES
     for ours in [n for n in workflow["nodes"] if n["type"] == "NanoBananaBridge"]:
-        prompt, provider, model, ratio = ours["widgets_values"][:4]
+        prompt, provider, choice, ratio = ours["widgets_values"][:4]
+        model = model_from_choice(choice)  # a label ("Nano Banana Pro (Gemini 3 Pro Image)") or, in older files, the bare name
         assert prompt.strip() and provider in {"auto"} | {s.id for s in PRESETS} and model in STABLE_MODEL_NAMES
         assert ratio in model_capabilities()[model]["ratios"]
         assert any(link[1] == ours["id"] and link[5] == "IMAGE" for link in workflow["links"])  # its images go somewhere
