@@ -160,3 +160,15 @@ def test_no_project_anywhere_is_a_clear_error(vertex, monkeypatch, tmp_path):
         gen()
     assert "BANANA_VERTEX_PROJECT" in caught.value.hint
     assert vertex.hits("POST", GEN_PATH) == []
+
+
+def test_the_key_test_button_exchanges_the_service_account_for_a_token(vertex):
+    """The keys panel's Test goes through the same token exchange: the key file itself is never sent as a token."""
+    from banana_pack.nodes.key_routes import try_key
+
+    vertex.route("GET", r"/publishers/google/models/", Reply(json={"name": "publishers/google/models/gemini-2.5-flash-image"}))
+    status, answer = run(try_key({"provider": "vertex"}))
+    assert status == 200 and answer["ok"] is True
+    (probe,) = vertex.hits("GET", r"/publishers/google/models/")
+    assert probe.headers["authorization"] == f"Bearer {TOKEN}" and vertex.tokens.grants == 1
+    assert "PRIVATE KEY" not in json.dumps([r.headers for r in vertex.requests])

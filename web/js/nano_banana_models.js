@@ -26,7 +26,8 @@ async function checkModels(node) {
   let provider = node.widgets?.find((w) => w.name === "provider")?.value;
   if (provider === "auto") {
     const catalog = await api.fetchApi("/nano_banana_bridge/catalog").then((r) => r.json()).catch(() => null);
-    provider = catalog?.auto?.[node.widgets?.find((w) => w.name === "model")?.value];
+    const label = String(node.widgets?.find((w) => w.name === "model")?.value ?? "");
+    provider = catalog?.auto?.[label.split(" (")[0]]; // "Nano Banana Pro (Gemini 3 Pro Image)" -> its stable name
     if (!provider) return toast("warn", "No provider with a key", "Set a key for a provider first (see the README, API keys).");
   }
   const answer = await api
