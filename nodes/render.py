@@ -186,6 +186,8 @@ async def render(
     warnings = sorted({w for outcome in kept for w in outcome.warnings})
     thought_image = empty_image()
     first_thought = next((o.thought_images[0] for o in kept if o.thought_images), None)
+    if first_thought is None and inputs.include_thoughts and not any("include_thoughts" in w for w in warnings):
+        warnings.append("include_thoughts: the model returned no interim image this time, so thought_image is empty.")
     if first_thought is not None:
         try:
             thought_image = await asyncio.to_thread(decode_images, [first_thought.data], size_policy=inputs.size_policy)

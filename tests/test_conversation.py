@@ -120,6 +120,9 @@ def test_thought_image_output(google, tmp_path):
     assert cached.report["items"][0]["status"] == "cached" and cached.thought_image.shape == (1, 5, 5, 3)
     none = step("a dog", tmp_path / "s")
     assert none.thought_image.shape == (1, 1024, 1024, 4) and none.thought_image.abs().sum() == 0
+    assert "thought_image is empty" not in none.text  # not asked for: nothing to say
+    unsupported = step("a dog", tmp_path / "s", model="Nano Banana", include_thoughts=True)
+    assert unsupported.text.count("include_thoughts") == 1 and "does not honour" in unsupported.text
 
 
 def test_grounding_sources_in_text_and_report(google, tmp_path):
