@@ -46,11 +46,18 @@ def _model_option(name: str, cap: dict[str, Any]) -> io.DynamicCombo.Option:
         )
     ]
     if cap["resolutions"]:
-        inputs.append(io.Combo.Input("resolution", options=cap["resolutions"], default="1K" if "1K" in cap["resolutions"] else cap["resolutions"][0]))
+        inputs.append(
+            io.Combo.Input(
+                "resolution",
+                options=cap["resolutions"],
+                default="1K" if "1K" in cap["resolutions"] else cap["resolutions"][0],
+                tooltip="Output size tier (about 1K = 1024 px on the long side). Higher tiers cost more with most providers: see the badge.",
+            )
+        )
     inputs.append(
         io.Autogrow.Input(
             "images",
-            template=io.Autogrow.TemplateNames(io.Image.Input("image"), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
+            template=io.Autogrow.TemplateNames(io.Image.Input("image", tooltip="A reference image (or a batch: each image counts as one reference). Connect one and the next slot appears."), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
             tooltip=f"Reference images, up to {cap['max_refs']} in all: every image of a batch counts as one reference.",
         )
     )
@@ -74,7 +81,13 @@ class NanoBananaBridge(io.ComfyNode):
             search_aliases=["nano banana", "gemini image", "gemini 3 pro image", "nano banana pro", "nano banana 2", "fal", "image edit"],
             is_input_list=True,
             inputs=[
-                io.String.Input("prompt", multiline=True, default="", placeholder="Describe the image, or the edit to make to the reference images."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    placeholder="Describe the image, or the edit to make to the reference images.",
+                    tooltip="What to make, or the edit to apply to the reference images. With prompt_per_line, each non-empty line is its own prompt.",
+                ),
                 io.Combo.Input(
                     "provider",
                     options=providers,
@@ -104,7 +117,7 @@ class NanoBananaBridge(io.ComfyNode):
                 Options.Input("options", optional=True, tooltip="Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, upload format, cache, save folder, model id). Not connected: the defaults."),
             ],
             outputs=[
-                io.Image.Output("images"),
+                io.Image.Output("images", tooltip="Every image that arrived, as one batch (sizes follow the options' size_policy). Each is also saved on arrival."),
                 io.String.Output("text", tooltip="The model's words; for a refusal, its explanation."),
                 io.String.Output("report", tooltip="JSON: one row per call with status, reason, request id, seed, cost, seconds and saved files."),
                 # New outputs go last, so links saved in existing workflows keep their indexes.

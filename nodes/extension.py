@@ -8,7 +8,7 @@ from comfy_api.latest import ComfyExtension, io
 
 from ..providers.config import ensure_keys_file, set_comfy_user_dir
 from .bridge_node import NanoBananaBridge
-from .comfy_glue import user_dir
+from .comfy_glue import quiet_http_logs, user_dir
 from .key_routes import register_key_routes
 from .options import NanoBananaOptions
 from .routes import register_routes
@@ -18,6 +18,7 @@ log = logging.getLogger("nano_banana_bridge")
 
 class BananaBridgeExtension(ComfyExtension):
     async def on_load(self) -> None:
+        quiet_http_logs()
         try:
             set_comfy_user_dir(user_dir())
             path = ensure_keys_file()

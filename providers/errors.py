@@ -25,7 +25,7 @@ STAGE_WORDS = {
 
 
 def provider_label(provider_id: str | None) -> str:
-    """The provider's name as a person knows it ("Google Gemini API"), or its id."""
+    """The provider's brand, short enough for the first line of an error popup ("Google", "openai-hk"), or its id."""
     if not provider_id:
         return "the provider"
     try:
@@ -33,7 +33,7 @@ def provider_label(provider_id: str | None) -> str:
 
         for spec in PRESETS:
             if spec.id == provider_id:
-                return spec.display_name.split(" (")[0]
+                return spec.display_name.split(" (")[0].split(" ")[0]  # every preset's name starts with its brand
     except Exception:  # noqa: BLE001 - a label must never turn one error into another
         pass
     return provider_id

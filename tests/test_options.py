@@ -65,3 +65,4 @@ def test_every_spec_has_a_tooltip_and_a_valid_default():
         assert spec.tooltip.strip()
         assert spec.coerce(spec.default) == spec.default
     assert len(SPECS_BY_NAME) == len(OPTION_SPECS)
+

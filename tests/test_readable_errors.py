@@ -39,9 +39,9 @@ def test_every_pack_error_has_the_short_module_name_not_a_folder_path():
 @pytest.mark.parametrize(
     "stage,reason,first",
     [
-        (SafetyStage.OUTPUT_BLOCKED, "IMAGE_SAFETY", "Refused by Google Gemini API: IMAGE_SAFETY (the generated image was blocked)"),
-        (SafetyStage.PROMPT_BLOCKED, "PROHIBITED_CONTENT", "Refused by Google Gemini API: PROHIBITED_CONTENT (the prompt or a reference image was blocked before generation)"),
-        (SafetyStage.SOFT_REFUSAL, "STOP", "Refused by Google Gemini API: STOP (the model answered in words instead of an image)"),
+        (SafetyStage.OUTPUT_BLOCKED, "IMAGE_SAFETY", "Refused by Google: IMAGE_SAFETY (the generated image was blocked)"),
+        (SafetyStage.PROMPT_BLOCKED, "PROHIBITED_CONTENT", "Refused by Google: PROHIBITED_CONTENT (the prompt or a reference image was blocked before generation)"),
+        (SafetyStage.SOFT_REFUSAL, "STOP", "Refused by Google: STOP (the model answered in words instead of an image)"),
     ],
 )
 def test_a_refusal_starts_with_who_refused_and_why(stage, reason, first):
@@ -54,8 +54,8 @@ def test_a_refusal_starts_with_who_refused_and_why(stage, reason, first):
 def test_other_errors_lead_with_a_sentence_naming_the_provider():
     assert str(NoImageReturned("done", reason="MAX_TOKENS", provider="fal")).startswith("No image from fal.ai: MAX_TOKENS (the model finished without an image)")
     assert str(AuthError("bad key", provider="openai_hk", status=401)).startswith("Key rejected by openai-hk (HTTP 401)\n")
-    assert str(QuotaOrRateLimited("slow down", provider="google", status=429)).startswith("Rate-limited by Google Gemini API (HTTP 429)")
-    assert str(QuotaOrRateLimited("empty", provider="google", status=402, exhausted=True)).startswith("Out of credits or quota at Google Gemini API")
+    assert str(QuotaOrRateLimited("slow down", provider="google", status=429)).startswith("Rate-limited by Google (HTTP 429)")
+    assert str(QuotaOrRateLimited("empty", provider="google", status=402, exhausted=True)).startswith("Out of credits or quota at Google")
     # A message that is already the sentence leads by itself, without a "[provider]" prefix.
     assert str(MissingKey("No API key for 'fal.ai'.", provider="fal", hint="Set FAL_KEY.")) == "No API key for 'fal.ai'.\nSet FAL_KEY."
 
@@ -86,7 +86,7 @@ def test_a_real_refusal_over_http_reads_refused_by_google_first(google):
     google.route("POST", GEN_PATH, lambda req: Reply(json=fixture("gemini/finish_image_safety.json")))
     with pytest.raises(SafetyRejected) as info:
         run(render(RenderInputs(prompts=["refuse"], provider="google", model="Nano Banana Pro"), store_root=None))
-    assert str(info.value).startswith("Refused by Google Gemini API: IMAGE_SAFETY (the generated image was blocked)")
+    assert str(info.value).startswith("Refused by Google: IMAGE_SAFETY (the generated image was blocked)")
 
 
 def test_a_failed_batch_leads_with_the_count_and_the_first_reason(google):
@@ -94,7 +94,7 @@ def test_a_failed_batch_leads_with_the_count_and_the_first_reason(google):
     with pytest.raises(BatchFailed) as info:
         run(render(RenderInputs(prompts=["fine", "refuse this"], provider="google", model="Nano Banana Pro"), store_root=None))
     first = str(info.value).splitlines()[0]
-    assert first.startswith("1 of 2 items did not produce an image (1 ok, 1 refused). First, item 2: Refused by Google Gemini API: IMAGE_SAFETY")
+    assert first.startswith("1 of 2 items did not produce an image (1 ok, 1 refused). First, item 2: Refused by Google: IMAGE_SAFETY")
 
 
 class Sink:
