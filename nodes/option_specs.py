@@ -38,6 +38,7 @@ class OptionSpec:
     step: float | None = None
     multiline: bool = False
     max_length: int = 20_000  # strings: a workflow can carry anything
+    optional: bool = False  # added after API prompts were written: an absent value takes the default, not a validation error
 
     @property
     def kind(self) -> str:
@@ -109,18 +110,21 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
         MODEL_DEFAULT,
         "How much Nano Banana 2 thinks before drawing (Gemini API, APIYI native, fal). Pro always thinks; Nano Banana does not. default: not sent (MINIMAL).",
         choices=(MODEL_DEFAULT,) + THINKING_LEVELS,
+        optional=True,
     ),
     OptionSpec(
         "include_thoughts",
         False,
         "Return the model's thinking (Pro and Nano Banana 2, Gemini-native providers): its first interim image goes to the thought_image output, "
         "which is an empty 1024x1024 image when there is none (thinking_level HIGH and IMAGE+TEXT give the most).",
+        optional=True,
     ),
     OptionSpec(
         "response_modalities",
         RESPONSE_MODALITIES[0],
         "IMAGE+TEXT: the model may add words (the text output). IMAGE: ask for the image only (fewer, not always no, words). Gemini-native providers only.",
         choices=RESPONSE_MODALITIES,
+        optional=True,
     ),
     *(
         OptionSpec(
@@ -129,6 +133,7 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
             f"Block threshold for {category.removeprefix('HARM_CATEGORY_').replace('_', ' ').lower()} (Gemini-native providers only; "
             "the image-output filter is not configurable). default: not sent.",
             choices=(MODEL_DEFAULT,) + SAFETY_THRESHOLDS,
+            optional=True,
         )
         for category in HARM_CATEGORIES
     ),
