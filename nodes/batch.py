@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..providers.catalog import GENERATION_OPTIONS
+from ..providers.catalog import FAMILY_GATED, option_rule
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
+from ..providers.redaction import redact, redact_data
 from .store import ResultStore, put_blob, read_blob, request_key
 
 # Statuses in the report.
@@ -85,7 +87,7 @@ class ItemOutcome:
         row["thought_images"] = len(self.thought_images)
         if self.seconds is not None:
             row["seconds"] = round(self.seconds, 3)
-        return row
+        return redact_data(row)
 
 
 @dataclass
@@ -160,6 +162,9 @@ async def run_batch(
     """Run every item concurrently; return their outcomes in input order. Never raises for one item."""
     spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
+    requests = [_request(item, settings) for item in items]
+    fields = [_key_fields(spec.id, offer.model_id, r) for r in requests]
+    keys = claim_keys(fields, items)
 
     def update(status: str | None = None) -> None:
         if status is not None:
@@ -167,48 +172,32 @@ async def run_batch(
         if on_update:
             on_update(progress)
 
-    async def run_one(item: BatchItem) -> ItemOutcome:
+    async def run_one(position: int, item: BatchItem) -> ItemOutcome:
         outcome = ItemOutcome(index=item.index, prompt=item.prompt, seed=item.seed, provider=spec.id, model_id=offer.model_id)
-        request = GenerationRequest(
-            prompt=item.prompt,
-            images=item.images,
-            aspect_ratio=settings.aspect_ratio,
-            resolution=settings.resolution,
-            seed=item.seed,
-            temperature=settings.temperature,
-            system_prompt=settings.system_prompt,
-            web_search=settings.web_search,
-            count=item.count,
-            thinking_level=settings.thinking_level,
-            include_thoughts=settings.include_thoughts,
-            response_modalities=settings.response_modalities,
-            safety=settings.safety,
-            history=settings.history,
-        )
-        fields = {
-            "provider": spec.id,
-            "model_id": offer.model_id,
-            **{k: v for k, v in request.__dict__.items() if k not in ("images", "history") and not _unset_option(k, v)},
-        }
-        if request.history:
-            fields["history"] = request.history_digest()
-        key = request_key(fields, (im.digest for im in item.images))
-        provenance = {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
+        request, key = requests[position], keys[position]
+        provenance = {**fields[position], "model": offer.name, "references": len(item.images), "item": item.index}
         if store is not None and settings.use_cache:
             cached = await asyncio.to_thread(store.lookup, key)
             if cached is not None:
-                outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, cached.text
+                outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, redact(cached.text)
                 outcome.request_id = cached.meta.get("request_id")
                 _restore_extras(outcome, cached.meta, store)
                 progress.cached += 1
                 update()
                 return outcome
+
+        def on_task(handle: dict) -> None:
+            outcome.request_id = job_id(handle)  # known from the submit on, so even a cancelled item names its job
+            if store is not None:
+                store.remember_task(key, handle, provenance)
+
         ctx = CallContext(
             cancel_check=cancel_check,
             on_status=lambda text: update(f"item {item.index + 1}: {text}"),
-            on_task=(lambda handle: store.remember_task(key, handle, provenance)) if store is not None else None,
+            on_task=on_task,
             resume_task=store.pending_task(key) if store is not None else None,
         )
+        outcome.request_id = job_id(ctx.resume_task)
         progress.in_flight += 1
         update()
         try:
@@ -227,13 +216,13 @@ async def run_batch(
             if store is not None:
                 extras = _extras(result)
                 paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
-                outcome.files = [str(p) for p in paths]
+                outcome.files = [store.view_path(p) for p in paths]
                 for image in result.thought_images:  # paid for too: kept by hash
                     await asyncio.to_thread(put_blob, store.root, image.data)
             outcome.thought_images, outcome.model_parts = result.thought_images, result.model_parts
             outcome.sources, outcome.search_queries = result.sources, result.search_queries
-            outcome.status, outcome.images, outcome.text = OK, result.images, result.text
-            outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
+            outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
+            outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id or outcome.request_id, result.cost, result.cost_unit
             outcome.seconds, outcome.warnings = result.seconds, result.warnings
             progress.done += 1
         except Cancelled as exc:
@@ -241,26 +230,100 @@ async def run_batch(
             progress.cancelled += 1
         except Refusal as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = REFUSED, exc.reason, str(exc), exc
-            outcome.request_id = exc.request_id
-            outcome.text = exc.model_text or ""
+            outcome.request_id = exc.request_id or outcome.request_id
+            outcome.text = redact(exc.model_text or "")
             progress.refused += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            outcome.request_id = exc.request_id or outcome.request_id
             progress.failed += 1
         except Exception as exc:  # noqa: BLE001 - one broken item must not sink the batch
-            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, type(exc).__name__, str(exc), exc
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, type(exc).__name__, redact(exc), exc
             progress.failed += 1
         finally:
             progress.in_flight -= 1
             update()
         return outcome
 
-    return list(await asyncio.gather(*(run_one(item) for item in items)))
+    try:
+        return list(await asyncio.gather(*(run_one(position, item) for position, item in enumerate(items))))
+    finally:
+        release_keys(keys)
+
+
+def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=item.prompt,
+        images=item.images,
+        aspect_ratio=settings.aspect_ratio,
+        resolution=settings.resolution,
+        seed=item.seed,
+        temperature=settings.temperature,
+        system_prompt=settings.system_prompt,
+        web_search=settings.web_search,
+        count=item.count,
+        thinking_level=settings.thinking_level,
+        include_thoughts=settings.include_thoughts,
+        response_modalities=settings.response_modalities,
+        safety=settings.safety,
+        history=settings.history,
+    )
+
+
+def _key_fields(provider: str, model_id: str, request: GenerationRequest) -> dict[str, Any]:
+    """What identifies a request for the cache and journal (images are added by digest)."""
+    fields = {
+        "provider": provider,
+        "model_id": model_id,
+        **{k: v for k, v in request.__dict__.items() if k not in ("images", "history") and not _unset_option(k, v)},
+    }
+    if request.history:
+        fields["history"] = request.history_digest()
+    return fields
+
+
+_claims_lock = threading.Lock()
+_claimed: set[str] = set()  # request keys of the items running now, in any node of this process
+
+
+def claim_keys(fields: list[dict[str, Any]], items: list[BatchItem]) -> list[str]:
+    """One request key per item, unique among everything running now; release_keys when done.
+
+    Identical items (a repeated prompt line, the same seed twice, two copies of a node running at
+    once) are separate paid calls, so each needs its own journal entry and cache entry: the n-th
+    one running is keyed by the first's key and n. A re-run of the same batch assigns the same
+    keys in the same order, so each repeat is answered from the cache with its own image, and a
+    request running alone keeps the plain key, so it still hits what any earlier run saved for it.
+    """
+    keys = []
+    with _claims_lock:
+        for item_fields, item in zip(fields, items):
+            base = request_key(item_fields, (image.digest for image in item.images))
+            key, repeat = base, 0
+            while key in _claimed:
+                repeat += 1
+                key = request_key({"repeat_of": base, "repeat": repeat}, ())
+            _claimed.add(key)
+            keys.append(key)
+    return keys
+
+
+def release_keys(keys: list[str]) -> None:
+    with _claims_lock:
+        _claimed.difference_update(keys)
+
+
+def job_id(handle: dict | None) -> str | None:
+    """The provider's id of an accepted asynchronous job (fal's request_id, the task services' task_id)."""
+    if not isinstance(handle, dict):
+        return None
+    value = handle.get("request_id") or handle.get("task_id")
+    return str(value) if value else None
 
 
 def _unset_option(name: str, value: Any) -> bool:
-    """A generation option left at "not asked for": kept out of cache keys, so keys from before it existed still match."""
-    return any(option.name == name and value == option.unset for option in GENERATION_OPTIONS)
+    """A Gemini option left at "not asked for": kept out of cache keys, so keys from before it existed still match."""
+    return name in FAMILY_GATED and option_rule(name).is_unset(value)
 
 
 def _extras(result: GenerationResult) -> dict[str, Any]:
@@ -295,12 +358,13 @@ class BatchFailed(BananaError):
     kind = "batch_failed"
 
 
-def settle(outcomes: list[ItemOutcome], policy: str) -> list[ItemOutcome]:
+def settle(outcomes: list[ItemOutcome], policy: str, *, saved_in: str | None = None, report_file: str | None = None) -> list[ItemOutcome]:
     """The outcomes whose images go to the output, or the error the node raises.
 
     "fail" raises when any item was refused or failed; "skip" and "flag" keep going (flag also
     writes a warning line per failed item into the text output). A batch in which nothing
-    succeeded is an error under every policy. Saved results stay on disk either way.
+    succeeded is an error under every policy. Saved results stay on disk either way, and the
+    error names their folder (`saved_in`) and the run's report file.
     """
     good = [o for o in outcomes if o.status in (OK, CACHED)]
     bad = [o for o in outcomes if o.status in (REFUSED, FAILED)]
@@ -311,11 +375,13 @@ def settle(outcomes: list[ItemOutcome], policy: str) -> list[ItemOutcome]:
         saved = sum(len(o.files) for o in good)
         summary = ", ".join(f"{sum(1 for o in outcomes if o.status == s)} {s}" for s in (OK, CACHED, REFUSED, FAILED, CANCELLED) if any(o.status == s for o in outcomes))
         first_line = first.error.headline() if isinstance(first.error, BananaError) else (first.message or first.reason or "failed").splitlines()[0]
+        where = f"{saved} finished image(s) are saved in {saved_in}. " if saved and saved_in else f"{saved} finished image(s) are saved. " if saved else ""
         raise BatchFailed(
             f"{len(bad)} of {len(outcomes)} items did not produce an image ({summary}). First, item {first.index + 1}: {first_line}\n"
             f"Item {first.index + 1} in full: {first.message}",
-            hint=(f"{saved} finished image(s) are saved in the output folder. " if saved else "")
-            + ("Set on_failure to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
+            hint=where
+            + (f"Every item's status, reason and request id: {report_file}. " if report_file else "")
+            + ("Set on_failure (on a Nano Banana Options node) to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
         )
     return good
 
@@ -325,7 +391,7 @@ def batch_report(outcomes: list[ItemOutcome], settings: BatchSettings, *, report
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     costs = [o.cost for o in outcomes if o.cost is not None and o.status == OK]
-    return {
+    return redact_data({
         "provider": outcomes[0].provider if outcomes else settings.provider,
         "model": settings.model,
         "counts": counts,
@@ -333,4 +399,4 @@ def batch_report(outcomes: list[ItemOutcome], settings: BatchSettings, *, report
         "cost_unit": next((o.cost_unit for o in outcomes if o.cost_unit), None),
         "report_file": report_path,
         "items": [o.report() for o in outcomes],
-    }
+    })

@@ -9,14 +9,16 @@ changes one value and keeps every other setting and every image link.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from comfy_api.latest import io
 
 from ..providers.catalog import AUTO
 from ..providers.client import AUTO_PROVIDER
-from ..providers.config import all_providers
+from ..providers.config import schema_providers
 from ..providers.errors import BananaError
+from ..providers.redaction import redact
 from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
 from .conversation import store_folder_of
 from .option_specs import SPECS_BY_NAME, generation_options, resolve_options
@@ -33,6 +35,13 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SEED_TOOLTIP = (
     "Sent to providers that honour a seed (Google, APIYI native, fal); elsewhere it only makes ComfyUI run the node again. "
     "With count > 1, extra calls use seed+1, seed+2, ..."
+)
+
+
+IMAGE_TOOLTIP = "A reference image (or a batch: each image counts as one reference). Connect one and the next slot appears."
+OPTIONS_TOOLTIP = (
+    "Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, "
+    "upload format, cache, save folder, model id). Not connected: the defaults."
 )
 
 
@@ -57,7 +66,7 @@ def _model_option(name: str, cap: dict[str, Any]) -> io.DynamicCombo.Option:
     inputs.append(
         io.Autogrow.Input(
             "images",
-            template=io.Autogrow.TemplateNames(io.Image.Input("image", tooltip="A reference image (or a batch: each image counts as one reference). Connect one and the next slot appears."), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
+            template=io.Autogrow.TemplateNames(io.Image.Input("image", tooltip=IMAGE_TOOLTIP), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
             tooltip=f"Reference images, up to {cap['max_refs']} in all: every image of a batch counts as one reference.",
         )
     )
@@ -68,7 +77,7 @@ class NanoBananaBridge(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         caps = model_capabilities()
-        providers = [AUTO_PROVIDER] + [spec.id for spec in all_providers()]
+        providers = [AUTO_PROVIDER] + [spec.id for spec in schema_providers()]
         return io.Schema(
             node_id=NODE_ID,
             display_name="Nano Banana Bridge",
@@ -97,7 +106,10 @@ class NanoBananaBridge(io.ComfyNode):
                 io.DynamicCombo.Input(
                     "model",
                     options=[_model_option(name, caps[name]) for name in MODEL_ORDER],
-                    tooltip="Nano Banana 2 is the newest and cheapest per image at 1K; Pro follows long instructions and renders text best; Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch.",
+                    tooltip=(
+                        "Nano Banana 2 is the newest and cheapest per image at 1K; Pro follows long instructions and renders text best; "
+                        "Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch."
+                    ),
                 ),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=SEED_TOOLTIP),
                 io.Int.Input("count", default=1, min=1, max=64, tooltip="Images per prompt: the provider's own n where it has one, else parallel calls."),
@@ -114,7 +126,7 @@ class NanoBananaBridge(io.ComfyNode):
                     tooltip="Continue an earlier node's exchange: its prompts, references and images (with their thought signatures) are sent before this prompt. "
                     "Gemini-native providers; chat-mode providers as messages (best effort); others refuse.",
                 ),
-                Options.Input("options", optional=True, tooltip="Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, upload format, cache, save folder, model id). Not connected: the defaults."),
+                Options.Input("options", optional=True, tooltip=OPTIONS_TOOLTIP),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="Every image that arrived, as one batch (sizes follow the options' size_policy). Each is also saved on arrival."),
@@ -176,13 +188,19 @@ class NanoBananaBridge(io.ComfyNode):
         inputs.store_folder = save_to
         progress = NodeProgress(cls.hidden.unique_id, total=1)
         try:
-            out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress)
+            out = await render(inputs, store_root=store_root, output_root=output_dir(), cancel_check=progress.cancel_requested, progress=progress)
         except Interrupted:
             raise_interrupt()
         except BananaError as exc:
             progress.text(f"Failed: {exc.headline()}", force=True)  # stays on the node after the popup is closed
-            raise
-        return io.NodeOutput(out.images, out.text, report_json(out.report), out.thought_image, out.conversation)
+            raise  # already redacted
+        except Exception as exc:
+            if type(exc).__name__ == "InterruptProcessingException":
+                raise
+            # ComfyUI shows the message in /history and logs the chained causes: redact it, and drop the cause.
+            log.debug("Nano Banana Bridge: %s", redact(traceback.format_exc()))
+            raise BananaError(redact(f"{type(exc).__name__}: {exc}")) from None
+        return io.NodeOutput(out.images, redact(out.text), report_json(out.report), out.thought_image, out.conversation)
 
 
 def _store_root(save_to: str):

@@ -27,9 +27,9 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from ..providers.client import provider_call
-from ..providers.config import KEYS_FILE, all_providers, config_dir, env_name, get_provider
+from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, get_provider, schema_providers
 from ..providers.engine import CallContext, get_engine
-from ..providers.errors import BananaError
+from ..providers.errors import BananaError, ConfigError
 from ..providers.redaction import redact, register_secret
 
 log = logging.getLogger("nano_banana_bridge")
@@ -75,16 +75,24 @@ def _file_keys() -> dict[str, Any] | None:
 
 
 def key_status() -> dict[str, Any]:
-    """Per key owner: its providers, the variables looked up, and where the key comes from. Never a key."""
+    """Per key owner: its providers, the variables looked up, and where the key comes from. Never a key.
+
+    A broken providers.json lists the built-in presets; a refused config folder is an `error` field.
+    """
     owners: dict[str, dict[str, Any]] = {}
-    file_keys = _file_keys()
-    for spec in all_providers():
+    try:
+        file_keys = _file_keys()
+        keys_file, error = display_path(config_dir() / KEYS_FILE), None
+    except ConfigError as exc:
+        file_keys, keys_file, error = {}, KEYS_FILE, exc.headline()
+    for spec in schema_providers():
         owner = spec.key_owner
         entry = owners.get(owner)
         if entry is None:
             env_names = [env_name(owner, "API_KEY"), *spec.key_env]
             from_env = next((name for name in env_names if os.environ.get(name, "").strip()), None)
-            in_file = isinstance((file_keys or {}).get(owner), str) and bool(file_keys[owner].strip())
+            stored = (file_keys or {}).get(owner)
+            in_file = isinstance(stored, str) and bool(stored.strip())
             entry = owners[owner] = {
                 "owner": owner,
                 "providers": [],
@@ -95,12 +103,10 @@ def key_status() -> dict[str, Any]:
                 "key_help": spec.key_help,
             }
         entry["providers"].append({"id": spec.id, "display_name": spec.display_name, "family": spec.family})
-    return {
-        "keys_file": str(config_dir() / KEYS_FILE),
-        "keys_file_readable": file_keys is not None,
-        "remote_writes": remote_writes_allowed(),
-        "owners": list(owners.values()),
-    }
+    status = {"keys_file": keys_file, "keys_file_readable": file_keys is not None, "remote_writes": remote_writes_allowed(), "owners": list(owners.values())}
+    if error:
+        status["error"] = error
+    return status
 
 
 # -- who may write --------------------------------------------------------------------------------
@@ -140,14 +146,14 @@ def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, d
 
 
 def _owners() -> set[str]:
-    return {spec.key_owner for spec in all_providers()}
+    return {spec.key_owner for spec in schema_providers()}
 
 
 def _check_key(key: str) -> str | None:
     if len(key) > MAX_KEY_LENGTH:
         return f"That key is {len(key)} characters long; keys are at most {MAX_KEY_LENGTH}."
-    if any(ch.isspace() or not ch.isprintable() for ch in key):
-        return "A key has no spaces, line breaks or control characters: paste only the key."
+    if not all("!" <= ch <= "~" for ch in key):  # the rule config.py applies when it loads a key
+        return "A key is plain ASCII without spaces, line breaks or other characters: paste only the key."
     return None
 
 
@@ -185,9 +191,12 @@ def set_key(body: Any) -> tuple[int, dict]:
     if problem:
         return 400, {"error": problem}
     with _write_lock:
-        data = _file_keys()
+        try:
+            data, shown = _file_keys(), display_path(config_dir() / KEYS_FILE)
+        except ConfigError as exc:
+            return 409, {"error": exc.headline()}
         if data is None:
-            return 409, {"error": f"{config_dir() / KEYS_FILE} is not a JSON object; fix or delete it by hand (it was left as it is)."}
+            return 409, {"error": f"{shown} is not a JSON object; fix or delete it by hand (it was left as it is)."}
         if key:
             register_secret(key)
             data[owner] = key
@@ -198,7 +207,7 @@ def set_key(body: Any) -> tuple[int, dict]:
         try:
             _write_keys_file(data)
         except OSError as exc:
-            return 500, {"error": f"Could not write {config_dir() / KEYS_FILE}: {exc.strerror or type(exc).__name__}."}
+            return 500, {"error": f"Could not write {shown}: {exc.strerror or type(exc).__name__}."}
     log.info("Nano Banana Bridge: %s the keys-file entry for %s", "set" if key else "cleared", owner)
     return 200, _owner_status(owner, "Saved." if key else "Cleared.")
 

@@ -7,18 +7,23 @@ and interrupts to this; everything here runs in CI against the loopback server.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import torch
+from PIL import Image
 
 from ..providers.client import check_request, resolve
-from ..providers.errors import BananaError, InvalidRequest
+from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.outcome import GenerationRequest, ImageInput
+from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .conversation import build_conversation, load_history, unsaved_conversation
+from .housekeeping import tidy_once
 from .store import ResultStore
 from .tensors import ImageDecodeError, decode_images, encode_image
 
@@ -28,6 +33,12 @@ def empty_image() -> torch.Tensor:
     return torch.zeros((1, 1024, 1024, 4))
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
+
+# Decoded pixels per run (width x height x images of the output batch): a float32 IMAGE takes 12
+# bytes per pixel, so the default (about 1.2 GiB) holds six 4096x4096 results. Checked from the
+# image headers, before anything is decoded.
+MAX_PIXELS_ENV = "BANANA_MAX_DECODED_PIXELS"
+DEFAULT_MAX_PIXELS = 105_000_000
 
 
 @dataclass
@@ -87,6 +98,62 @@ def _flatten(slots: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [image for batches in slots for batch in batches for image in (batch if batch.ndim == 4 else batch.unsqueeze(0))]
 
 
+def _check_inputs(slots: list[list[torch.Tensor]]) -> None:
+    """Refuse an empty or non-finite input image before encoding, naming its input."""
+    for number, batches in enumerate(slots, start=1):
+        for batch in batches:
+            shape = tuple(batch.shape)
+            if batch.ndim not in (3, 4) or 0 in shape:
+                raise InvalidRequest(
+                    f"The image on connected image input {number} is empty (shape {list(shape)}).",
+                    hint="Check the node that makes it: a crop or mask with no area, or an empty batch, gives an image with no pixels.",
+                )
+            # A finite sum (one pass, no copy) proves every value finite; only otherwise look closer.
+            if batch.is_floating_point() and not bool(torch.isfinite(batch.sum())) and not bool(torch.isfinite(batch).all()):
+                raise InvalidRequest(
+                    f"The image on connected image input {number} contains NaN or infinite values.",
+                    hint="An upstream node produced invalid pixels (often a VAE decode in half precision); fix that node, or clamp the image first.",
+                )
+
+
+def max_decoded_pixels() -> int:
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {raw[:40]!r}.") from None
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV} must be at least 1, got {value}.")
+    return value
+
+
+def _check_decoded_size(blobs: list[bytes], limit: int) -> None:
+    """Raise ImageDecodeError if decoding would exceed `limit` pixels, reading only the headers."""
+    sizes = []
+    for blob in blobs:
+        try:
+            with Image.open(io.BytesIO(blob)) as picture:
+                sizes.append(picture.size)
+        except Exception:  # noqa: BLE001 - not an image: decoding reports it with the details
+            continue
+    if not sizes:
+        return
+    width, height = sizes[0]  # the batch takes the first image's size (see decode_images)
+    batch = width * height * len(blobs)
+    largest = max(w * h for w, h in sizes)  # each image is decoded at its own size first
+    if max(batch, largest) > limit:
+        raise DecodeLimitExceeded(
+            f"The results would decode to {max(batch, largest) / 1e6:.0f} megapixels ({len(blobs)} image(s), the first "
+            f"{width}x{height}), over the limit of {limit / 1e6:.0f} megapixels per run ({MAX_PIXELS_ENV})."
+        )
+
+
+class DecodeLimitExceeded(ImageDecodeError):
+    """Decoding would take more memory than the configured cap allows."""
+
+
 def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
@@ -96,9 +163,11 @@ async def render(
     inputs: RenderInputs,
     *,
     store_root: Path | None,
+    output_root: Path | None = None,
     cancel_check: Callable[[], bool] | None = None,
     progress: ProgressSink | None = None,
 ) -> RenderOutput:
+    """Run the node's work. Report paths are relative to `output_root` (ComfyUI's output folder)."""
     prompts = [p for text in inputs.prompts for p in split_prompts(text or "", inputs.prompt_per_line)]
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
@@ -107,6 +176,8 @@ async def render(
         raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
     history = await asyncio.to_thread(load_history, inputs.conversation, inputs.conversation_root) if inputs.conversation is not None else ()
+    pixel_limit = max_decoded_pixels()
+    await asyncio.to_thread(_check_inputs, inputs.images)
 
     images = _flatten(inputs.images)
     subjects: list[torch.Tensor] = []
@@ -118,8 +189,8 @@ async def render(
     references = await asyncio.to_thread(_encode, images, spec.upload_max_pixels, inputs.upload_format) if images else []
     per_image = await asyncio.to_thread(_encode, subjects, spec.upload_max_pixels, inputs.upload_format) if subjects else None
 
-    # Check the first call against the catalog now, so a wrong ratio or too many references fails
-    # at once with the model's limits, instead of once per item.
+    # Check the first call against the catalog now, so a wrong ratio, an option the provider cannot
+    # honour or too many references fails at once with the model's limits, instead of once per item.
     first_refs = tuple(([per_image[0]] if per_image else []) + references)
     settings = BatchSettings(
         provider=spec.id,
@@ -137,48 +208,45 @@ async def render(
         safety=tuple(inputs.safety),
         history=history,
     )
-    check_request(
-        spec,
-        offer,
-        GenerationRequest(
-            prompt=prompts[0],
-            images=first_refs,
-            aspect_ratio=settings.aspect_ratio,
-            resolution=settings.resolution,
-            thinking_level=settings.thinking_level,
-            include_thoughts=settings.include_thoughts,
-            response_modalities=settings.response_modalities,
-            safety=settings.safety,
-            history=history,
-        ),
-    )
+    # Every option the settings carry goes through the catalog's one rule here, once, before any call.
+    options = {name: getattr(settings, name) for name in GenerationRequest.__dataclass_fields__ if hasattr(settings, name)}
+    check_request(spec, offer, GenerationRequest(**{**options, "prompt": prompts[0], "images": first_refs, "seed": inputs.seed}))
 
     items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
-    store = ResultStore(store_root) if store_root is not None else None
+    store = ResultStore(store_root, output_root=output_root) if store_root is not None else None
+    if store_root is not None:
+        await asyncio.to_thread(tidy_once, store_root)  # a save_to folder's first use in this process (the default one: at load)
 
     def on_update(state: BatchProgress) -> None:
         if progress is not None:
-            progress.text(state.line(), force=state.in_flight == 0)
+            progress.text(redact(state.line()), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
     outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
     report = batch_report(outcomes, settings)
+    report_file = None
     if store is not None:
-        report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
+        report["save_folder"] = store.view_path(store.root)
+        report_file = await asyncio.to_thread(store.save_report, report)
+        report["report_file"] = store.view_path(report_file)
     if any(o.status == CANCELLED for o in outcomes):
         raise Interrupted(report)
-    kept = settle(outcomes, inputs.on_failure)
+    kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
 
     blobs = [image.data for outcome in kept for image in outcome.images]
+
+    def decode() -> torch.Tensor:
+        _check_decoded_size(blobs, pixel_limit)
+        return decode_images(blobs, size_policy=inputs.size_policy)
+
     try:
-        tensor = await asyncio.to_thread(decode_images, blobs, size_policy=inputs.size_policy)
+        tensor = await asyncio.to_thread(decode)
     except ImageDecodeError as exc:
-        saved = [f for outcome in kept for f in outcome.files]
-        raise BananaError(
-            f"A result could not be decoded: {exc}",
-            provider=spec.id,
-            hint=(f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on to keep the provider's original bytes."),
-        ) from None
+        saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
+        where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
+        if isinstance(exc, DecodeLimitExceeded):
+            raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
+        raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
 
     texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]
     if inputs.on_failure == FLAG:
@@ -186,7 +254,7 @@ async def render(
     warnings = sorted({w for outcome in kept for w in outcome.warnings})
     thought_image = empty_image()
     first_thought = next((o.thought_images[0] for o in kept if o.thought_images), None)
-    if first_thought is None and inputs.include_thoughts and not any("include_thoughts" in w for w in warnings):
+    if first_thought is None and inputs.include_thoughts and not any("include thoughts" in w for w in warnings):  # dropped: already said
         warnings.append("include_thoughts: the model returned no interim image this time, so thought_image is empty.")
     if first_thought is not None:
         try:
@@ -196,8 +264,8 @@ async def render(
     text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
     conversation = await asyncio.to_thread(_next_conversation, inputs, kept, items, store)
     if progress is not None:
-        progress.text(_summary(report), force=True)
-    return RenderOutput(images=tensor, text=text, report=report, thought_image=thought_image, conversation=conversation)
+        progress.text(redact(_summary(report)), force=True)
+    return RenderOutput(images=tensor, text=redact(text), report=redact_data(report), thought_image=thought_image, conversation=conversation)
 
 
 def _next_conversation(inputs: RenderInputs, kept: list, items: list, store: ResultStore | None) -> dict[str, Any]:
@@ -232,4 +300,4 @@ def _summary(report: dict) -> str:
 
 
 def report_json(report: dict) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    return redact(json.dumps(redact_data(report), indent=2, ensure_ascii=False, default=str))

@@ -50,40 +50,25 @@ HARM_CATEGORIES = ("HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HAR
 SAFETY_THRESHOLDS = ("BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF")
 
 
-@dataclass(frozen=True)
-class GenerationOption:
-    """A request field (outcome.GenerationRequest) that only some providers and models can carry."""
-
-    name: str  # the GenerationRequest field, and the capability name in FAMILY_OPTIONS / ProviderSpec.honours
-    label: str  # for messages
-    unset: Any  # the value that means "not asked for"
-    model_flag: str | None = None  # the ModelOffer field that must be truthy for the model to take it
-    refuse: bool = False  # unhonoured: refuse before sending (True) or send without it, with a note (False)
-    best_effort: frozenset[str] = frozenset()  # families that send it without the provider documenting it
-
-
-GENERATION_OPTIONS = (
-    GenerationOption("thinking_level", "thinking level", None, model_flag="thinking_levels"),
-    GenerationOption("include_thoughts", "thought images (include_thoughts)", False, model_flag="thoughts"),
-    GenerationOption("response_modalities", "response modalities", None),
-    GenerationOption("safety", "safety thresholds", ()),
-    # Continuing without the earlier turns would be a different, paid edit: refused instead.
-    GenerationOption("history", "conversation (multi-turn editing)", (), refuse=True, best_effort=frozenset({"openai_chat"})),
-)
-
-_GEMINI_OPTIONS = frozenset({"thinking_level", "include_thoughts", "response_modalities", "safety", "history"})
+# Options that depend on the protocol as well as the model (OPTION_RULES rows): the offers of a
+# provider whose protocol cannot carry one lose that capability (ProviderSpec narrows them), so the
+# one rule refuses or notes it like any other option.
+FAMILY_GATED = ("thinking_level", "include_thoughts", "response_modalities", "safety", "history")
+_GEMINI_OPTIONS = frozenset(FAMILY_GATED)
 # What each protocol can carry; a custom gateway narrows it with "honours" in providers.json.
 FAMILY_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "gemini": _GEMINI_OPTIONS,
         "vertex": _GEMINI_OPTIONS,
-        "openai_chat": frozenset({"history"}),  # earlier turns as messages (best effort: see GENERATION_OPTIONS)
+        "openai_chat": frozenset({"history"}),  # earlier turns as messages: sent, but see UNDOCUMENTED
         "fal_queue": frozenset({"thinking_level"}),  # fal's nano-banana-2 takes thinking_level minimal|high
         "openai_images": frozenset(),
         "async_tasks": frozenset(),
         "vydra": frozenset(),
     }
 )
+# Options a family sends that its providers do not document: sent, and the result says so.
+UNDOCUMENTED: Mapping[str, frozenset[str]] = MappingProxyType({"openai_chat": frozenset({"history"})})
 
 
 @dataclass(frozen=True)
@@ -105,9 +90,16 @@ class ModelOffer:
     ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
     edit_model_id: str | None = None  # a separate endpoint for edits (fal)
     known: bool = True  # False for a free-text id the catalog does not describe
+    fixed_resolution: str = "1K"  # the size a model without `resolutions` gives: asking for it is honoured
+    best_effort: tuple[str, ...] = ()  # options (OPTION_RULES names) this offer treats as best-effort on top of the global ones
     renamed_from: str | None = None  # the retired id a workflow asked for (RENAMED_MODEL_IDS), for the warning
+    # Gemini generation options: what the model takes. ProviderSpec narrows them to what its protocol
+    # can carry (FAMILY_OPTIONS), so on a provider that cannot, they read as "not honoured".
     thinking_levels: tuple[str, ...] = ()  # thinkingLevel values the model accepts; empty: not settable
     thoughts: bool = False  # can return its thinking (thought parts, interim images) on request
+    response_modalities: tuple[str, ...] = RESPONSE_MODALITIES
+    safety_settings: bool = True  # per-category safetySettings
+    multi_turn: bool = True  # earlier turns of a conversation in the request
 
     def id_for(self, resolution: str | None, editing: bool = False) -> str:
         if editing and self.edit_model_id:
@@ -127,6 +119,83 @@ class ModelOffer:
 
 
 @dataclass(frozen=True)
+class OptionRule:
+    """One rule for every generation option a provider might not honour.
+
+    A value the offer cannot honour is refused before anything is sent, with the allowed values,
+    unless the option is best-effort (here, or in the offer's `best_effort`): then it is dropped
+    and the report says so. `capability` names the ModelOffer attribute that says what is
+    honoured: a tuple of allowed values, or a bool (any value, or none). New options (thinking
+    level, safety, grounding...) add a GenerationRequest field, a ModelOffer capability and a row.
+    """
+
+    option: str  # the GenerationRequest field (and the node's input of the same name)
+    capability: str  # the ModelOffer attribute listing what is honoured
+    unset: tuple[Any, ...] = (None, "", False)  # values that ask for nothing: never checked, never refused
+    best_effort: bool = False
+    why: str = ""  # for best-effort options: why dropping it is acceptable (README, messages)
+    note: bool = True  # best-effort: say in the report that it was not sent
+    turn_off: str = ""  # how to not ask for it, when the node's wording differs from "Leave <option> empty"
+
+    def allowed(self, offer: ModelOffer) -> tuple[Any, ...] | None:
+        """The values the offer honours; None: any value."""
+        capability = getattr(offer, self.capability)
+        if isinstance(capability, bool):
+            return None if capability else ()
+        if self.capability == "resolutions" and not capability:
+            return (offer.fixed_resolution,)  # a fixed size: asking for that size is honoured
+        return tuple(capability)
+
+    def is_unset(self, value: Any) -> bool:
+        # By type as well as value: a seed of 0 or a temperature of 0.0 is a setting, not False.
+        return any(value is u or (type(value) is type(u) and value == u) for u in self.unset)
+
+    def is_best_effort(self, offer: ModelOffer) -> bool:
+        return self.best_effort or self.option in offer.best_effort
+
+
+OPTION_RULES: tuple[OptionRule, ...] = (
+    OptionRule("aspect_ratio", "aspect_ratios", unset=(None, "", AUTO)),
+    OptionRule("resolution", "resolutions"),
+    OptionRule("system_prompt", "system_prompt"),
+    OptionRule("web_search", "web_search"),
+    OptionRule("temperature", "temperature", best_effort=True, why="a sampling hint: results vary run to run even where it is sent"),
+    OptionRule(
+        "seed",
+        "seed",
+        best_effort=True,
+        note=False,
+        why="no provider promises identical images for a seed; where it is not sent it still makes ComfyUI run the node again",
+    ),
+    OptionRule("thinking_level", "thinking_levels", turn_off="Set thinking_level to default"),
+    OptionRule("include_thoughts", "thoughts", best_effort=True, why="it only adds the thought_image output; the image itself is the same"),
+    OptionRule(
+        "response_modalities",
+        "response_modalities",
+        unset=(None, "", RESPONSE_MODALITIES[0]),
+        best_effort=True,
+        why="IMAGE only asks for fewer words; the image is the same",
+    ),
+    OptionRule("safety", "safety_settings", unset=((),), turn_off="Set every safety_* option to default"),
+    # Continuing without the earlier turns would be another, paid edit: refused, never dropped.
+    OptionRule("history", "multi_turn", unset=((),), turn_off="Disconnect the conversation input (or connect the earlier image to image_1 instead)"),
+)
+
+
+def narrowed(offer: ModelOffer, honoured: frozenset[str]) -> ModelOffer:
+    """The offer without the FAMILY_GATED capabilities its provider's protocol cannot carry."""
+    changes: dict[str, Any] = {}
+    for rule in OPTION_RULES:
+        if rule.option in FAMILY_GATED and rule.option not in honoured:
+            changes[rule.capability] = False if isinstance(getattr(offer, rule.capability), bool) else ()
+    return replace(offer, **changes) if changes else offer
+
+
+def option_rule(option: str) -> OptionRule:
+    return next(rule for rule in OPTION_RULES if rule.option == option)
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     id: str  # stable id: used in workflows, env names (BANANA_<ID>_API_KEY) and the keys file
     display_name: str
@@ -140,12 +209,19 @@ class ProviderSpec:
     concurrency: int = 4  # requests in flight at once, process-wide
     read_timeout: float = 360.0  # 4K Pro generations take minutes
     max_wait: float = 900.0  # asynchronous jobs: total wait before giving up (the job is journaled)
+    # How long an accepted job's result can still be fetched; a journal entry older than this is
+    # removed at load (nothing left to attach to). Where unknown, err long: an entry kept too
+    # long costs one failed attach, one removed too early a second payment.
+    result_lifetime: float = 24 * 3600.0
     upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
     custom: bool = False
     # https hosts besides the base URL's origin that may receive the key ("host" or "*.domain"); see engine/auth.py.
     auth_hosts: tuple[str, ...] = ()
-    honours: frozenset[str] | None = None  # GENERATION_OPTIONS it carries; None: its family's FAMILY_OPTIONS
+    honours: frozenset[str] | None = None  # FAMILY_GATED options it carries; None: its family's FAMILY_OPTIONS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(narrowed(offer, self.honoured_options) for offer in self.models))
 
     @property
     def honoured_options(self) -> frozenset[str]:
@@ -338,6 +414,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
         ),
         key_help="https://openai-hk.com (keys start with hk-)",
+        result_lifetime=7 * 24 * 3600.0,  # UNVERIFIED for the passthrough: a week, erring long
         # The passthrough answers with fal's queue.fal.run URLs: moved onto the base URL (5.8).
         options=_freeze({"rewrite_queue_urls": True, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
@@ -355,6 +432,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",
         concurrency=8,
+        result_lifetime=30 * 24 * 3600.0,  # request payloads are kept 30 days (providers.md 5.7)
         auth_hosts=("*.fal.run",),  # the queue's status/result/cancel URLs (queue.fal.run)
         options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
     ),
@@ -371,6 +449,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10 + ("1:4", "4:1"), web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://apimaster.ai (console, API keys)",
+        result_lifetime=24 * 3600.0,  # results expire 24 h after completion (expires_at, providers.md section 10)
         # Async endpoint (a journaled task id), not the sync one; references go inline (no upload API).
         options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution", "cancel_path": None, "poll_first_delay": 3.0, "poll_max_delay": 5.0}),
     ),
@@ -387,6 +466,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://evolink.ai (dashboard, API keys)",
+        result_lifetime=24 * 3600.0,  # result URLs and tasks expire after 24 h (providers.md section 10)
         auth_hosts=("files-api.evolink.ai",),  # its file API for reference uploads
         # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
         # BANANA_EVOLINK_RATIO_FIELD=size / BANANA_EVOLINK_RESOLUTION_FIELD=quality, or a custom provider.
@@ -457,7 +537,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         models.append(_offer(name, raw["id"], **changes))
     honours = data.get("honours")
     if honours is not None:
-        names = {o.name for o in GENERATION_OPTIONS}
+        names = set(FAMILY_GATED)
         if not isinstance(honours, list) or not all(isinstance(h, str) and h in names for h in honours):
             raise ConfigError(f"Custom provider '{provider_id}': 'honours' must be a list of option names.", hint=f"Use any of: {', '.join(sorted(names))}.")
         honours = frozenset(honours) & FAMILY_OPTIONS.get(family, frozenset())  # a gateway cannot add what its protocol cannot send

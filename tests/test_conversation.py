@@ -122,7 +122,7 @@ def test_thought_image_output(google, tmp_path):
     assert none.thought_image.shape == (1, 1024, 1024, 4) and none.thought_image.abs().sum() == 0
     assert "thought_image is empty" not in none.text  # not asked for: nothing to say
     unsupported = step("a dog", tmp_path / "s", model="Nano Banana", include_thoughts=True)
-    assert unsupported.text.count("include_thoughts") == 1 and "does not honour" in unsupported.text
+    assert "does not take the include thoughts (best-effort)" in unsupported.text and "thought_image is empty" not in unsupported.text
 
 
 def test_grounding_sources_in_text_and_report(google, tmp_path):
@@ -133,9 +133,12 @@ def test_grounding_sources_in_text_and_report(google, tmp_path):
     assert "https://example.com/news" in out.text
 
 
-def test_unhonoured_option_is_a_note_in_the_text(google, tmp_path):
-    out = step("a cat", tmp_path / "s", model="Nano Banana", thinking_level="HIGH")
-    assert "Note:" in out.text and "thinking level" in out.text and "not sent" in out.text
+def test_unhonoured_options_are_refused_or_noted_by_the_one_rule(google, tmp_path):
+    with pytest.raises(InvalidRequest, match="Thinking level HIGH is not available for Nano Banana"):
+        step("a cat", tmp_path / "s", model="Nano Banana", thinking_level="HIGH")
+    assert google.requests == []
+    out = step("a cat", tmp_path / "s", model="Nano Banana", response_modalities="IMAGE")  # Gemini takes it: sent
+    assert google.requests[-1].json()["generationConfig"]["responseModalities"] == ["IMAGE"] and "Note:" not in out.text
 
 
 def test_without_a_store_the_conversation_says_why(google, tmp_path):

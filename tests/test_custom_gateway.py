@@ -184,7 +184,7 @@ def entry(**changes):
         ({"providers": [entry(models=None)]}, ["missing models"]),
         ({"providers": [entry(auth="basic")]}, ["unknown auth 'basic'", "x-goog-api-key"]),
         ({"providers": [entry(id="google")]}, ["'google' is already taken"]),
-        ('{"providers": [{"id": "bad",}]}', ["Could not read", "providers.json", "JSON syntax"]),
+        ('{"providers": [{"id": "bad",}]}', ["providers.json is not valid JSON: line 1, column", "JSON syntax"]),
         ('["not", "an", "object"]', ["must hold a JSON object"]),
     ],
     ids=["bad-protocol", "no-base-url", "no-protocol", "no-models", "bad-auth", "preset-id", "syntax", "not-an-object"],

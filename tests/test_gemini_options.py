@@ -10,7 +10,7 @@ from banana_pack.providers import (
     InvalidRequest,
     generate,
 )
-from banana_pack.providers.catalog import FAMILY_OPTIONS, GENERATION_OPTIONS, PRESETS
+from banana_pack.providers.catalog import FAMILY_GATED, FAMILY_OPTIONS, OPTION_RULES, PRESETS
 from banana_pack.providers.outcome import Turn, TurnPart
 from gemini_thinking_fake import SKIP, ThinkingGemini, png
 from helpers import run
@@ -43,11 +43,11 @@ def test_thinking_level_goes_to_the_model_that_takes_it(google):
 
 
 @pytest.mark.parametrize("model", ["Nano Banana Pro", "Nano Banana"])
-def test_thinking_level_elsewhere_is_a_note_not_a_silent_drop(google, model):
-    result = gen(model, thinking_level="HIGH")
-    assert "thinkingConfig" not in sent(google)["generationConfig"]
-    (note,) = [w for w in result.warnings if "thinking level" in w]
-    assert model in note and "not sent" in note
+def test_thinking_level_where_the_model_takes_none_is_refused_before_sending(google, model):
+    with pytest.raises(InvalidRequest, match="Thinking level HIGH is not available") as caught:
+        gen(model, thinking_level="HIGH")
+    assert "Set thinking_level to default" in caught.value.hint
+    assert google.requests == []
 
 
 def test_unknown_thinking_level_is_refused_before_sending(google):
@@ -127,29 +127,44 @@ def test_grounding_ignores_non_web_uris(server, monkeypatch):
 # -- options on providers that cannot carry them --------------------------------------------------
 
 
-def test_every_option_is_a_declared_capability():
-    names = {o.name for o in GENERATION_OPTIONS}
-    assert names == {"thinking_level", "include_thoughts", "response_modalities", "safety", "history"}
+def test_every_option_is_a_row_of_the_one_rule():
+    rules = {rule.option: rule for rule in OPTION_RULES}
+    assert set(FAMILY_GATED) <= set(rules)
+    assert [o for o in FAMILY_GATED if rules[o].best_effort] == ["include_thoughts", "response_modalities"]
     for spec in PRESETS:
-        assert spec.honoured_options <= names
-    assert FAMILY_OPTIONS["gemini"] == names and "safety" not in FAMILY_OPTIONS["openai_chat"]
+        assert spec.honoured_options <= set(FAMILY_GATED)
+    assert FAMILY_OPTIONS["gemini"] == set(FAMILY_GATED) and "safety" not in FAMILY_OPTIONS["openai_chat"]
+    # A provider's offers lose what its protocol cannot carry.
+    fal = next(s for s in PRESETS if s.id == "fal").model("Nano Banana 2")
+    assert fal.thinking_levels == ("MINIMAL", "HIGH") and not fal.safety_settings and not fal.multi_turn and not fal.thoughts
 
 
-def test_safety_on_fal_is_a_note_and_never_sent(server, monkeypatch):
+def _fal(server, monkeypatch):
     monkeypatch.setenv("BANANA_FAL_API_KEY", "fal-key-0123456789")
     monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
     monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.01")
-    rid = "req-1"
-    server.route("POST", r"^/fal-ai/nano-banana-2$", Reply(json={"request_id": rid, "status": "IN_QUEUE"}))
+    server.route("POST", r"^/fal-ai/nano-banana-2$", Reply(json={"request_id": "req-1", "status": "IN_QUEUE"}))
     server.route("GET", r"/requests/req-1/status$", Reply(json={"status": "COMPLETED"}))
     server.route("GET", r"/requests/req-1$", Reply(json={"images": [{"url": f"{server.url}/files/a.png"}], "description": ""}))
     server.route("GET", r"^/files/a.png$", Reply(body=png(9), content_type="image/png"))
-    result = gen("Nano Banana 2", provider="fal", safety=(("HARM_CATEGORY_HARASSMENT", "BLOCK_NONE"),), thinking_level="HIGH", response_modalities="IMAGE")
+
+
+def test_safety_on_fal_is_refused_before_paying(server, monkeypatch):
+    _fal(server, monkeypatch)
+    with pytest.raises(InvalidRequest, match="A safety setting is not available for Nano Banana 2 on fal.ai") as caught:
+        gen("Nano Banana 2", provider="fal", safety=(("HARM_CATEGORY_HARASSMENT", "BLOCK_NONE"),))
+    assert "safety_* option to default" in caught.value.hint and "google" in caught.value.hint
+    assert server.requests == []
+
+
+def test_fal_takes_the_thinking_level_and_notes_best_effort_options(server, monkeypatch):
+    _fal(server, monkeypatch)
+    result = gen("Nano Banana 2", provider="fal", thinking_level="HIGH", response_modalities="IMAGE", include_thoughts=True)
     body = server.hits("POST", r"nano-banana-2$")[0].json()
-    assert "safetySettings" not in body and "safety" not in str(body).lower()
     assert body["thinking_level"] == "high"  # fal's nano-banana-2 takes it
+    assert "responseModalities" not in str(body) and "include" not in str(body)
     notes = " | ".join(result.warnings)
-    assert "safety thresholds" in notes and "response modalities" in notes and "thinking level" not in notes
+    assert "response modalities" in notes and "include thoughts" in notes and "thinking" not in notes
 
 
 def test_a_conversation_on_a_provider_without_turns_is_refused_before_paying(server, monkeypatch):
@@ -158,7 +173,7 @@ def test_a_conversation_on_a_provider_without_turns_is_refused_before_paying(ser
     history = (Turn("user", (TurnPart(text="a cat"),)), Turn("model", (TurnPart(image=ImageInput(png(4), "image/png", 4, 8)),), model="fal-ai/nano-banana"))
     with pytest.raises(InvalidRequest, match="conversation") as caught:
         gen("Nano Banana", provider="fal", history=history, prompt="now make it blue")
-    assert "google" in caught.value.hint
+    assert "google" in caught.value.hint and "Disconnect the conversation input" in caught.value.hint
     assert server.requests == []
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 
 import pytest
 
-from banana_pack.nodes import key_routes
 from banana_pack.nodes.key_routes import key_status, refuse_write, set_key, try_key
 from banana_pack.providers.config import has_key, get_provider
 from helpers import run
@@ -60,7 +58,7 @@ def test_presets_sharing_a_key_are_one_entry():
     "body,says",
     [
         ({"provider": "nobody", "key": "x" * 20}, "Unknown provider"),
-        ({"provider": "google", "key": "two words"}, "no spaces"),
+        ({"provider": "google", "key": "two words"}, "plain ASCII"),
         ({"provider": "google", "key": "k" * 5000}, "at most 4096"),
         ({"provider": "google", "key": 42}, "must be text"),
         (["google"], "Send"),
@@ -153,3 +151,12 @@ def test_fal_is_tested_with_a_made_up_status_request(server, monkeypatch):
 def test_unknown_provider_is_a_clear_error():
     status, answer = run(try_key({"provider": "nope"}))
     assert status == 400 and "Unknown provider" in answer["error"]
+
+
+def test_a_broken_providers_file_still_lists_the_presets_and_paths_are_not_absolute(isolated_config):
+    isolated_config.mkdir(parents=True, exist_ok=True)
+    (isolated_config / "providers.json").write_text("{ not json")
+    status = key_status()
+    assert {o["owner"] for o in status["owners"]} >= {"google", "fal"}
+    assert not status["keys_file"].startswith("/")
+    assert set_key({"provider": "google", "key": SECRET})[0] == 200

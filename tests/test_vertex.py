@@ -172,3 +172,15 @@ def test_the_key_test_button_exchanges_the_service_account_for_a_token(vertex):
     (probe,) = vertex.hits("GET", r"/publishers/google/models/")
     assert probe.headers["authorization"] == f"Bearer {TOKEN}" and vertex.tokens.grants == 1
     assert "PRIVATE KEY" not in json.dumps([r.headers for r in vertex.requests])
+
+
+def test_the_key_file_path_is_not_a_secret_but_its_private_key_is(vertex, tmp_path):
+    """Redacting the path would hide every path sharing its prefix (the output folder included)."""
+    from banana_pack.providers.redaction import redact
+
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    gen()
+    key_file = tmp_path / "sa.json"
+    private_key = json.loads(key_file.read_text())["private_key"]
+    assert redact(f"saved in {tmp_path}/output") == f"saved in {tmp_path}/output"
+    assert "PRIVATE KEY" not in redact(f"oops: {private_key}")

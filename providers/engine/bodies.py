@@ -8,7 +8,7 @@ instead of filling memory. Only gzip and deflate are asked for (Accept-Encoding)
 from __future__ import annotations
 
 import zlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 ACCEPT_ENCODING = "gzip, deflate"
 DECODE_STEP = 1 << 20  # the most one decompression step may produce
@@ -34,32 +34,30 @@ class _Decoder:
         self._zlib: "zlib._Decompress | None" = None
         self._pending = b""  # deflate: the first bytes, until the zlib header can be told apart
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Decoded pieces of at most DECODE_STEP bytes, one at a time: the caller counts before the next."""
         if self.kind is None:
-            return [data]
+            yield data
+            return
         if self._zlib is None:
             if self.kind in ("gzip", "x-gzip"):
                 self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
             else:
                 self._pending += data
                 if len(self._pending) < 2:
-                    return []
+                    return
                 data, self._pending = self._pending, b""
                 # RFC 9110 "deflate" is zlib-wrapped; some servers send a raw deflate stream.
                 wrapped = (data[0] & 0x0F) == 8 and (data[0] * 256 + data[1]) % 31 == 0
                 self._zlib = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
-        pieces = []
-        try:
-            while data:
+        while data and not self._zlib.eof:
+            try:
                 piece = self._zlib.decompress(data, DECODE_STEP)
-                data = self._zlib.unconsumed_tail
-                if piece:
-                    pieces.append(piece)
-                if self._zlib.eof:
-                    break
-        except zlib.error as exc:
-            raise BadEncoding(f"the {self.kind} body does not decode: {exc}") from None
-        return pieces
+            except zlib.error as exc:
+                raise BadEncoding(f"the {self.kind} body does not decode: {exc}") from None
+            data = self._zlib.unconsumed_tail
+            if piece:
+                yield piece
 
     @property
     def complete(self) -> bool:

@@ -54,6 +54,22 @@ def post(comfy, path: str, body, content_type: str = "application/json") -> tupl
         return err.code, json.loads(err.read() or b"{}")
 
 
+def bridge(prompt: str, seed: int, **inputs) -> dict:
+    values = {"prompt": prompt, "provider": "google", "model": PRO, "model.aspect_ratio": "auto", "model.resolution": "1K"}
+    values.update(seed=seed, count=1, prompt_per_line=False, image_mode="references", **inputs)
+    return {"class_type": NODE, "inputs": values}
+
+
+def options_node(**changes) -> dict:
+    values = {"on_failure": "fail", "size_policy": "resize", "system_prompt": "", "temperature": 1.0, "web_search": False}
+    values.update(upload_format="auto", use_cache=False, save_to="nano_banana_bridge", model_id_override="")
+    values.update(changes)
+    return {"class_type": OPTIONS, "inputs": values}
+
+
+SAVE = {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "ui"}}
+
+
 def tooltips_missing(node_info: dict) -> list[str]:
     missing = []
 
@@ -72,7 +88,8 @@ def tooltips_missing(node_info: dict) -> list[str]:
 
     walk(node_info["input"].get("required", {}))
     walk(node_info["input"].get("optional", {}))
-    missing += [f"output {n}" for n, tip in zip(node_info["output_name"], node_info.get("output_tooltips") or [None] * len(node_info["output_name"])) if not tip]
+    tips = node_info.get("output_tooltips") or [None] * len(node_info["output_name"])
+    missing += [f"output {n}" for n, tip in zip(node_info["output_name"], tips, strict=True) if not tip]
     return missing
 
 
@@ -87,7 +104,8 @@ def test_the_main_node_has_nine_widget_rows_and_one_text_box(comfy):
     required = info["input"]["required"]
     first = required["model"][1]["options"][0]  # the default model
     assert first["key"] == "Nano Banana 2 (Gemini 3.1 Flash Image)"
-    widgets = [n for n, s in required.items() if s[0] != "IMAGE"] + [n for n, s in first["inputs"]["required"].items() if s[0] not in ("IMAGE", "COMFY_AUTOGROW_V3")]
+    sub = first["inputs"]["required"]
+    widgets = [n for n, s in required.items() if s[0] != "IMAGE"] + [n for n, s in sub.items() if s[0] not in ("IMAGE", "COMFY_AUTOGROW_V3")]
     text_boxes = [n for n in widgets if (required.get(n) or first["inputs"]["required"].get(n))[1].get("multiline")]
     control_rows = sum(1 for n in widgets if (required.get(n) or first["inputs"]["required"].get(n))[1].get("control_after_generate"))
     assert text_boxes == ["prompt"]
@@ -107,16 +125,14 @@ def test_keys_route_is_write_only_and_mode_600_and_the_key_works_at_once(comfy, 
     status, answer = post(comfy, "/nano_banana_bridge/keys/test", {"provider": "google"})
     assert status == 200 and answer["ok"] is True and "gemini-3-pro-image-preview" in answer["answer"]
     # The run right after uses the new key (no restart).
-    entry = comfy.run({"1": {"class_type": NODE, "inputs": {"prompt": "a kite", "provider": "google", "model": PRO, "model.aspect_ratio": "auto", "model.resolution": "1K", "seed": 1, "count": 1, "prompt_per_line": False, "image_mode": "references"}}, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "ui"}}})
+    entry = comfy.run({"1": bridge("a kite", 1), "2": SAVE})
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:1500]
     assert KEY not in comfy.server.log_text()
 
 
 def test_a_refusal_reads_refused_by_google_first_with_a_short_type_name(comfy):
     post(comfy, "/nano_banana_bridge/keys", {"provider": "google", "key": KEY})
-    options = {"class_type": OPTIONS, "inputs": {"on_failure": "fail", "size_policy": "resize", "system_prompt": "", "temperature": 1.0, "web_search": False, "upload_format": "auto", "use_cache": False, "save_to": "nano_banana_bridge", "model_id_override": ""}}
-    node = {"class_type": NODE, "inputs": {"prompt": "please refuse this", "provider": "google", "model": PRO, "model.aspect_ratio": "auto", "model.resolution": "1K", "seed": 2, "count": 1, "prompt_per_line": False, "image_mode": "references", "options": ["3", 0]}}
-    entry = comfy.run({"3": options, "1": node, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "ui"}}})
+    entry = comfy.run({"3": options_node(), "1": bridge("please refuse this", 2, options=["3", 0]), "2": SAVE})
     error = status_message(entry, "execution_error")
     assert error is not None
     assert error["exception_type"] == "nano_banana_bridge.errors.SafetyRejected"
@@ -126,9 +142,8 @@ def test_a_refusal_reads_refused_by_google_first_with_a_short_type_name(comfy):
 def test_options_from_the_options_node_reach_the_provider(comfy, provider):
     post(comfy, "/nano_banana_bridge/keys", {"provider": "google", "key": KEY})
     before = len(provider.requests)
-    options = {"class_type": OPTIONS, "inputs": {"on_failure": "fail", "size_policy": "resize", "system_prompt": "Always draw kites.", "temperature": 0.4, "web_search": False, "upload_format": "auto", "use_cache": False, "save_to": "nbb_options_test", "model_id_override": ""}}
-    node = {"class_type": NODE, "inputs": {"prompt": "a kite with options", "provider": "google", "model": PRO, "model.aspect_ratio": "auto", "model.resolution": "1K", "seed": 3, "count": 1, "prompt_per_line": False, "image_mode": "references", "options": ["3", 0]}}
-    entry = comfy.run({"3": options, "1": node, "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "ui"}}})
+    options = options_node(system_prompt="Always draw kites.", temperature=0.4, save_to="nbb_options_test")
+    entry = comfy.run({"3": options, "1": bridge("a kite with options", 3, options=["3", 0]), "2": SAVE})
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:1500]
     (req,) = provider.requests[before:]
     body = req.json()

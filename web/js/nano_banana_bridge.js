@@ -14,6 +14,7 @@ const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"],
 
 let catalogData = null;
 let catalogPromise = null;
+let shownConfigError = null;
 
 // The catalog (providers, models, prices, who has a key). Fetched again whenever key status may
 // have changed: the keys tab saved something, or a node's provider changed.
@@ -23,6 +24,11 @@ function refreshCatalog() {
     .then((r) => (r.ok ? r.json() : null))
     .catch(() => null)
     .then((data) => {
+      // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
+      if (data?.error && data.error !== shownConfigError) {
+        shownConfigError = data.error;
+        toast("warn", "Nano Banana Bridge configuration", data.error);
+      }
       if (data) catalogData = data;
       app.graph?.setDirtyCanvas?.(true, true);
       return catalogData;
@@ -97,9 +103,19 @@ function watchModel(node) {
       target.callback?.(change.value);
     }
     arm();
+    syncModelState(node);
     node.setDirtyCanvas?.(true, true);
     return result;
   };
+}
+
+// Frontend 1.43's DynamicCombo keeps its value in a closure (its own value property), so the
+// Vue-nodes view, which draws from the widget's store state, shows the default model after a
+// workflow loads (core DynamicCombo nodes show the same). Copy the value into that state.
+function syncModelState(node) {
+  const modelWidget = widget(node, "model");
+  const state = modelWidget?._state;
+  if (state && "value" in state && state.value !== modelWidget.value) state.value = modelWidget.value;
 }
 
 function addBadge(node) {
@@ -148,6 +164,7 @@ async function renderKeysTab(root) {
   wrap.append(
     el("div", { style: "opacity:.8;line-height:1.4" }, `Keys are written to ${status.keys_file} (readable only by you), never to the workflow or ComfyUI's settings. Environment variables take precedence. Keys are never shown again once saved.`)
   );
+  if (status.error) wrap.append(el("div", { textContent: status.error, style: "color:#f0a0a0;white-space:pre-wrap" }));
   for (const owner of status.owners) {
     const names = owner.providers.map((p) => p.display_name).join(", ");
     const state = el("span", { textContent: keyStatusText(owner), style: `font-weight:600;color:${owner.source ? "#7fc97f" : "#e07a7a"}` });
@@ -217,7 +234,9 @@ app.registerExtension({
         const index = values.findIndex((v, i) => i <= 3 && typeof v === "string" && !labels.includes(v) && labels.some((l) => stableModel(l) === v));
         if (index >= 0) values[index] = labels.find((l) => stableModel(l) === values[index]);
       }
-      return configure.call(this, info, ...rest);
+      const result = configure.call(this, info, ...rest);
+      syncModelState(this);
+      return result;
     };
   },
   async nodeCreated(node) {
