@@ -101,7 +101,7 @@ def test_a_conversation_into_a_provider_without_turns_is_refused(comfy, provider
     entry = comfy.run(graph, timeout=120)
     error = status_message(entry, "execution_error")
     assert error is not None and error["node_id"] == "3"
-    assert "cannot use a conversation" in error["exception_message"]
+    assert "conversation (multi-turn editing) is not available" in error["exception_message"] and "Disconnect the conversation input" in error["exception_message"]
     assert len(provider.requests) - before <= 1  # only the first node's call (or none, if cached)
 
 
