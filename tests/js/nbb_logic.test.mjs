@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { badgeFor, carryOver, keyStatusText, promptCount, stableModel } from "../../web/js/nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
 
 const offer = (prices, resolutions = ["1K", "2K", "4K"], unit = "usd") => ({ resolutions, prices, price_unit: unit, aspect_ratios: [], max_refs: 14 });
 const catalog = {
@@ -87,4 +87,61 @@ test("key status wording", () => {
   assert.equal(keyStatusText({ source: "env", env_name: "GEMINI_API_KEY" }), "set from GEMINI_API_KEY");
   assert.equal(keyStatusText({ source: "file" }), "set in keys file");
   assert.equal(keyStatusText({ source: null }), "missing");
+});
+
+test("the provider widget shows who has a key and whom auto picks", () => {
+  assert.equal(providerLabel(catalog, "fal", "Nano Banana Pro (Gemini 3 Pro Image)"), "fal (no key)");
+  assert.equal(providerLabel(catalog, "google", "Nano Banana Pro (Gemini 3 Pro Image)"), "google");
+  assert.equal(providerLabel(catalog, "auto", "Nano Banana Pro (Gemini 3 Pro Image)"), "auto → google");
+  assert.equal(providerLabel(catalog, "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)"), "auto (no key)");
+  assert.equal(providerLabel(null, "fal", "x"), "fal");
+});
+
+const withKey = (has) => ({ ...catalog, auto: { ...catalog.auto, "Nano Banana Pro": has ? "fal" : null }, providers: catalog.providers.map((p) => (p.id === "fal" ? { ...p, has_key: has } : p)) });
+
+test("key status refresh: after the keys tab saves a key, the badge and the provider list follow", async () => {
+  let hasKey = false;
+  const changes = [];
+  const store = createCatalogStore(async () => withKey(hasKey), (data) => changes.push(data));
+  await store.refresh();
+  assert.equal(badgeFor({ ...base, catalog: store.data, providerId: "fal" }).text, "no key · ~$0.15/image");
+  assert.equal(providerLabel(store.data, "fal", base.model), "fal (no key)");
+  hasKey = true; // the keys tab wrote keys.json, then refreshed
+  await store.refresh();
+  assert.equal(badgeFor({ ...base, catalog: store.data, providerId: "fal" }).text, "~$0.15/image");
+  assert.equal(providerLabel(store.data, "fal", base.model), "fal");
+  assert.equal(changes.length, 2);
+});
+
+test("key status refresh: a slow earlier answer never overwrites a newer one", async () => {
+  const answers = [];
+  const store = createCatalogStore(() => new Promise((resolve) => answers.push(resolve)));
+  const first = store.refresh();
+  const second = store.refresh();
+  await new Promise((r) => setImmediate(r));
+  answers[1](withKey(true)); // the newer request answers first
+  await second;
+  answers[0](withKey(false)); // then the stale one
+  await first;
+  assert.equal(store.data.providers.find((p) => p.id === "fal").has_key, true);
+});
+
+test("key status refresh: an unreachable server keeps what was known", async () => {
+  let up = true;
+  const store = createCatalogStore(async () => {
+    if (!up) throw new Error("offline");
+    return withKey(true);
+  });
+  await store.refresh();
+  up = false;
+  await store.refresh();
+  assert.equal(store.data.providers.find((p) => p.id === "fal").has_key, true);
+});
+
+test("a node saved before the options node: its last nine values are the old advanced settings", () => {
+  const old = ["a cat", "auto", "Nano Banana", "3:2", 1000, "randomize", 2, true, "references", "flag", "resize", "", 1, false, "auto", true, "nano_banana_bridge", ""];
+  assert.deepEqual(legacyOptions(old), { on_failure: "flag", size_policy: "resize", system_prompt: "", temperature: 1, web_search: false, upload_format: "auto", use_cache: true, save_to: "nano_banana_bridge", model_id_override: "" });
+  const withResolution = ["a cat", "google", "Nano Banana Pro", "16:9", "2K", 42, "fixed", 1, false, "each image", "skip", "pad", "be brief", 0.5, true, "png", false, "mine", "x-id"];
+  assert.equal(legacyOptions(withResolution).save_to, "mine");
+  assert.equal(legacyOptions(["a cat", "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)", "auto", "1K", 0, "randomize", 1, false, "references"]), null); // the new layout
 });

@@ -6,35 +6,28 @@
 // nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badgeFor, carryOver, keyStatusText, stableModel } from "./nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
+const OPTIONS_ID = "NanoBananaOptions";
 const SUB_WIDGETS = /^model\.(aspect_ratio|resolution)$/;
 const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"], error: ["#f6d6d6", "#6b2222"] };
 
-let catalogData = null;
-let catalogPromise = null;
 let shownConfigError = null;
 
-// The catalog (providers, models, prices, who has a key). Fetched again whenever key status may
-// have changed: the keys tab saved something, or a node's provider changed.
-function refreshCatalog() {
-  catalogPromise = api
-    .fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" })
-    .then((r) => (r.ok ? r.json() : null))
-    .catch(() => null)
-    .then((data) => {
-      // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
-      if (data?.error && data.error !== shownConfigError) {
-        shownConfigError = data.error;
-        toast("warn", "Nano Banana Bridge configuration", data.error);
-      }
-      if (data) catalogData = data;
-      app.graph?.setDirtyCanvas?.(true, true);
-      return catalogData;
-    });
-  return catalogPromise;
-}
+// The catalog (providers, models, prices, who has a key), refreshed when key status may have changed.
+const catalog = createCatalogStore(
+  () => api.fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" }).then((r) => (r.ok ? r.json() : null)),
+  (data) => {
+    // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
+    if (data?.error && data.error !== shownConfigError) {
+      shownConfigError = data.error;
+      toast("warn", "Nano Banana Bridge configuration", data.error);
+    }
+    app.graph?.setDirtyCanvas?.(true, true);
+  }
+);
+const refreshCatalog = () => catalog.refresh();
 
 function toast(severity, summary, detail) {
   const t = app.extensionManager?.toast;
@@ -46,7 +39,7 @@ const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 
 function badgeState(node) {
   return badgeFor({
-    catalog: catalogData,
+    catalog: catalog.data,
     providerId: widget(node, "provider")?.value,
     model: widget(node, "model")?.value,
     resolution: widget(node, "model.resolution")?.value,
@@ -60,7 +53,7 @@ function badgeState(node) {
 // Narrow the model list to the provider's offers (never switch the model for the user: that would
 // reset its settings; the badge says when the provider does not offer it).
 async function applyProvider(node, providerId, announce) {
-  const data = announce ? await refreshCatalog() : catalogData ?? (await catalogPromise);
+  const data = announce ? await refreshCatalog() : catalog.data ?? (await catalog.ready);
   const modelWidget = widget(node, "model");
   if (!data || !modelWidget?.options?.values) return;
   if (!modelWidget._nbbAllModels) modelWidget._nbbAllModels = [...modelWidget.options.values];
@@ -230,6 +223,7 @@ app.registerExtension({
     const configure = nodeType.prototype.configure;
     nodeType.prototype.configure = function (info, ...rest) {
       const values = info?.widgets_values;
+      this._nbbLegacyOptions = legacyOptions(values);
       if (Array.isArray(values)) {
         const index = values.findIndex((v, i) => i <= 3 && typeof v === "string" && !labels.includes(v) && labels.some((l) => stableModel(l) === v));
         if (index >= 0) values[index] = labels.find((l) => stableModel(l) === values[index]);
@@ -238,6 +232,29 @@ app.registerExtension({
       syncModelState(this);
       return result;
     };
+  },
+  // A workflow saved before the options node: put its advanced settings on a new Nano Banana
+  // Options node connected to this one (only when they differ from the defaults).
+  loadedGraphNode(node) {
+    const legacy = node._nbbLegacyOptions;
+    delete node._nbbLegacyOptions;
+    const slot = node.inputs?.findIndex((i) => i.name === "options") ?? -1;
+    if (!legacy || slot < 0 || node.inputs[slot].link != null || !node.graph) return;
+    const options = window.LiteGraph?.createNode?.(OPTIONS_ID);
+    if (!options) return;
+    let changed = false;
+    for (const [name, value] of Object.entries(legacy)) {
+      const w = widget(options, name);
+      const allowed = w && (!w.options?.values || w.options.values.includes(value)) && typeof value === typeof w.value;
+      if (allowed && w.value !== value) {
+        w.value = value;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    options.pos = [node.pos[0], node.pos[1] + node.size[1] + 50]; // below the node it feeds
+    node.graph.add(options);
+    options.connect(0, node, slot);
   },
   async nodeCreated(node) {
     if (node.comfyClass !== NODE_ID) return;
@@ -249,6 +266,8 @@ app.registerExtension({
       applyProvider(node, value, true);
       return result;
     };
+    // The canvas shows "fal (no key)" / "auto → google" (the value stays the plain id).
+    providerWidget.options.getOptionLabel = (value) => providerLabel(catalog.data, value, widget(node, "model")?.value);
     watchModel(node);
     // Workflows load their saved values after creation: narrow once they are in place.
     setTimeout(() => applyProvider(node, providerWidget.value, false), 0);

@@ -74,6 +74,64 @@ export function carryOver(kept, widgets) {
   return changes;
 }
 
+// The catalog as the frontend knows it (providers, prices, who has a key), fetched again whenever key
+// status may have changed (the keys tab saved something, a node's provider changed). The newest
+// request wins: a slow earlier answer never overwrites a later one. `fetchCatalog` resolves to the
+// route's JSON or null (unreachable server: keep what we had).
+export function createCatalogStore(fetchCatalog, onChange = () => {}) {
+  let data = null;
+  let issued = 0;
+  let applied = 0;
+  let latest = Promise.resolve(null);
+  return {
+    get data() {
+      return data;
+    },
+    get ready() {
+      return latest;
+    },
+    refresh() {
+      const ticket = ++issued;
+      latest = Promise.resolve()
+        .then(fetchCatalog)
+        .catch(() => null)
+        .then((answer) => {
+          if (answer && ticket > applied) {
+            applied = ticket;
+            data = answer;
+            onChange(answer);
+          }
+          return data;
+        });
+      return latest;
+    },
+  };
+}
+
+// Before the Nano Banana Options node, the main node saved its advanced settings as its last nine
+// widget values, in this order, right after image_mode. Returns them by name when `values` (a saved
+// widgets_values) has that old layout, else null.
+export const LEGACY_OPTION_ORDER = ["on_failure", "size_policy", "system_prompt", "temperature", "web_search", "upload_format", "use_cache", "save_to", "model_id_override"];
+
+export function legacyOptions(values) {
+  if (!Array.isArray(values) || values.length < LEGACY_OPTION_ORDER.length + 9) return null;
+  const tail = values.slice(-LEGACY_OPTION_ORDER.length);
+  const imageMode = values[values.length - LEGACY_OPTION_ORDER.length - 1];
+  if (!["references", "each image"].includes(imageMode) || !["fail", "skip", "flag"].includes(tail[0])) return null;
+  return Object.fromEntries(LEGACY_OPTION_ORDER.map((name, i) => [name, tail[i]]));
+}
+
+// The provider widget's label: which providers have a key, and whom "auto" picks for the model.
+export function providerLabel(catalog, providerId, model) {
+  if (!catalog || !providerId) return providerId ?? "";
+  if (providerId === "auto") {
+    const picked = catalog.auto?.[stableModel(model)];
+    return picked ? `auto → ${picked}` : "auto (no key)";
+  }
+  const provider = catalog.providers.find((p) => p.id === providerId);
+  return provider && !provider.has_key ? `${providerId} (no key)` : providerId;
+}
+
 // "set from BANANA_GOOGLE_API_KEY", "set in keys file", "missing"
 export function keyStatusText(status) {
   if (!status) return "unknown";
