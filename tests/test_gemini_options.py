@@ -10,7 +10,12 @@ from banana_pack.providers import (
     InvalidRequest,
     generate,
 )
-from banana_pack.providers.catalog import FAMILY_GATED, FAMILY_OPTIONS, OPTION_RULES, PRESETS
+from banana_pack.providers.catalog import (
+    FAMILY_GATED,
+    FAMILY_OPTIONS,
+    OPTION_RULES,
+    PRESETS,
+)
 from banana_pack.providers.outcome import Turn, TurnPart
 from gemini_thinking_fake import SKIP, ThinkingGemini, png
 from helpers import run
