@@ -21,6 +21,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -322,9 +323,12 @@ def store_secret() -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raw = path.read_bytes().strip()  # another thread or process created it first
-        if len(raw) >= 32:
-            return raw
+        # Another thread or process created it first and may still be writing it: wait for the bytes.
+        for _ in range(100):
+            raw = path.read_bytes().strip()
+            if len(raw) >= 32:
+                return raw
+            time.sleep(0.01)
         raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(value + b"\n")
