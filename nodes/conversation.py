@@ -68,7 +68,7 @@ def build_conversation(
             entry["thought_signature"] = str(part["thought_signature"])
         parts.append(entry)
     turns = list((previous or {}).get("turns") or [])
-    model_turn = {"role": "model", "provider": provider, "model_id": model_id, "parts": parts}
+    model_turn: dict[str, Any] = {"role": "model", "provider": provider, "model_id": model_id, "parts": parts}
     if not signed:
         model_turn["signed"] = False  # no signatures were captured: later requests send Google's stand-in
     turns += [{"role": "user", "parts": user_parts}, model_turn]
