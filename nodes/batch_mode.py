@@ -44,10 +44,10 @@ from .batch import (
     BatchProgress,
     BatchSettings,
     ItemOutcome,
+    _key_fields,
     _request,
     claim_keys,
     release_keys,
-    request_fields,
 )
 from .spend import RunSpend
 from .store import ResultStore
@@ -68,7 +68,7 @@ def claimed_requests(items: list[BatchItem], settings: BatchSettings, provider_i
     """Each item's request, cache key and provenance, keyed as run_batch keys them (identical items
     get keys of their own: nodes/batch.py claim_keys), held while the run lasts."""
     requests = [_request(item, settings) for item in items]
-    fields = request_fields(provider_id, offer.model_id, requests)
+    fields = [_key_fields(provider_id, offer.model_id, r) for r in requests]
     keys = claim_keys(fields, items)
     try:
         yield [(r, k, {**f, "model": offer.name, "references": len(i.images), "item": i.index}) for i, r, k, f in zip(items, requests, keys, fields)]
