@@ -24,6 +24,7 @@ from .redaction import redact
 NO_KEY = "NO-KEY-CONFIGURED"
 REDACTED = "<redacted>"
 _BASE64 = re.compile(r"^(data:[\w/+.-]+;base64,)?[A-Za-z0-9+/=\s_-]+$")
+_SECRET_FIELDS = ("assertion", "client_secret", "refresh_token", "password", "api_key", "key")  # form fields that carry a credential
 _LONG = 256  # strings longer than this that look like base64 are image bytes, summarised
 
 
@@ -66,7 +67,8 @@ class DryRunEngine(HttpEngine):
         if json_body is not None:
             body = summarise(json_body)
         elif files or data:
-            body = {"form": summarise(dict(data or {})), "files": [{"field": name, "filename": spec[0], "content_type": spec[2], "bytes": len(spec[1])} for name, spec in (files or [])]}
+            form = {name: (REDACTED if name.lower() in _SECRET_FIELDS else value) for name, value in (data or {}).items()}
+            body = {"form": summarise(form), "files": [{"field": name, "filename": spec[0], "content_type": spec[2], "bytes": len(spec[1])} for name, spec in (files or [])]}
         elif content is not None:
             body = summarise(content)
         else:

@@ -232,8 +232,11 @@ def test_dry_run_of_every_preset_makes_zero_requests(server, tmp_path, monkeypat
     from fake_providers import PRESET_IDS
 
     point_presets_at(server, monkeypatch.setenv)
+    monkeypatch.setenv("BANANA_VERTEX_PROJECT", "dry-run-project")  # Vertex builds its URL from the project
     script_all(server)
     for provider in PRESET_IDS:
         out = run(render(RenderInputs(prompts=["a cat"], provider=provider, model="Nano Banana", dry_run=True), store_root=tmp_path))
         assert out.report["calls"][0]["request"]["method"] in ("POST", "PUT"), provider
+        shown = json.dumps(out.report) + out.text
+        assert "PRIVATE KEY" not in shown and "key-for-" not in shown, provider  # no key, no service-account secret
     assert server.requests == []
