@@ -43,7 +43,8 @@ def comfy(comfyui_server_factory, provider):
 def prompt_graph(comfy, text: str, **options) -> dict:
     info = comfy.object_info("NanoBananaBridge")["NanoBananaBridge"]
     model = next(o["key"] for o in info["input"]["required"]["model"][1]["options"] if o["key"].startswith("Nano Banana 2"))
-    option_names = list(comfy.object_info("NanoBananaOptions")["NanoBananaOptions"]["input"]["required"])
+    option_inputs = comfy.object_info("NanoBananaOptions")["NanoBananaOptions"]["input"]
+    option_names = list(option_inputs["required"]) + list(option_inputs.get("optional", {}))
     defaults = {"on_failure": "flag", "size_policy": "resize", "system_prompt": "", "temperature": 1.0, "web_search": False, "upload_format": "auto",
                 "use_cache": True, "save_to": "nano_banana_bridge", "model_id_override": "", "delivery": "now", "dry_run": False}
     return {
