@@ -144,8 +144,12 @@ async def run_batch(
     store: ResultStore | None,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
+    on_finished: Callable[[ItemOutcome], None] | None = None,
 ) -> list[ItemOutcome]:
-    """Run every item concurrently; return their outcomes in input order. Never raises for one item."""
+    """Run every item concurrently; return their outcomes in input order. Never raises for one item.
+
+    `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order.
+    """
     spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
 
@@ -230,7 +234,13 @@ async def run_batch(
             update()
         return outcome
 
-    return list(await asyncio.gather(*(run_one(item) for item in items)))
+    async def run_and_hand_over(item: BatchItem) -> ItemOutcome:
+        outcome = await run_one(item)
+        if on_finished is not None:
+            on_finished(outcome)
+        return outcome
+
+    return list(await asyncio.gather(*(run_and_hand_over(item) for item in items)))
 
 
 class BatchFailed(BananaError):

@@ -18,8 +18,9 @@ from ..providers.client import check_request, resolve
 from ..providers.errors import BananaError, InvalidRequest
 from ..providers.outcome import GenerationRequest, ImageInput
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .assemble import OutputBatch
 from .store import ResultStore
-from .tensors import ImageDecodeError, decode_images, encode_image
+from .tensors import ImageDecodeError, encode_image
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
 
@@ -126,24 +127,30 @@ async def render(
             progress.text(state.line(), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
-    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
-    report = batch_report(outcomes, settings)
-    if store is not None:
-        report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
-    if any(o.status == CANCELLED for o in outcomes):
-        raise Interrupted(report)
-    kept = settle(outcomes, inputs.on_failure)
-
-    blobs = [image.data for outcome in kept for image in outcome.images]
+    # Results are decoded into the output batch as they arrive, not after the last one.
+    output = OutputBatch([item.count for item in items], inputs.size_policy)
     try:
-        tensor = await asyncio.to_thread(decode_images, blobs, size_policy=inputs.size_policy)
-    except ImageDecodeError as exc:
-        saved = [f for outcome in kept for f in outcome.files]
-        raise BananaError(
-            f"A result could not be decoded: {exc}",
-            provider=spec.id,
-            hint=(f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on to keep the provider's original bytes."),
-        ) from None
+        outcomes = await run_batch(
+            items, settings, store=store, cancel_check=cancel_check, on_update=on_update,
+            on_finished=lambda outcome: output.add(outcome.index, [image.data for image in outcome.images]),
+        )
+        report = batch_report(outcomes, settings)
+        if store is not None:
+            report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
+        if any(o.status == CANCELLED for o in outcomes):
+            raise Interrupted(report)
+        kept = settle(outcomes, inputs.on_failure)
+        try:
+            tensor = await output.result([(o.index, [image.data for image in o.images]) for o in kept])
+        except ImageDecodeError as exc:
+            saved = [f for outcome in kept for f in outcome.files]
+            raise BananaError(
+                f"A result could not be decoded: {exc}",
+                provider=spec.id,
+                hint=(f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on to keep the provider's original bytes."),
+            ) from None
+    finally:
+        output.close()
 
     texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]
     if inputs.on_failure == FLAG:

@@ -170,7 +170,7 @@ def decode_images(
         raise ValueError("no images to decode")
     frames, size = None, target
     for index, blob in enumerate(blobs):
-        picture, full_scale = _open(blob)
+        picture, full_scale = open_picture(blob)
         size = size or picture.size
         placement = place(picture.width, picture.height, size, size_policy)  # also validates both
         if frames is None:
@@ -178,7 +178,7 @@ def decode_images(
             # numpy allocates it because numpy asks Linux for huge pages on large arrays: writing
             # a fresh batch then takes a fraction of the page faults of torch.empty's memory.
             frames = np.empty((len(blobs), size[1], size[0], 3), dtype=np.float32)
-        _draw(frames[index], picture, full_scale, placement)
+        draw_picture(frames[index], picture, full_scale, placement)
     return torch.from_numpy(frames)  # shares the memory, no copy
 
 
@@ -233,7 +233,7 @@ def _describe(blob: bytes) -> str:
     return f"{len(blob)} bytes starting {blob[:24]!r}" if blob else "0 bytes"
 
 
-def _open(blob: bytes) -> tuple[Image.Image, int]:
+def open_picture(blob: bytes) -> tuple[Image.Image, int]:
     """Decode bytes to an upright L, RGB or I;16 image plus the value that means full intensity."""
     try:
         picture = Image.open(io.BytesIO(blob))
@@ -262,7 +262,7 @@ def _open(blob: bytes) -> tuple[Image.Image, int]:
         raise ImageDecodeError(f"could not decode image from {_describe(blob)}: {exc}") from exc
 
 
-def _draw(frame: np.ndarray, picture: Image.Image, full_scale: int, placement: Placement) -> None:
+def draw_picture(frame: np.ndarray, picture: Image.Image, full_scale: int, placement: Placement) -> None:
     """Write `picture` into the float frame [H, W, 3] at `placement`, scaled to 0..1."""
     if placement.size != picture.size:
         picture = picture.resize(placement.size, Image.LANCZOS)
