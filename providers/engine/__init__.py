@@ -1,0 +1,68 @@
+"""The one HTTP engine every provider uses.
+
+It owns everything that is not a provider's protocol: the pooled httpx client, timeouts,
+retries with backoff and jitter, Retry-After and Google's RetryInfo, the per-provider
+concurrency limit shared by the whole process, cancellation, once-a-second status text,
+polling of asynchronous jobs, result downloads, and the mapping of HTTP failures onto the
+error taxonomy. Protocol modules stay declarative: they build bodies and parse answers.
+
+Modules by concern: context (CallContext, Caller), policy (retry policies and hints), limiter
+(the process-wide concurrency limit), error_mapping (provider error envelopes onto the
+taxonomy), polling (PollState), transport (HttpEngine, Response, the client lifecycle).
+"""
+
+from .context import CallContext, Caller
+from .error_mapping import (
+    EMPTY_BALANCE_CODES,
+    EMPTY_BALANCE_PHRASES,
+    SAFETY_CODES,
+    SAFETY_PHRASES,
+    ErrorEnvelope,
+    error_for_status,
+    error_in_answer,
+    names_safety,
+    parse_error_body,
+    read_error_body,
+)
+from .limiter import ProcessLimiter, limiter_for
+from .policy import GENERATE, IDEMPOTENT, SUBMIT, RetryPolicy, retry_after_header
+from .polling import PollState
+from .transport import (
+    CANCEL_CHECK_INTERVAL,
+    CONNECT_TIMEOUT,
+    MAX_DOWNLOAD_BYTES,
+    STATUS_INTERVAL,
+    HttpEngine,
+    Response,
+    get_engine,
+)
+
+__all__ = [
+    "CANCEL_CHECK_INTERVAL",
+    "CONNECT_TIMEOUT",
+    "EMPTY_BALANCE_CODES",
+    "EMPTY_BALANCE_PHRASES",
+    "GENERATE",
+    "IDEMPOTENT",
+    "MAX_DOWNLOAD_BYTES",
+    "SAFETY_CODES",
+    "SAFETY_PHRASES",
+    "STATUS_INTERVAL",
+    "SUBMIT",
+    "CallContext",
+    "Caller",
+    "ErrorEnvelope",
+    "HttpEngine",
+    "PollState",
+    "ProcessLimiter",
+    "Response",
+    "RetryPolicy",
+    "error_for_status",
+    "error_in_answer",
+    "get_engine",
+    "limiter_for",
+    "names_safety",
+    "parse_error_body",
+    "read_error_body",
+    "retry_after_header",
+]
