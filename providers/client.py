@@ -181,7 +181,9 @@ class ProviderCall:
 
     async def fetch_image(self, ref: str) -> GeneratedImage:
         """A data URI, bare base64, or URL (one starting with "/" is on the provider's base URL)."""
-        return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if ref.startswith("/") else ref)
+        # Bare base64 of a JPEG starts with "/9j/" (FF D8 FF): that is an image, not a path.
+        on_base_url = ref.startswith("/") and not ref.startswith("/9j/")
+        return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
         """fetch_image for each, concurrently, in order; the first failure stops the rest."""
