@@ -23,7 +23,7 @@ from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
 from .config import all_providers, api_key_for, config_dir, get_provider, has_key
-from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
+from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 
@@ -154,7 +154,8 @@ class ProviderCall:
             raise
 
     async def poll(self, check: Callable[[], Awaitable[PollState]], *, cancel: tuple[str, str] | None = None, label: str = "") -> Any:
-        """engine.poll paced by the options poll_first_delay / poll_max_delay and the provider's max_wait.
+        """engine.poll at the provider's cadence (options poll_first_delay, poll_max_delay and
+        poll_budget: see PollCadence) and within its max_wait.
 
         cancel: the (method, path or URL) that cancels the remote job when the user stops.
         """
@@ -163,10 +164,20 @@ class ProviderCall:
             self.caller,
             check,
             cancel=self._request_later(*cancel, "Cancelling the job") if cancel else None,
-            first_delay=self.number_option("poll_first_delay", 1.0),
-            max_delay=self.number_option("poll_max_delay", 5.0),
+            cadence=self.poll_cadence(),
             max_wait=self.provider.max_wait,
             task_label=label,
+        )
+
+    def poll_cadence(self) -> PollCadence:
+        default = PollCadence()
+        budget = self.number_option("poll_budget", default.budget)
+        if budget < 1:
+            raise self._bad_option("poll_budget", "a number of polls per minute, at least 1", budget)
+        return PollCadence(
+            first=max(0.0, self.number_option("poll_first_delay", default.first)),
+            every=max(0.0, self.number_option("poll_max_delay", default.every)),
+            budget=int(budget),
         )
 
     async def cleanup(self, method: str, path_or_url: str, what: str) -> None:

@@ -8,7 +8,7 @@ error taxonomy. Protocol modules stay declarative: they build bodies and parse a
 
 Modules by concern: context (CallContext, Caller), policy (retry policies and hints), limiter
 (the process-wide concurrency limit), error_mapping (provider error envelopes onto the
-taxonomy), polling (PollState), transport (HttpEngine, Response, the client lifecycle).
+taxonomy), polling (PollState, PollCadence), transport (HttpEngine, Response, the client lifecycle).
 """
 
 from .context import CallContext, Caller
@@ -26,7 +26,7 @@ from .error_mapping import (
 )
 from .limiter import ProcessLimiter, limiter_for
 from .policy import GENERATE, IDEMPOTENT, SUBMIT, RetryPolicy, retry_after_header
-from .polling import PollState
+from .polling import BUDGET_WINDOW, PollCadence, PollClock, PollState
 from .transport import (
     CANCEL_CHECK_INTERVAL,
     CONNECT_TIMEOUT,
@@ -53,6 +53,9 @@ __all__ = [
     "Caller",
     "ErrorEnvelope",
     "HttpEngine",
+    "BUDGET_WINDOW",
+    "PollCadence",
+    "PollClock",
     "PollState",
     "ProcessLimiter",
     "Response",
