@@ -17,7 +17,8 @@ results at once, so the result never depends on arrival order.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import io
+from collections.abc import Callable, Sequence
 from itertools import accumulate
 
 import numpy as np
@@ -39,8 +40,10 @@ Slot = tuple[int, int]  # (item index, image index within the item)
 class OutputBatch:
     """Collects results by item index (any order) into one IMAGE batch [B, H, W, 3] in input order."""
 
-    def __init__(self, expected: Sequence[int], size_policy: SizePolicy) -> None:
+    def __init__(self, expected: Sequence[int], size_policy: SizePolicy, *, pixel_limit: int | None = None) -> None:
         self._expected = list(expected)  # images each item asked for, in input order
+        # Over this many decoded pixels nothing is decoded on arrival; result()'s check decides.
+        self._pixel_limit = pixel_limit
         self._offsets = [0, *accumulate(self._expected)]
         self._policy = size_policy
         self._lanes = asyncio.Semaphore(DECODE_LANES)
@@ -54,7 +57,7 @@ class OutputBatch:
         self._target: tuple[int, int] | None = None
         self._target_item: int | None = None
         self._frames: np.ndarray | None = None
-        self._unforeseen = False  # an item produced more images than it asked for
+        self._unforeseen = False  # more images than asked for, or over the pixel limit: decode at the end
         self._tasks: set[asyncio.Task] = set()
 
     # -- arrivals (on the event loop) ------------------------------------------------------------
@@ -86,6 +89,9 @@ class OutputBatch:
 
     async def _take(self, slot: Slot, blob: bytes) -> None:
         async with self._lanes:
+            if self._unforeseen or not await asyncio.to_thread(self._within_limit, blob):
+                self._unforeseen = True
+                return
             if self._target is None and len(self._held) + self._opening >= self._held_limit and slot != (self._frontier(), 0):
                 self._deferred[slot] = blob  # memory bound: decode once the frame size is known
                 return
@@ -116,6 +122,9 @@ class OutputBatch:
                 return  # still decoding (or broken: the error is raised at the end)
             self._target, self._target_item = self._held[first][0].size, frontier
             width, height = self._target
+            if self._pixel_limit is not None and self._offsets[-1] * width * height > self._pixel_limit:
+                self._unforeseen, self._held = True, {}
+                return
             # numpy asks Linux for huge pages on large arrays: fewer page faults while filling it.
             self._frames = np.empty((self._offsets[-1], height, width, 3), dtype=np.float32)
         for slot, (picture, full_scale) in list(self._held.items()):
@@ -131,6 +140,16 @@ class OutputBatch:
 
     # -- worker threads ----------------------------------------------------------------------------
 
+    def _within_limit(self, blob: bytes) -> bool:
+        """Whether one image decodes within the pixel limit, from its header alone."""
+        if self._pixel_limit is None:
+            return True
+        try:
+            with Image.open(io.BytesIO(blob)) as picture:
+                return picture.width * picture.height <= self._pixel_limit
+        except Exception:  # noqa: BLE001 - not an image: decoding reports it with the details
+            return True
+
     def _decode_into(self, slot: Slot, blob: bytes) -> None:
         picture, full_scale = open_picture(blob)
         self._place(slot, picture, full_scale)
@@ -143,13 +162,20 @@ class OutputBatch:
 
     # -- the end ---------------------------------------------------------------------------------
 
-    async def result(self, kept: Sequence[tuple[int, Sequence[bytes]]]) -> torch.Tensor:
-        """The IMAGE batch of the `kept` items' images, in that order (the items' input order)."""
+    async def result(
+        self, kept: Sequence[tuple[int, Sequence[bytes]]], *, check: Callable[[list[bytes]], None] | None = None
+    ) -> torch.Tensor:
+        """The IMAGE batch of the `kept` items' images, in that order (the items' input order).
+
+        `check` sees all those images first (in a thread) and may raise to refuse them.
+        """
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
         slots = [(index, number) for index, blobs in kept for number in range(len(blobs))]
         if not slots:
             raise ValueError("no images to decode")
+        if check is not None:
+            await asyncio.to_thread(check, [blob for _, item_blobs in kept for blob in item_blobs])
         for slot in slots:
             if slot in self._errors:
                 raise self._errors[slot]

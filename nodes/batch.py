@@ -10,6 +10,7 @@ passes the cancel check and turns the outcomes into tensors.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
 from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
+from ..providers.redaction import redact, redact_data
 from .store import ResultStore, request_key
 
 # Statuses in the report.
@@ -73,7 +75,7 @@ class ItemOutcome:
         row["images"] = len(self.images)
         if self.seconds is not None:
             row["seconds"] = round(self.seconds, 3)
-        return row
+        return redact_data(row)
 
 
 @dataclass
@@ -152,6 +154,9 @@ async def run_batch(
     """
     spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
+    requests = [_request(item, settings) for item in items]
+    fields = [{"provider": spec.id, "model_id": offer.model_id, **{k: v for k, v in r.__dict__.items() if k != "images"}} for r in requests]
+    keys = claim_keys(fields, items)
 
     def update(status: str | None = None) -> None:
         if status is not None:
@@ -159,30 +164,14 @@ async def run_batch(
         if on_update:
             on_update(progress)
 
-    async def run_one(item: BatchItem) -> ItemOutcome:
+    async def run_one(position: int, item: BatchItem) -> ItemOutcome:
         outcome = ItemOutcome(index=item.index, prompt=item.prompt, seed=item.seed, provider=spec.id, model_id=offer.model_id)
-        request = GenerationRequest(
-            prompt=item.prompt,
-            images=item.images,
-            aspect_ratio=settings.aspect_ratio,
-            resolution=settings.resolution,
-            seed=item.seed,
-            temperature=settings.temperature,
-            system_prompt=settings.system_prompt,
-            web_search=settings.web_search,
-            count=item.count,
-        )
-        fields = {
-            "provider": spec.id,
-            "model_id": offer.model_id,
-            **{k: v for k, v in request.__dict__.items() if k != "images"},
-        }
-        key = request_key(fields, (im.digest for im in item.images))
-        provenance = {**fields, "model": offer.name, "references": len(item.images), "item": item.index}
+        request, key = requests[position], keys[position]
+        provenance = {**fields[position], "model": offer.name, "references": len(item.images), "item": item.index}
         if store is not None and settings.use_cache:
             cached = await asyncio.to_thread(store.lookup, key)
             if cached is not None:
-                outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, cached.text
+                outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, redact(cached.text)
                 outcome.request_id = cached.meta.get("request_id")
                 progress.cached += 1
                 update()
@@ -211,7 +200,7 @@ async def run_batch(
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
                 outcome.files = [str(p) for p in paths]
-            outcome.status, outcome.images, outcome.text = OK, result.images, result.text
+            outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
             outcome.seconds, outcome.warnings = result.seconds, result.warnings
             progress.done += 1
@@ -221,26 +210,74 @@ async def run_batch(
         except Refusal as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = REFUSED, exc.reason, str(exc), exc
             outcome.request_id = exc.request_id
-            outcome.text = exc.model_text or ""
+            outcome.text = redact(exc.model_text or "")
             progress.refused += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             progress.failed += 1
         except Exception as exc:  # noqa: BLE001 - one broken item must not sink the batch
-            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, type(exc).__name__, str(exc), exc
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, type(exc).__name__, redact(exc), exc
             progress.failed += 1
         finally:
             progress.in_flight -= 1
             update()
         return outcome
 
-    async def run_and_hand_over(item: BatchItem) -> ItemOutcome:
-        outcome = await run_one(item)
+    async def run_and_hand_over(position: int, item: BatchItem) -> ItemOutcome:
+        outcome = await run_one(position, item)
         if on_finished is not None:
             on_finished(outcome)
         return outcome
 
-    return list(await asyncio.gather(*(run_and_hand_over(item) for item in items)))
+    try:
+        return list(await asyncio.gather(*(run_and_hand_over(position, item) for position, item in enumerate(items))))
+    finally:
+        release_keys(keys)
+
+
+def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:
+    return GenerationRequest(
+        prompt=item.prompt,
+        images=item.images,
+        aspect_ratio=settings.aspect_ratio,
+        resolution=settings.resolution,
+        seed=item.seed,
+        temperature=settings.temperature,
+        system_prompt=settings.system_prompt,
+        web_search=settings.web_search,
+        count=item.count,
+    )
+
+
+_claims_lock = threading.Lock()
+_claimed: set[str] = set()  # request keys of the items running now, in any node of this process
+
+
+def claim_keys(fields: list[dict[str, Any]], items: list[BatchItem]) -> list[str]:
+    """One request key per item, unique among everything running now; release_keys when done.
+
+    Identical items (a repeated prompt line, the same seed twice, two copies of a node running at
+    once) are separate paid calls, so each needs its own journal entry and cache entry: the n-th
+    one running is keyed by the first's key and n. A re-run of the same batch assigns the same
+    keys in the same order, so each repeat is answered from the cache with its own image, and a
+    request running alone keeps the plain key, so it still hits what any earlier run saved for it.
+    """
+    keys = []
+    with _claims_lock:
+        for item_fields, item in zip(fields, items):
+            base = request_key(item_fields, (image.digest for image in item.images))
+            key, repeat = base, 0
+            while key in _claimed:
+                repeat += 1
+                key = request_key({"repeat_of": base, "repeat": repeat}, ())
+            _claimed.add(key)
+            keys.append(key)
+    return keys
+
+
+def release_keys(keys: list[str]) -> None:
+    with _claims_lock:
+        _claimed.difference_update(keys)
 
 
 class BatchFailed(BananaError):
@@ -275,7 +312,7 @@ def batch_report(outcomes: list[ItemOutcome], settings: BatchSettings, *, report
     for outcome in outcomes:
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
     costs = [o.cost for o in outcomes if o.cost is not None and o.status == OK]
-    return {
+    return redact_data({
         "provider": outcomes[0].provider if outcomes else settings.provider,
         "model": settings.model,
         "counts": counts,
@@ -283,4 +320,4 @@ def batch_report(outcomes: list[ItemOutcome], settings: BatchSettings, *, report
         "cost_unit": next((o.cost_unit for o in outcomes if o.cost_unit), None),
         "report_file": report_path,
         "items": [o.report() for o in outcomes],
-    }
+    })

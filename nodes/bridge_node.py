@@ -9,14 +9,16 @@ changes one value and keeps every other setting and every image link.
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from comfy_api.latest import io
 
 from ..providers.catalog import AUTO, STABLE_MODEL_NAMES
 from ..providers.client import AUTO_PROVIDER
-from ..providers.config import all_providers
+from ..providers.config import schema_providers
 from ..providers.errors import BananaError
+from ..providers.redaction import redact
 from .catalog_view import model_capabilities, price_badge_expr
 from .comfy_glue import NodeProgress, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
@@ -58,7 +60,7 @@ class NanoBananaBridge(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         caps = model_capabilities()
-        providers = [AUTO_PROVIDER] + [spec.id for spec in all_providers()]
+        providers = [AUTO_PROVIDER] + [spec.id for spec in schema_providers()]
         return io.Schema(
             node_id=NODE_ID,
             display_name="Nano Banana Bridge",
@@ -146,7 +148,15 @@ class NanoBananaBridge(io.ComfyNode):
             out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress)
         except Interrupted:
             raise_interrupt()
-        return io.NodeOutput(out.images, out.text, report_json(out.report))
+        except BananaError:
+            raise  # already redacted
+        except Exception as exc:
+            if type(exc).__name__ == "InterruptProcessingException":
+                raise
+            # ComfyUI shows the message in /history and logs the chained causes: redact it, and drop the cause.
+            log.debug("Nano Banana Bridge: %s", redact(traceback.format_exc()))
+            raise BananaError(redact(f"{type(exc).__name__}: {exc}")) from None
+        return io.NodeOutput(out.images, redact(out.text), report_json(out.report))
 
 
 def _first(value: Any, default: Any = None) -> Any:

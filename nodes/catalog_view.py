@@ -6,16 +6,35 @@ Kept free of ComfyUI so it is tested in CI (the badge expression is evaluated wi
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-from ..providers.catalog import AUTO, MATCH_INPUT, RATIOS_14, RESOLUTIONS_ALL, STABLE_MODEL_NAMES
-from ..providers.config import all_providers
+from ..providers.catalog import AUTO, MATCH_INPUT, PRESETS, RATIOS_14, RESOLUTIONS_ALL, STABLE_MODEL_NAMES, ProviderSpec
+from ..providers.config import schema_providers, warn_once
+from ..providers.redaction import redact
+
+T = TypeVar("T")
+
+
+def _from_catalog(build: Callable[[list[ProviderSpec]], T]) -> T:
+    """Build from the configured providers; if a custom entry breaks the build, from the presets.
+
+    The schema is built from this, and ComfyUI drops a node whose schema raises.
+    """
+    try:
+        return build(schema_providers())
+    except Exception as exc:  # noqa: BLE001 - a bad value in providers.json must not remove the node
+        warn_once("Nano Banana Bridge: the node lists the built-in presets only: %s", redact(exc))
+        return build(list(PRESETS))
 
 
 def model_capabilities() -> dict[str, dict[str, Any]]:
     """Per stable model, the union of what any provider offers: the node lists these; the provider chosen at run time is checked exactly."""
+    return _from_catalog(_capabilities)
+
+
+def _capabilities(specs: list[ProviderSpec]) -> dict[str, dict[str, Any]]:
     caps: dict[str, dict[str, Any]] = {name: {"ratios": set(), "resolutions": set(), "max_refs": 0} for name in STABLE_MODEL_NAMES}
-    for spec in all_providers():
+    for spec in specs:
         for offer in spec.models:
             if offer.name in caps:
                 cap = caps[offer.name]
@@ -31,8 +50,12 @@ def model_capabilities() -> dict[str, dict[str, Any]]:
 
 def price_table() -> dict[str, dict[str, dict[str, Any]]]:
     """provider -> model -> {"unit", resolution ("" when fixed) -> price per image}, lower-cased as the frontend passes widget values."""
+    return _from_catalog(_prices)
+
+
+def _prices(specs: list[ProviderSpec]) -> dict[str, dict[str, dict[str, Any]]]:
     table: dict[str, dict[str, dict[str, Any]]] = {}
-    for spec in all_providers():
+    for spec in specs:
         for offer in spec.models:
             if offer.prices:
                 prices = {k.lower(): v for k, v in offer.prices.items()}

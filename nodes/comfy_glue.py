@@ -10,6 +10,8 @@ import logging
 import time
 from pathlib import Path
 
+from ..providers.redaction import redact
+
 log = logging.getLogger("nano_banana_bridge")
 
 
@@ -47,6 +49,7 @@ class NodeProgress:
             log.debug("progress bar unavailable", exc_info=True)
 
     def text(self, text: str, *, force: bool = False) -> None:
+        text = redact(text)
         now = time.monotonic()
         if text == self._last_text or (not force and now - self._last_sent < self.MIN_INTERVAL):
             return
@@ -85,3 +88,10 @@ def user_dir() -> Path:
     import folder_paths
 
     return Path(folder_paths.get_user_directory())
+
+
+def served_dirs() -> tuple[Path, ...]:
+    """The folders ComfyUI hands to web pages (/view, /upload): no secret may live there."""
+    import folder_paths
+
+    return tuple(Path(get()) for get in (folder_paths.get_output_directory, folder_paths.get_input_directory, folder_paths.get_temp_directory))

@@ -7,22 +7,32 @@ and interrupts to this; everything here runs in CI against the loopback server.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
+from PIL import Image
 
 from ..providers.client import check_request, resolve
-from ..providers.errors import BananaError, InvalidRequest
+from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.outcome import GenerationRequest, ImageInput
+from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .assemble import OutputBatch
 from .store import ResultStore
 from .tensors import ImageDecodeError, encode_image
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
+
+# Decoded pixels per run (width x height x images of the output batch): a float32 IMAGE takes 12
+# bytes per pixel, so the default (about 1.2 GiB) holds six 4096x4096 results. Checked from the
+# image headers, before anything is decoded.
+MAX_PIXELS_ENV = "BANANA_MAX_DECODED_PIXELS"
+DEFAULT_MAX_PIXELS = 105_000_000
 
 
 @dataclass
@@ -73,6 +83,62 @@ def _flatten(slots: list[list[torch.Tensor]]) -> list[torch.Tensor]:
     return [image for batches in slots for batch in batches for image in (batch if batch.ndim == 4 else batch.unsqueeze(0))]
 
 
+def _check_inputs(slots: list[list[torch.Tensor]]) -> None:
+    """Refuse an empty or non-finite input image before encoding, naming its input."""
+    for number, batches in enumerate(slots, start=1):
+        for batch in batches:
+            shape = tuple(batch.shape)
+            if batch.ndim not in (3, 4) or 0 in shape:
+                raise InvalidRequest(
+                    f"The image on connected image input {number} is empty (shape {list(shape)}).",
+                    hint="Check the node that makes it: a crop or mask with no area, or an empty batch, gives an image with no pixels.",
+                )
+            # A finite sum (one pass, no copy) proves every value finite; only otherwise look closer.
+            if batch.is_floating_point() and not bool(torch.isfinite(batch.sum())) and not bool(torch.isfinite(batch).all()):
+                raise InvalidRequest(
+                    f"The image on connected image input {number} contains NaN or infinite values.",
+                    hint="An upstream node produced invalid pixels (often a VAE decode in half precision); fix that node, or clamp the image first.",
+                )
+
+
+def max_decoded_pixels() -> int:
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{MAX_PIXELS_ENV} must be a number of pixels, got {raw[:40]!r}.") from None
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV} must be at least 1, got {value}.")
+    return value
+
+
+def _check_decoded_size(blobs: list[bytes], limit: int) -> None:
+    """Raise ImageDecodeError if decoding would exceed `limit` pixels, reading only the headers."""
+    sizes = []
+    for blob in blobs:
+        try:
+            with Image.open(io.BytesIO(blob)) as picture:
+                sizes.append(picture.size)
+        except Exception:  # noqa: BLE001 - not an image: decoding reports it with the details
+            continue
+    if not sizes:
+        return
+    width, height = sizes[0]  # the batch takes the first image's size (see decode_images)
+    batch = width * height * len(blobs)
+    largest = max(w * h for w, h in sizes)  # each image is decoded at its own size first
+    if max(batch, largest) > limit:
+        raise DecodeLimitExceeded(
+            f"The results would decode to {max(batch, largest) / 1e6:.0f} megapixels ({len(blobs)} image(s), the first "
+            f"{width}x{height}), over the limit of {limit / 1e6:.0f} megapixels per run ({MAX_PIXELS_ENV})."
+        )
+
+
+class DecodeLimitExceeded(ImageDecodeError):
+    """Decoding would take more memory than the configured cap allows."""
+
+
 def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
@@ -92,6 +158,8 @@ async def render(
     if inputs.on_failure not in ("fail", "skip", "flag"):
         raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
+    pixel_limit = max_decoded_pixels()
+    await asyncio.to_thread(_check_inputs, inputs.images)
 
     images = _flatten(inputs.images)
     subjects: list[torch.Tensor] = []
@@ -124,11 +192,11 @@ async def render(
 
     def on_update(state: BatchProgress) -> None:
         if progress is not None:
-            progress.text(state.line(), force=state.in_flight == 0)
+            progress.text(redact(state.line()), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
     # Results are decoded into the output batch as they arrive, not after the last one.
-    output = OutputBatch([item.count for item in items], inputs.size_policy)
+    output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
     try:
         outcomes = await run_batch(
             items, settings, store=store, cancel_check=cancel_check, on_update=on_update,
@@ -141,14 +209,16 @@ async def render(
             raise Interrupted(report)
         kept = settle(outcomes, inputs.on_failure)
         try:
-            tensor = await output.result([(o.index, [image.data for image in o.images]) for o in kept])
+            tensor = await output.result(
+                [(o.index, [image.data for image in o.images]) for o in kept],
+                check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
+            )
         except ImageDecodeError as exc:
-            saved = [f for outcome in kept for f in outcome.files]
-            raise BananaError(
-                f"A result could not be decoded: {exc}",
-                provider=spec.id,
-                hint=(f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on to keep the provider's original bytes."),
-            ) from None
+            saved = [str(Path(f) if Path(f).is_absolute() else store_root / f) for outcome in kept for f in outcome.files] if store_root else []
+            where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
+            if isinstance(exc, DecodeLimitExceeded):
+                raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
+            raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
     finally:
         output.close()
 
@@ -158,8 +228,8 @@ async def render(
     warnings = sorted({w for outcome in kept for w in outcome.warnings})
     text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
     if progress is not None:
-        progress.text(_summary(report), force=True)
-    return RenderOutput(images=tensor, text=text, report=report)
+        progress.text(redact(_summary(report)), force=True)
+    return RenderOutput(images=tensor, text=redact(text), report=redact_data(report))
 
 
 def _summary(report: dict) -> str:
@@ -169,4 +239,4 @@ def _summary(report: dict) -> str:
 
 
 def report_json(report: dict) -> str:
-    return json.dumps(report, indent=2, ensure_ascii=False, default=str)
+    return redact(json.dumps(redact_data(report), indent=2, ensure_ascii=False, default=str))

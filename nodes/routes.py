@@ -1,6 +1,8 @@
 """A read-only HTTP route for the frontend: which providers offer which models, and which have a key.
 
-It never returns a key, only whether one is configured and where it would be looked up.
+It never returns a key, only whether one is configured and where it would be looked up; and no
+absolute paths. A broken keys.json or providers.json is an `error` field in the JSON answer
+(with the built-in presets listed), never a bare 500.
 """
 
 from __future__ import annotations
@@ -9,8 +11,16 @@ import logging
 
 from ..providers.catalog import STABLE_MODEL_NAMES
 from ..providers.client import choose_provider
-from ..providers.config import all_providers, config_dir, env_name, has_key
-from ..providers.errors import BananaError
+from ..providers.config import (
+    KEYS_FILE,
+    all_providers,
+    config_dir,
+    display_path,
+    env_name,
+    has_key,
+    schema_providers,
+)
+from ..providers.errors import BananaError, ConfigError
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
@@ -18,13 +28,34 @@ _registered = False
 
 
 def catalog_summary() -> dict:
+    errors: list[str] = []
+
+    def note(exc: BananaError) -> None:
+        if str(exc) not in errors:
+            errors.append(str(exc))
+
+    try:
+        keys_file = display_path(config_dir() / KEYS_FILE)
+    except ConfigError as exc:
+        note(exc)
+        keys_file = KEYS_FILE
+    try:
+        specs = all_providers()
+    except ConfigError as exc:
+        note(exc)
+        specs = schema_providers()
     providers = []
-    for spec in all_providers():
+    for spec in specs:
+        try:
+            key_configured = has_key(spec)
+        except ConfigError as exc:  # an unreadable keys.json or a malformed key
+            note(exc)
+            key_configured = False
         providers.append(
             {
                 "id": spec.id,
                 "display_name": spec.display_name,
-                "has_key": has_key(spec),
+                "has_key": key_configured,
                 "key_owner": spec.key_owner,
                 "key_env": [env_name(spec.key_owner, "API_KEY"), *spec.key_env],
                 "models": {
@@ -39,13 +70,25 @@ def catalog_summary() -> dict:
                 },
             }
         )
-    auto = {}
+    auto: dict[str, str | None] = {}
     for name in STABLE_MODEL_NAMES:
         try:
             auto[name] = choose_provider(name).id
         except BananaError:
             auto[name] = None
-    return {"providers": providers, "auto": auto, "keys_file": str(config_dir() / "keys.json")}
+    answer: dict = {"providers": providers, "auto": auto, "keys_file": keys_file}
+    if errors:
+        answer["error"] = "\n".join(errors)
+    return answer
+
+
+def catalog_answer() -> dict:
+    """What the route sends: the summary, or an `error` field; never an exception."""
+    try:
+        return catalog_summary()
+    except Exception as exc:  # noqa: BLE001 - the frontend gets JSON it can show, the log gets the trace
+        log.exception("Nano Banana Bridge: the catalog route failed")
+        return {"providers": [], "auto": {}, "error": f"The catalog could not be built ({type(exc).__name__}); see the ComfyUI log."}
 
 
 def register_routes() -> None:
@@ -60,6 +103,6 @@ def register_routes() -> None:
 
     @PromptServer.instance.routes.get(ROUTE)
     async def catalog(_request):
-        return web.json_response(catalog_summary())
+        return web.json_response(catalog_answer())
 
     _registered = True

@@ -7,6 +7,14 @@ Layout under the store's root (by default `<ComfyUI output>/nano_banana_bridge/`
   .journal/<key>.json                                an asynchronous job accepted but not yet saved
   reports/<YYYYMMDD-HHMMSS>_<run>.json               the report of each batch run
 
+Every file here is untrusted input: ComfyUI's own upload route (POST /upload/image, type=output)
+writes any file into any subfolder of the output folder. So cache and journal entries carry an
+HMAC made with a per-install secret kept beside keys.json (providers.config.store_secret), bound
+to their kind and request key; a cache entry also holds each image's SHA-256, and every path it
+names must stay inside the store. An entry that fails any check is a miss, logged once, never an
+exception: a planted journal entry never reaches the engine, a planted cache entry never returns
+a file from elsewhere on disk.
+
 Pure Python (no torch, no ComfyUI), so it is tested in CI; the node layer chooses the root.
 """
 
@@ -14,9 +22,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
+import logging
 import os
 import re
+import secrets
+import stat
 import tempfile
 import threading
 import uuid
@@ -24,10 +36,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..providers.config import store_secret, warn_once
+from ..providers.errors import ConfigError
 from ..providers.outcome import GeneratedImage, GenerationResult, NotAnImage, inspect_image
-from ..providers.redaction import redact
+from ..providers.redaction import redact, redact_data
+
+log = logging.getLogger("nano_banana_bridge")
 
 STORE_FOLDER = "nano_banana_bridge"
+ENTRY_VERSION = 2  # version 1 (before authentication) entries are misses
+_CACHE, _JOURNAL = "cache", "journal"
+_MAX_ENTRY_BYTES = 1 << 20  # a real entry is a few KB; a planted giant is not read
+_KEY_SHAPE = re.compile(r"^[0-9a-f]{64}$")
+
+_logged_lock = threading.Lock()
+_logged: set[tuple[str, str]] = set()
+_fallback_secret = secrets.token_bytes(32)  # when the config folder is unusable: entries last for this process only
+
+
+class _Untrusted(Exception):
+    """An entry that must not be used; the message says why (for the log, never the user's output)."""
+
+
+def _ignore(path: Path, why: str) -> None:
+    """Log an ignored entry once per file and reason, then treat it as a miss."""
+    with _logged_lock:
+        if (str(path), why) in _logged:
+            return
+        _logged.add((str(path), why))
+    log.warning("Nano Banana Bridge: ignoring %s: %s", path, why)
 
 
 def request_key(fields: dict[str, Any], image_digests: Iterable[str]) -> str:
@@ -55,7 +92,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _json_bytes(data: Any) -> bytes:
-    return redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)).encode("utf-8")
+    # Strings are redacted before serialising (so JSON escaping cannot hide a key), and the text after.
+    return redact(json.dumps(redact_data(_plain(data)), indent=2, ensure_ascii=False, default=str)).encode("utf-8")
+
+
+def _plain(data: Any) -> Any:
+    """JSON-ready data exactly as it reads back (so an HMAC over it verifies after a round trip)."""
+    return json.loads(json.dumps(data, ensure_ascii=False, default=str))
+
+
+def _signed_text(kind: str, key: str, body: Any) -> str:
+    return json.dumps({"version": ENTRY_VERSION, "kind": kind, "key": key, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _mac(secret: bytes, kind: str, key: str, body: Any) -> str:
+    return hmac.new(secret, _signed_text(kind, key, body).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -72,6 +123,64 @@ class ResultStore:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self._secret: bytes | None = None  # read (or created) on first use
+
+    # -- authenticated entries -----------------------------------------------------------------
+
+    def _key_secret(self) -> bytes:
+        if self._secret is None:
+            try:
+                self._secret = store_secret()
+            except (ConfigError, OSError) as exc:
+                warn_once("Nano Banana Bridge: no store secret (%s); cached results and job journal entries last only until ComfyUI restarts.", exc)
+                self._secret = _fallback_secret
+        return self._secret
+
+    def _write_entry(self, path: Path, kind: str, key: str, body: dict[str, Any]) -> None:
+        body = redact_data(_plain(body))
+        entry = {"version": ENTRY_VERSION, "kind": kind, "key": key, "body": body, "mac": _mac(self._key_secret(), kind, key, body)}
+        _atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False).encode("utf-8"))
+
+    def _read_entry(self, path: Path, kind: str, key: str) -> dict[str, Any] | None:
+        """The body of an authentic entry of this kind for this key; None (logged once) for anything else."""
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            return None  # the ordinary miss
+        except OSError as exc:
+            _ignore(path, f"unreadable ({type(exc).__name__})")
+            return None
+        try:
+            if not stat.S_ISREG(info.st_mode):
+                raise _Untrusted("not a regular file")
+            if info.st_size > _MAX_ENTRY_BYTES:
+                raise _Untrusted(f"{info.st_size} bytes, more than any real entry")
+            try:
+                entry = json.loads(path.read_bytes().decode("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise _Untrusted(f"not readable JSON ({type(exc).__name__})") from None
+            if not isinstance(entry, dict) or "mac" not in entry:
+                raise _Untrusted("no authentication (written by an older version, or not by this pack)")
+            if set(entry) != {"version", "kind", "key", "body", "mac"} or entry["version"] != ENTRY_VERSION:
+                raise _Untrusted("unexpected shape")
+            if entry["kind"] != kind or entry["key"] != key or not isinstance(entry["body"], dict) or not isinstance(entry["mac"], str):
+                raise _Untrusted("entry for another request, or of the wrong kind")
+            if not hmac.compare_digest(entry["mac"], _mac(self._key_secret(), kind, key, entry["body"])):
+                raise _Untrusted("authentication failed (tampered, planted, or made with another install's secret)")
+            return entry["body"]
+        except _Untrusted as exc:
+            _ignore(path, str(exc))
+            return None
+
+    def _inside(self, rel: Any) -> Path:
+        """The file a cache entry names, which must lie inside this store (symlinks resolved)."""
+        if not isinstance(rel, str) or not rel or "\x00" in rel:
+            raise _Untrusted("a file entry is not a path")
+        root = self.root.resolve()
+        path = (root / rel).resolve()
+        if Path(rel).is_absolute() or ".." in Path(rel).parts or root not in path.parents:
+            raise _Untrusted(f"names a file outside the store: {rel!r}")
+        return path
 
     # -- saving on arrival ---------------------------------------------------------------------
 
@@ -103,41 +212,65 @@ class ResultStore:
         for n, path in enumerate(paths):
             image = result.images[n]
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, "file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height}))
-        entry = {"files": [str(p.relative_to(self.root)) for p in paths], "text": result.text, "meta": sidecar}
-        _atomic_write(self._cache_path(key), _json_bytes(entry))
+        files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
+        self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
         self.forget_task(key)
         return paths
 
     # -- the cache -----------------------------------------------------------------------------
 
     def _cache_path(self, key: str) -> Path:
-        return self.root / ".cache" / f"{key}.json"
+        return self.root / ".cache" / f"{_checked_key(key)}.json"
 
     def lookup(self, key: str) -> CachedResult | None:
-        """A saved result for exactly this request, if every file is still there and intact."""
+        """A saved result for exactly this request, if its entry is authentic and every file is still there, unchanged."""
         path = self._cache_path(key)
-        try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
-            images = [inspect_image((self.root / rel).read_bytes()) for rel in entry["files"]]
-        except (OSError, ValueError, KeyError, NotAnImage):
-            return None  # missing, moved or damaged: the request runs again
-        if not images:
+        body = self._read_entry(path, _CACHE, key)
+        if body is None:
             return None
-        return CachedResult(images=images, files=entry["files"], text=entry.get("text", ""), meta=entry.get("meta", {}))
+        try:
+            files = body.get("files")
+            if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
+                raise _Untrusted("unexpected shape")
+            images, names = [], []
+            for file in files:
+                target = self._inside(file.get("path"))
+                info = target.stat()
+                # Sized before it is read: an upload may have replaced the image with anything.
+                if not stat.S_ISREG(info.st_mode) or info.st_size != file.get("bytes"):
+                    raise _Untrusted(f"{file['path']} changed since it was saved")
+                data = target.read_bytes()
+                if hashlib.sha256(data).hexdigest() != file.get("sha256"):
+                    raise _Untrusted(f"{file['path']} changed since it was saved")
+                images.append(inspect_image(data))
+                names.append(file["path"])
+        except _Untrusted as exc:
+            _ignore(path, str(exc))
+            return None
+        except (OSError, NotAnImage):
+            return None  # moved or deleted since: the request runs again
+        text, meta = body.get("text"), body.get("meta")
+        return CachedResult(images=images, files=names, text=text if isinstance(text, str) else "", meta=meta if isinstance(meta, dict) else {})
 
     # -- the journal of accepted asynchronous jobs ---------------------------------------------
 
     def _journal_path(self, key: str) -> Path:
-        return self.root / ".journal" / f"{key}.json"
+        return self.root / ".journal" / f"{_checked_key(key)}.json"
 
     def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
-        _atomic_write(self._journal_path(key), _json_bytes({"handle": handle, "provenance": provenance, "submitted_at": dt.datetime.now().isoformat(timespec="seconds")}))
+        self._write_entry(self._journal_path(key), _JOURNAL, key, {"handle": handle, "provenance": provenance, "submitted_at": dt.datetime.now().isoformat(timespec="seconds")})
 
     def pending_task(self, key: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self._journal_path(key).read_text(encoding="utf-8"))["handle"]
-        except (OSError, ValueError, KeyError):
+        """The handle of a job this install journaled for exactly this request; nothing else reaches the engine."""
+        path = self._journal_path(key)
+        body = self._read_entry(path, _JOURNAL, key)
+        if body is None:
             return None
+        handle = body.get("handle")
+        if not isinstance(handle, dict) or not handle or not all(isinstance(k, str) for k in handle):
+            _ignore(path, "unexpected shape")
+            return None
+        return handle
 
     def forget_task(self, key: str) -> None:
         self._journal_path(key).unlink(missing_ok=True)
@@ -148,6 +281,12 @@ class ResultStore:
         path = self.root / "reports" / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
         _atomic_write(path, _json_bytes(report))
         return path
+
+
+def _checked_key(key: str) -> str:
+    if not _KEY_SHAPE.match(key):
+        raise ValueError(f"not a request key: {key[:80]!r}")
+    return key
 
 
 def _safe(text: str) -> str:

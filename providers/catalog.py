@@ -83,6 +83,8 @@ class ProviderSpec:
     upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
     custom: bool = False
+    # https hosts besides the base URL's origin that may receive the key ("host" or "*.domain"); see engine/auth.py.
+    auth_hosts: tuple[str, ...] = ()
 
     @property
     def key_owner(self) -> str:
@@ -265,6 +267,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",
         concurrency=8,
+        auth_hosts=("*.fal.run",),  # the queue's status/result/cancel URLs (queue.fal.run)
         # Polling: fal's own client polls its queue every 0.1 s; we back off to 1 s, at most 120 a minute.
         options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 0.25, "poll_max_delay": 1.0, "poll_budget": 120}),
     ),
@@ -298,6 +301,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://evolink.ai (dashboard, API keys)",
+        auth_hosts=("files-api.evolink.ai",),  # its file API for reference uploads
         # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
         # BANANA_EVOLINK_RATIO_FIELD=size / BANANA_EVOLINK_RESOLUTION_FIELD=quality, or a custom provider.
         # References are uploaded to its file API (URLs only) and deleted when the job is over.
@@ -381,6 +385,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         models=tuple(models),
         options=_freeze(data.get("options") or {}),
         key_help=str(data.get("key_help", "")),
+        auth_hosts=tuple(str(host) for host in data.get("auth_hosts") or () if isinstance(host, str)),
         custom=True,
         **limits,
     )

@@ -18,12 +18,14 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
-from .config import all_providers, api_key_for, config_dir, get_provider, has_key
+from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key
+from .redaction import clip
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
+from .engine.auth import Credentials, check_model_id, without_userinfo
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 
@@ -38,13 +40,20 @@ _ON = ("1", "true", "yes", "on")
 
 @dataclass
 class ProviderCall:
-    """Everything a protocol module needs for one call, passed explicitly."""
+    """Everything a protocol module needs for one call, passed explicitly.
+
+    The key never reaches protocol code as a header: send() hands the engine the provider's
+    Credentials, which attach it only for the provider's origin (engine/auth.py).
+    max_images: the most images this call may return (the request's count); extra ones are dropped.
+    """
 
     engine: HttpEngine
     ctx: CallContext
     provider: ProviderSpec
     model: ModelOffer
-    api_key: str
+    api_key: str = field(repr=False)
+    max_images: int | None = None
+    notes: list[str] = field(default_factory=list)  # warnings gathered on the way, added to the result
 
     @property
     def caller(self) -> Caller:
@@ -83,22 +92,21 @@ class ProviderCall:
         return dict(value)
 
     def _bad_option(self, name: str, what: str, raw: Any) -> ConfigError:
-        return ConfigError(f"Option '{name}' of '{self.provider.id}' must be {what}, got {str(raw)[:60]!r}.", provider=self.provider.id)
+        return ConfigError(f"Option '{name}' of '{self.provider.id}' must be {what}, got {clip(raw, 60)!r}.", provider=self.provider.id)
 
     # -- requests --------------------------------------------------------------------------------
 
     def url(self, path_or_url: str) -> str:
+        """A path on the base URL, or an absolute URL (from an answer or a journal) without user info;
+        whether the key may go there is the engine's check, at send time."""
         if path_or_url.startswith(("http://", "https://")):
-            return path_or_url
+            return without_userinfo(path_or_url)
         return f"{self.provider.base_url.rstrip('/')}/{path_or_url.lstrip('/')}"
 
-    def auth_headers(self) -> dict[str, str]:
-        scheme = self.provider.auth
-        if scheme == "x-goog-api-key":
-            return {"x-goog-api-key": self.api_key}
-        if scheme == "key":
-            return {"Authorization": f"Key {self.api_key}"}
-        return {"Authorization": f"Bearer {self.api_key}"}
+    @property
+    def credentials(self) -> Credentials:
+        spec = self.provider
+        return Credentials(provider=spec.id, scheme=spec.auth, key=self.api_key, base_url=spec.base_url, auth_hosts=tuple(spec.auth_hosts))
 
     async def send(
         self,
@@ -115,13 +123,14 @@ class ProviderCall:
         ok_statuses: tuple[int, ...] = (),
         auth: bool = True,
     ) -> Response:
-        """One request through the engine; `headers` are added to (and override) the auth headers."""
+        """One request through the engine, which adds the key (auth=True) only on the provider's origin."""
         return await self.engine.request(
             self.ctx,
             self.caller,
             method,
             self.url(path_or_url),
-            headers={**(self.auth_headers() if auth else {}), **(headers or {})} or None,
+            headers=headers,
+            credentials=self.credentials if auth else None,
             json_body=json_body,
             data=data,
             files=files,
@@ -197,7 +206,11 @@ class ProviderCall:
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
-        """fetch_image for each, concurrently, in order; the first failure stops the rest."""
+        """fetch_image for each, concurrently, in order; the first failure stops the rest.
+
+        At most max_images are fetched: a provider that sends more than were asked for does not get
+        the extra ones downloaded, decoded or billed to memory (a warning says so)."""
+        refs = self._within_count(refs)
         tasks = [asyncio.ensure_future(self.fetch_image(ref)) for ref in refs]
         try:
             return list(await asyncio.gather(*tasks))
@@ -207,9 +220,20 @@ class ProviderCall:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
 
+    def _within_count(self, items: list) -> list:
+        if self.max_images is not None and len(items) > self.max_images:
+            note = f"{self.provider.display_name} returned {len(items)} images for {self.max_images} asked; the extra ones were dropped."
+            if note not in self.notes:
+                self.notes.append(note)
+            return items[: self.max_images]
+        return items
+
     def result(self, images: list[GeneratedImage], *, asked: int | None = None, **fields: Any) -> GenerationResult:
-        """The result; with `asked`, a warning when the provider returned fewer images than that."""
+        """The result; with `asked`, a warning when the provider returned fewer images than that.
+        More than max_images are cut to max_images, with a warning."""
+        images = self._within_count(images)
         result = GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, **fields)
+        result.warnings.extend(self.notes)
         if asked is not None and len(images) < asked:
             result.warnings.append(f"Asked for {asked} images, {self.provider.display_name} returned {len(images)}.")
         return result
@@ -222,7 +246,7 @@ def protocol_module(family: str):
 def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None = None) -> ModelOffer:
     """The provider's offer for a stable model name; a free-text id overrides the catalog."""
     if model_id_override and model_id_override.strip():
-        override = model_id_override.strip()
+        override = check_model_id(model_id_override, spec.id)  # joined into URLs: an id, never an address
         offer = spec.model(override)
         if offer is not None:
             return offer
@@ -324,7 +348,7 @@ def choose_provider(model: str) -> ProviderSpec:
         f"No provider with an API key offers '{model}'.",
         provider=AUTO_PROVIDER,
         hint="Set a key for any provider (for example BANANA_GOOGLE_API_KEY or GEMINI_API_KEY, or FAL_KEY), or add one to "
-        f"{config_dir() / 'keys.json'}; see the README, 'API keys'.",
+        f"{display_path(config_dir() / 'keys.json')}; see the README, 'API keys'.",
     )
 
 
@@ -346,7 +370,7 @@ async def generate(
     ctx = ctx or CallContext()
     spec, offer = resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
-    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec))
+    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec), max_images=request.count)
     module = protocol_module(spec.family)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)

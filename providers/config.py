@@ -14,42 +14,105 @@ _MAX_WAIT, and BANANA_<ID>_<OPTION> for any option the preset declares (e.g. BAN
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
+import secrets
 import stat
 import threading
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .catalog import PRESETS, ProviderSpec, custom_provider_from_dict
 from .errors import ConfigError, MissingKey
-from .redaction import register_secret
+from .redaction import redact, register_secret
 
 log = logging.getLogger("nano_banana_bridge")
 
 KEYS_FILE = "keys.json"
 PROVIDERS_FILE = "providers.json"
+STORE_SECRET_FILE = "store.secret"  # authenticates the result cache and job journal in the output folder
+CONFIG_FOLDER = "nano_banana_bridge"
 
 _state_lock = threading.Lock()
 _comfy_user_dir: Path | None = None
+_comfy_served_dirs: tuple[Path, ...] = ()
+_warned: set[str] = set()  # messages already logged once
 
 
-def set_comfy_user_dir(path: str | os.PathLike) -> None:
-    """Called by the node layer with folder_paths.get_user_directory()."""
-    global _comfy_user_dir
+def set_comfy_user_dir(path: str | os.PathLike, served: tuple[str | os.PathLike, ...] = ()) -> None:
+    """Called by the node layer with folder_paths.get_user_directory() and the folders ComfyUI serves
+    over HTTP (output, input, temp): a config folder inside any of those is refused."""
+    global _comfy_user_dir, _comfy_served_dirs
     with _state_lock:
         _comfy_user_dir = Path(path)
+        _comfy_served_dirs = tuple(Path(p) for p in served)
+
+
+def warn_once(message: str, *args: Any) -> None:
+    text = message % args if args else message
+    with _state_lock:
+        if text in _warned:
+            return
+        _warned.add(text)
+    log.warning("%s", text)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _served_by_comfyui(folder: Path) -> str | None:
+    """Why ComfyUI would hand files in `folder` to any web page that reaches it, or None."""
+    if _comfy_user_dir is not None and _inside(folder, _comfy_user_dir):
+        parts = folder.resolve().relative_to(_comfy_user_dir.resolve()).parts
+        # user/<id>/ is served by /userdata for every user id; our own folder and system users ("__...") are not.
+        if parts and parts[0] != CONFIG_FOLDER and not parts[0].startswith("__"):
+            return f"ComfyUI serves user/{parts[0]}/ over HTTP (/api/userdata)"
+    for served in _comfy_served_dirs:
+        if _inside(folder, served):
+            return f"ComfyUI serves its {served.name} folder over HTTP (/view, /upload)"
+    return None
 
 
 def config_dir() -> Path:
     override = os.environ.get("BANANA_CONFIG_DIR")
     if override:
-        return Path(override).expanduser()
+        folder = Path(override).expanduser()
+        why = _served_by_comfyui(folder)
+        if why:
+            raise ConfigError(
+                f"BANANA_CONFIG_DIR points inside a folder ComfyUI serves to web pages: {why}, so anyone who can reach ComfyUI could read the keys there.",
+                hint=f"Use <ComfyUI>/user/{CONFIG_FOLDER}/ (the default: unset BANANA_CONFIG_DIR) or a folder outside ComfyUI.",
+            )
+        return folder
     if _comfy_user_dir is not None:
-        return _comfy_user_dir / "nano_banana_bridge"
-    return Path.home() / ".nano_banana_bridge"
+        return _comfy_user_dir / CONFIG_FOLDER
+    return Path.home() / f".{CONFIG_FOLDER}"
+
+
+def display_path(path: Path) -> str:
+    """A config file's location as users know it, without the absolute path (user names, home folders)."""
+    override = os.environ.get("BANANA_CONFIG_DIR")
+    candidates: list[tuple[Path, str]] = []
+    if override:
+        candidates.append((Path(override).expanduser(), "$BANANA_CONFIG_DIR"))
+    if _comfy_user_dir is not None:
+        candidates.append((_comfy_user_dir, "<ComfyUI>/user"))
+    candidates.append((Path.home(), "~"))
+    for folder, label in candidates:
+        try:
+            return str(Path(label) / path.relative_to(folder)).replace(os.sep, "/")
+        except ValueError:
+            continue
+    return path.name
 
 
 def env_name(provider_id: str, suffix: str) -> str:
@@ -62,9 +125,14 @@ def _read_json(path: Path) -> Any:
             return json.load(fh)
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as exc:
+        # Never echo the file's content: it may hold keys. The decoder's own message names only the syntax.
+        raise ConfigError(
+            f"{display_path(path)} is not valid JSON: line {exc.lineno}, column {exc.colno}: {exc.msg}.",
+            hint="Fix the JSON syntax there (a trailing comma after the last entry is the usual culprit).",
+        ) from None
     except (OSError, ValueError) as exc:
-        # Never echo the file's content: it may hold keys.
-        raise ConfigError(f"Could not read {path}: {type(exc).__name__} at {getattr(exc, 'lineno', '?')}:{getattr(exc, 'colno', '?')}.", hint="Fix the JSON syntax (a trailing comma is the usual culprit).") from None
+        raise ConfigError(f"Could not read {display_path(path)}: {type(exc).__name__}.", hint="Check the file's permissions and that it is UTF-8 text.") from None
 
 
 def ensure_keys_file() -> Path:
@@ -84,12 +152,24 @@ def ensure_keys_file() -> Path:
 
 
 def _keys_from_file() -> dict[str, str]:
-    data = _read_json(config_dir() / KEYS_FILE)
+    path = config_dir() / KEYS_FILE
+    data = _read_json(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{config_dir() / KEYS_FILE} must hold a JSON object like {{\"google\": \"...\"}}.")
+        raise ConfigError(f"{display_path(path)} must hold a JSON object like {{\"google\": \"...\"}}.")
     return {str(k).lower(): str(v) for k, v in data.items() if isinstance(v, str) and v.strip()}
+
+
+def _checked_key(value: str, owner: str, where: str) -> str:
+    """A key as loaded; refused (without showing it) unless it is printable ASCII without spaces."""
+    register_secret(value)
+    if not all("!" <= ch <= "~" for ch in value):
+        raise ConfigError(
+            f"The API key for '{owner}' in {where} contains a space, a line break or a non-ASCII character.",
+            hint="Paste the key again as plain text (editors and web pages sometimes add smart quotes or invisible characters).",
+        )
+    return value
 
 
 def api_key_for(spec: ProviderSpec) -> str:
@@ -98,12 +178,10 @@ def api_key_for(spec: ProviderSpec) -> str:
     for name in candidates:
         value = os.environ.get(name, "").strip()
         if value:
-            register_secret(value)
-            return value
+            return _checked_key(value, owner, f"the environment variable {name}")
     value = _keys_from_file().get(owner, "").strip()
     if value:
-        register_secret(value)
-        return value
+        return _checked_key(value, owner, display_path(config_dir() / KEYS_FILE))
     where = " or ".join(candidates)
     help_line = f" Get a key at {spec.key_help}." if spec.key_help else ""
     raise MissingKey(
@@ -111,7 +189,7 @@ def api_key_for(spec: ProviderSpec) -> str:
         provider=spec.id,
         hint=(
             f"Set the environment variable {where} before starting ComfyUI, or add "
-            f"\"{owner}\": \"<your key>\" to {config_dir() / KEYS_FILE}.{help_line} "
+            f"\"{owner}\": \"<your key>\" to {display_path(config_dir() / KEYS_FILE)}.{help_line} "
             "Keys are never stored in workflows."
         ),
     )
@@ -127,11 +205,12 @@ def has_key(spec: ProviderSpec) -> bool:
 
 
 def _custom_file() -> Mapping[str, Any]:
-    data = _read_json(config_dir() / PROVIDERS_FILE)
+    path = config_dir() / PROVIDERS_FILE
+    data = _read_json(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{config_dir() / PROVIDERS_FILE} must hold a JSON object with 'providers' and/or 'settings'.")
+        raise ConfigError(f"{display_path(path)} must hold a JSON object with 'providers' and/or 'settings'.")
     return data
 
 
@@ -162,16 +241,89 @@ def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> Provider
 def all_providers() -> list[ProviderSpec]:
     """Presets, then the user's custom gateways, with overrides from the environment and providers.json."""
     data = _custom_file()
+    where = display_path(config_dir() / PROVIDERS_FILE)
     settings = data.get("settings") or {}
+    entries = data.get("providers") or []
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(f"In {where}, 'settings' must map provider ids to objects, like {{\"google\": {{\"concurrency\": 2}}}}.")
+    if not isinstance(entries, list):
+        raise ConfigError(f"In {where}, 'providers' must be a list of gateway objects.", hint="See the README, 'Custom gateways', for the format.")
     specs = list(PRESETS)
     known = {s.id for s in specs}
-    for entry in data.get("providers") or []:
-        spec = custom_provider_from_dict(entry)
+    for entry in entries:
+        spec = _checked_shape(where, lambda: custom_provider_from_dict(entry))
         if spec.id in known:
             raise ConfigError(f"Custom provider id '{spec.id}' is already taken by a preset.", hint="Pick another id in providers.json.")
         known.add(spec.id)
         specs.append(spec)
-    return [_apply_settings(s, settings.get(s.id) or {}) for s in specs]
+    specs = [_checked_shape(where, lambda: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
+    for spec in specs:
+        _warn_plain_http(spec)
+    return specs
+
+
+def _checked_shape(where: str, build: Any, provider_id: str | None = None) -> Any:
+    """A value of the wrong JSON type in providers.json is a ConfigError naming the file, not a TypeError."""
+    try:
+        return build()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        about = f" for '{provider_id}'" if provider_id else ""
+        raise ConfigError(f"In {where}, a value{about} has the wrong type ({type(exc).__name__}: {exc}).", hint="See the README, 'Custom gateways' and 'Settings', for the format.") from None
+
+
+def schema_providers() -> list[ProviderSpec]:
+    """The providers for the node's schema and the frontend: a broken config file never removes the node.
+
+    On any error the built-in presets stand in (logged once); running the node then raises the
+    ConfigError, naming the file and line.
+    """
+    try:
+        return all_providers()
+    except Exception as exc:  # noqa: BLE001 - whatever is wrong, the node must stay in ComfyUI's list
+        warn_once("Nano Banana Bridge: using the built-in provider presets: %s", redact(exc))
+        return list(PRESETS)
+
+
+def _warn_plain_http(spec: ProviderSpec) -> None:
+    parts = urlsplit(spec.base_url)
+    if parts.scheme != "http":
+        return
+    host = (parts.hostname or "").lower()
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost" or host.endswith(".localhost")
+    if not loopback:
+        warn_once("Nano Banana Bridge: provider '%s' uses plain http:// to %s: its key and your prompts cross the network unencrypted; use https://.", spec.id, host)
+
+
+def store_secret() -> bytes:
+    """The per-install secret that authenticates cache and journal entries (created on first use, mode 600).
+
+    Files in ComfyUI's output folder can be written by anyone who reaches ComfyUI (its upload
+    route), so the store trusts only entries carrying an HMAC made with this secret.
+    """
+    path = config_dir() / STORE_SECRET_FILE
+    try:
+        raw = path.read_bytes().strip()
+        if len(raw) >= 32:
+            return raw
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_hex(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raw = path.read_bytes().strip()  # another thread or process created it first
+        if len(raw) >= 32:
+            return raw
+        raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(value + b"\n")
+    return value
 
 
 def get_provider(provider_id: str) -> ProviderSpec:
@@ -179,4 +331,4 @@ def get_provider(provider_id: str) -> ProviderSpec:
         if spec.id == provider_id:
             return spec
     ids = ", ".join(s.id for s in all_providers())
-    raise ConfigError(f"Unknown provider '{provider_id}'.", hint=f"Known providers: {ids}. Custom gateways go in {config_dir() / PROVIDERS_FILE}.")
+    raise ConfigError(f"Unknown provider '{provider_id}'.", hint=f"Known providers: {ids}. Custom gateways go in {display_path(config_dir() / PROVIDERS_FILE)}.")

@@ -15,12 +15,15 @@ class BananaError(Exception):
     """Base of every error the pack raises on purpose.
 
     `sent` is False only when the engine knows the request never left this machine (the
-    connection was never opened); otherwise it may have reached the provider.
+    connection was never opened); otherwise it may have reached the provider. `maybe_billed` is
+    True when a paid request ended in a way that may hide a processed (billed) generation, so it
+    was not sent again (README, "Billing and retries").
     """
 
     kind = "error"
     default_hint = ""
     sent = True
+    maybe_billed = False
 
     def __init__(
         self,

@@ -153,11 +153,16 @@ def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w/+.-]+)?(?:;[\w=-]+)*?;base64,(?P<data>.*)$", re.S)
 
 
-def decode_base64_payload(payload: str) -> bytes:
-    """Decode base64 that may carry a `data:...;base64,` prefix or line breaks (resellers add both)."""
+def decode_base64_payload(payload: str, max_bytes: int | None = None) -> bytes:
+    """Decode base64 that may carry a `data:...;base64,` prefix or line breaks (resellers add both).
+
+    With max_bytes, a payload that would decode to more is refused before decoding.
+    """
     match = _DATA_URI.match(payload.strip())
     text = match.group("data") if match else payload
     text = "".join(text.split())
+    if max_bytes is not None and len(text) // 4 * 3 > max_bytes:
+        raise NotAnImage(f"inline image over the {max_bytes}-byte limit (about {len(text) // 4 * 3} bytes)")
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:

@@ -198,7 +198,7 @@ def test_journaled_async_job_is_reattached_after_restart_not_resubmitted(server,
     run(crash_after_journal())
     assert len(server.hits("POST", app)) == 1
     (journal,) = (tmp_path / ".journal").glob("*.json")
-    assert json.loads(journal.read_text())["handle"]
+    assert json.loads(journal.read_text())["body"]["handle"]
 
     # After the restart the job has finished at fal.
     result = fixture("fal/result_single.json")

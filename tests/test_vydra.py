@@ -172,16 +172,24 @@ def test_4xx_naming_safety_is_a_refusal(vydra, body):
     assert info.value.reason == body["code"] and body["error"] in str(info.value)
 
 
-def test_plain_500_is_retried_then_succeeds(vydra):
-    vydra.route("POST", GEN, [Reply(500, body=b"<html><title>500 Internal Server Error</title></html>", content_type="text/html"), Reply(json=local(vydra, "vydra/success_generate.json"))])
+def test_reported_500_is_retried_then_succeeds(vydra):
+    failed = Reply(500, {"error": "Internal error, please retry", "code": "internal_error"})
+    vydra.route("POST", GEN, [failed, Reply(json=local(vydra, "vydra/success_generate.json"))])
     assert len(gen().images) == 1 and len(generations(vydra)) == 2
 
 
-def test_persistent_5xx_gives_up_with_a_typed_error(vydra):
+def test_persistent_reported_5xx_gives_up_with_a_typed_error(vydra):
+    vydra.route("POST", GEN, Reply(503, {"error": "Service busy", "code": "busy"}, headers={"Retry-After": "0"}))
+    with pytest.raises(UpstreamUnavailable) as info:
+        gen()
+    assert "Service busy" in str(info.value) and len(generations(vydra)) == 4 and not info.value.maybe_billed
+
+
+def test_unreported_5xx_page_is_not_resent(vydra):
     vydra.route("POST", GEN, Reply(503, body=b"<html><title>503 Service Unavailable</title></html>", content_type="text/html", headers={"Retry-After": "0"}))
     with pytest.raises(UpstreamUnavailable) as info:
         gen()
-    assert "503 Service Unavailable" in str(info.value) and len(generations(vydra)) == 4
+    assert "503 Service Unavailable" in str(info.value) and len(generations(vydra)) == 1 and info.value.maybe_billed
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from ..errors import (
     TimedOut,
     UpstreamUnavailable,
 )
+from ..redaction import clip
 from .context import Caller
 from .policy import _retry_delay_seconds
 
@@ -54,7 +55,7 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
         if "<html" in text.lower() or title:
             summary = f"an HTML page{': ' + title.group(1).strip() if title else ''} instead of JSON"
         else:
-            summary = text.strip()[:300] or "an empty body"
+            summary = clip(text.strip(), 300, ellipsis="") or "an empty body"  # redacted before the cut
         return ErrorEnvelope(message=summary)
     return read_error_body(body)
 
@@ -63,7 +64,7 @@ def read_error_body(body: Any) -> ErrorEnvelope:
     """The same, for a body already parsed from JSON."""
     envelope = ErrorEnvelope(body=body)
     if not isinstance(body, dict):
-        envelope.message = str(body)[:300]
+        envelope.message = clip(body, 300, ellipsis="")
         return envelope
     err = body.get("error")
     codes: list[Any] = []
@@ -100,7 +101,7 @@ def read_error_body(body: Any) -> ErrorEnvelope:
         envelope.message = envelope.message or detail
     codes += [body.get(key) for key in ("code", "error_type", "type", "status")]
     if not envelope.message:
-        envelope.message = str(body.get("message") or body.get("msg") or "")[:1000]
+        envelope.message = clip(body.get("message") or body.get("msg") or "", 1000, ellipsis="")
     if body.get("retryAfter") is not None:
         envelope.retry_after = _retry_delay_seconds(body.get("retryAfter"))
     words = [c for c in codes if isinstance(c, str) and c.strip()]

@@ -1,5 +1,6 @@
-"""The engine proper: the pooled httpx client, requests with retries, waiting with cancellation and
-status, polling of asynchronous jobs, and result downloads."""
+"""The engine proper: the HTTP client and its lifecycle, requests with retries by the billing rules,
+the key attached only to the provider's origin, limits on every body, waiting with cancellation
+and status, polling of asynchronous jobs, and result downloads."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import random
 import re
 import time
 import weakref
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -19,6 +21,7 @@ from ..errors import (
     AuthError,
     BananaError,
     Cancelled,
+    ConfigError,
     MalformedResponse,
     Refusal,
     TimedOut,
@@ -26,9 +29,24 @@ from ..errors import (
 )
 from ..outcome import GeneratedImage, NotAnImage, decode_base64_payload, inspect_image
 from ..redaction import install_log_filter, redact
+from .auth import Credentials, host_of, without_userinfo
+from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
 from .error_mapping import _request_id, error_for_status, parse_error_body
-from .policy import IDEMPOTENT, RetryPolicy, retry_after_header
+from .policy import (
+    CONNECTION_LOST,
+    IDEMPOTENT,
+    MAYBE_BILLED,
+    MAYBE_BILLED_HINT,
+    NEVER_CONNECTED,
+    READ_TIMEOUT,
+    REDIRECTED,
+    TRUNCATED,
+    RetryPolicy,
+    retry_after_header,
+    retry_hint,
+    status_outcome,
+)
 from .polling import PollCadence, PollState, _poll_status_text
 
 log = logging.getLogger("nano_banana_bridge")
@@ -37,7 +55,18 @@ install_log_filter("nano_banana_bridge", "httpx", "httpcore")
 CONNECT_TIMEOUT = 15.0
 CANCEL_CHECK_INTERVAL = 0.2  # how often a cancel flag is looked at: well inside the 1 s promise
 STATUS_INTERVAL = 1.0
-MAX_DOWNLOAD_BYTES = 80 * 1024 * 1024
+MAX_DOWNLOAD_BYTES = 80 * 1024 * 1024  # one result image, downloaded or inline base64
+MAX_ANSWER_BYTES = 128 * 1024 * 1024  # one JSON answer, decompressed (inline 4K images run to tens of MB)
+MAX_ERROR_BYTES = 64 * 1024  # an error body: its first 64 KB say enough
+DEADLINE_FACTOR = 2.0  # an attempt's overall deadline, in read timeouts: a slow drip cannot hold a call forever
+
+
+def _mark_maybe_billed(error: BananaError, request_id: str | None) -> BananaError:
+    error.maybe_billed = True
+    error.request_id = error.request_id or request_id
+    error.hint = MAYBE_BILLED_HINT.format(request_id=f" (request id {error.request_id})" if error.request_id else "")
+    error.args = (str(error),)
+    return error
 
 
 @dataclass
@@ -47,6 +76,7 @@ class Response:
     content: bytes
     url: str
     caller: Caller
+    paid: bool = False  # the answer to a paid request: an unreadable one may still have been billed
 
     def json(self) -> Any:
         """The body as JSON; a gateway's HTML page or a truncated body becomes MalformedResponse."""
@@ -54,12 +84,15 @@ class Response:
             return json.loads(self.content)
         except (ValueError, UnicodeDecodeError):
             summary = parse_error_body(self.content).message
-            raise MalformedResponse(
+            error = MalformedResponse(
                 f"Expected JSON, got {summary} ({len(self.content)} bytes, content-type '{self.headers.get('content-type', '')}').",
                 provider=self.caller.provider,
                 model=self.caller.model or None,
                 status=self.status,
-            ) from None
+            )
+            if self.paid and 200 <= self.status < 300:
+                _mark_maybe_billed(error, _request_id(self.headers))
+            raise error from None
 
     def json_object(self) -> dict:
         body = self.json()
@@ -70,29 +103,75 @@ class Response:
         return body
 
 
+class _BodyRefused(Exception):
+    """An answer refused unread: over its size limit, or in an encoding that was not asked for."""
+
+    def __init__(self, status: int, headers: httpx.Headers, reason: str) -> None:
+        self.status, self.headers = status, headers
+        super().__init__(reason)
+
+
+class _BodyCut(Exception):
+    """The status and headers arrived, then the body did not (completely)."""
+
+    def __init__(self, status: int, headers: httpx.Headers, cause: Exception) -> None:
+        self.status, self.headers, self.cause = status, headers, cause
+        super().__init__(str(cause))
+
+
+async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> AsyncIterator[None]:
+    """Suspended at its yield for the life of the loop; asyncio.run's shutdown_asyncgens() closes it,
+    which closes the loop's client (ComfyUI runs every prompt in a fresh asyncio.run loop)."""
+    try:
+        yield
+    finally:
+        if engine._clients.get(loop) is client:
+            del engine._clients[loop]
+        engine._closers.pop(loop, None)
+        await client.aclose()
+
+
 class HttpEngine:
     def __init__(self) -> None:
-        self._clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
     def client(self) -> httpx.AsyncClient:
-        """One pooled client per event loop: httpx clients cannot cross loops."""
+        """One pooled client per event loop (httpx clients cannot cross loops), closed when the loop ends."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None or client.is_closed:
             client = httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
                 timeout=httpx.Timeout(connect=CONNECT_TIMEOUT, read=360.0, write=120.0, pool=None),
-                follow_redirects=True,
+                follow_redirects=False,  # API calls: a key must not follow a redirect to another host
+                headers={"Accept-Encoding": ACCEPT_ENCODING},  # what bodies.read_limited can decode
                 trust_env=True,  # honour HTTPS_PROXY etc., which users behind firewalls rely on
             )
             self._clients[loop] = client
+            closer = _close_at_loop_end(self, loop, client)
+            # Start it now, synchronously (it yields at once): starting registers it with the loop's
+            # async-generator hooks, so the loop's shutdown closes it. The strong reference is ours.
+            try:
+                closer.asend(None).send(None)
+            except StopIteration:
+                pass
+            self._closers[loop] = closer
         return client
 
     async def aclose(self) -> None:
+        """Close this loop's client now (tests and scripts; asyncio.run would close it at its end)."""
         loop = asyncio.get_running_loop()
+        closer = self._closers.pop(loop, None)
         client = self._clients.pop(loop, None)
-        if client is not None:
+        if closer is not None:
+            await closer.aclose()
+        elif client is not None:
             await client.aclose()
+
+    @property
+    def open_clients(self) -> int:
+        return sum(1 for client in list(self._clients.values()) if not client.is_closed)
 
     # -- waiting, cancellation and status --------------------------------------------------------
 
@@ -138,79 +217,150 @@ class HttpEngine:
         read_timeout: float | None = None,
         ok_statuses: tuple[int, ...] = (),
         max_bytes: int | None = None,
+        credentials: Credentials | None = None,
+        follow_redirects: bool = False,
     ) -> Response:
         """Send one request with retries; return a 2xx Response (or one in ok_statuses) or raise a BananaError.
 
         The body is json_body, or a form (data, files), or raw `content` (say with its Content-Type in
-        headers). A successful body over max_bytes is refused. A raised error's `sent` is False when
-        the request provably never left (the connection did not open), so even a submit may be resent.
+        headers). `credentials` add the provider's auth headers, and only for a URL they allow (else
+        InvalidRequest before anything is sent). Redirects are followed only with follow_redirects
+        (downloads, which never carry a key); otherwise a 3xx is an error naming where it pointed.
+        An answer over max_bytes (default MAX_ANSWER_BYTES, counted decompressed) is refused; error
+        bodies are read up to MAX_ERROR_BYTES; each attempt has an overall deadline of DEADLINE_FACTOR
+        read timeouts. What is resent follows the policy's column of BILLING_RULES; a paid request that
+        ends in a maybe-billed way raises an error with `maybe_billed` set. A raised error's `sent` is
+        False when the request provably never left (the connection did not open).
         """
         status = status or f"Waiting for {caller.provider}"
-        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout or caller.read_timeout, write=120.0, pool=None)
+        if credentials is not None:
+            headers = {**(headers or {}), **credentials.headers_for(url)}  # refuses a foreign origin before sending
+        read = read_timeout or caller.read_timeout
+        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read, write=120.0, pool=None)
+        deadline = DEADLINE_FACTOR * read
+        limit = MAX_ANSWER_BYTES if max_bytes is None else max_bytes
         if json_body is not None:
             # Bodies with inline reference images run to tens of MB: serialise once, off the event loop.
             text = await asyncio.to_thread(json.dumps, json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             content, json_body = text.encode("utf-8"), None
             headers = {**(headers or {}), "Content-Type": "application/json"}
+        who = {"provider": caller.provider, "model": caller.model or None}
         attempts = rate_limited = 0
         while True:
             attempts += 1
             error: BananaError
             retry_after: float | None = None
+            hint: bool | None = None
+            request_id: str | None = None
+            answered_status: int | None = None
             try:
-                exchange = self._exchange(caller, method, url, max_bytes, headers=headers, json=json_body, data=data, files=files, content=content, timeout=timeout)
+                exchange = self._attempt(
+                    deadline, caller, method, url, limit, ok_statuses,
+                    headers=headers, data=data, files=files, content=content, timeout=timeout, follow_redirects=follow_redirects,
+                )
                 response: Response = await self.watch(ctx, exchange, status)
+                response.paid = policy.paid
                 if 200 <= response.status < 300 or response.status in ok_statuses:
                     return response
-                envelope = parse_error_body(response.content, response.headers.get("content-type", ""))
-                retry_after = retry_after_header(response.headers)
-                if retry_after is None:
-                    retry_after = envelope.retry_after
-                error = error_for_status(response.status, envelope, caller, request_id=_request_id(response.headers))
+                answered_status, request_id = response.status, _request_id(response.headers)
+                if 300 <= response.status < 400:
+                    location = response.headers.get("location") or ""
+                    error = ConfigError(
+                        f"The provider answered with a redirect to {host_of(location) if location else '(no Location)'}; "
+                        "API calls do not follow redirects, so nothing (and no key) was sent there.",
+                        status=response.status,
+                        request_id=request_id,
+                        hint="Check the provider's base URL (BANANA_<PROVIDER>_BASE_URL): it may need https:// or another path.",
+                        **who,
+                    )
+                    outcome = REDIRECTED
+                else:
+                    envelope = parse_error_body(response.content, response.headers.get("content-type", ""))
+                    retry_after = retry_after_header(response.headers)
+                    if retry_after is None:
+                        retry_after = envelope.retry_after
+                    hint = retry_hint(response.headers)
+                    error = error_for_status(response.status, envelope, caller, request_id=request_id)
+                    outcome = status_outcome(response.status, provider_error=isinstance(envelope.body, dict))
+                if response.status == 429:
+                    rate_limited += 1
+            except (asyncio.TimeoutError, TimeoutError):
+                error = TimedOut(f"No complete answer within the {deadline:.0f} s deadline ({DEADLINE_FACTOR:g} x the read timeout).", **who)
+                outcome = READ_TIMEOUT
+            except _BodyCut as cut:
+                request_id = _request_id(cut.headers)
+                if isinstance(cut.cause, httpx.TimeoutException):
+                    error = TimedOut(f"The answer (HTTP {cut.status}) stopped arriving: {type(cut.cause).__name__}.", request_id=request_id, **who)
+                    outcome = READ_TIMEOUT
+                else:
+                    error = MalformedResponse(f"The answer (HTTP {cut.status}) was cut off: {cut}.", request_id=request_id, **who)
+                    outcome = TRUNCATED
+            except _BodyRefused as refused:
+                error = MalformedResponse(f"The answer (HTTP {refused.status}) was refused: {refused}.", status=refused.status, request_id=_request_id(refused.headers), **who)
+                if policy.paid and 200 <= refused.status < 300:
+                    _mark_maybe_billed(error, error.request_id)
+                raise error from None
+            except httpx.TransportError as exc:
+                # A connection that never opened sent nothing, so even a submit may be resent.
+                never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                if isinstance(exc, httpx.TimeoutException):
+                    phase = "connect" if never_sent else "response"
+                    error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", **who)
+                else:
+                    error = UpstreamUnavailable(
+                        f"Network error talking to the provider: {type(exc).__name__}: {exc}", hint="Check the network, proxy settings and the provider's base URL.", **who
+                    )
+                outcome = NEVER_CONNECTED if never_sent else READ_TIMEOUT if isinstance(exc, httpx.ReadTimeout) else CONNECTION_LOST
+                error.sent = not never_sent
+            except httpx.RequestError as exc:  # too many redirects on a download, a bad URL: not transient
+                raise MalformedResponse(f"The request to {host_of(url)} failed: {type(exc).__name__}: {exc}", **who) from None
+            if answered_status is not None and policy.billing is None:
+                retryable = answered_status in policy.statuses and hint is not False
+            else:
+                retryable = policy.may_resend(outcome, hint)
+            if answered_status is not None:
                 retryable = (
-                    response.status in policy.statuses
+                    retryable
                     and not isinstance(error, (Refusal, AuthError))
                     and not getattr(error, "exhausted", False)
                     and (retry_after or 0) <= policy.max_retry_after  # a longer wait is reported, not waited out
                 )
-                if response.status == 429:
-                    rate_limited += 1
-            except httpx.TransportError as exc:
-                # A connection that never opened sent nothing, so even a submit may be resent.
-                never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-                if isinstance(exc, httpx.TimeoutException):
-                    phase = "connect" if never_sent else "response"
-                    error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", provider=caller.provider, model=caller.model or None)
-                    retryable = policy.retry_timeouts or never_sent
-                else:
-                    error = UpstreamUnavailable(f"Network error talking to the provider: {type(exc).__name__}: {exc}", provider=caller.provider, model=caller.model or None, hint="Check the network, proxy settings and the provider's base URL.")
-                    retryable = policy.retry_network_errors or never_sent
-                error.sent = not never_sent
             if error.status == 429:
                 budget_left = rate_limited < policy.max_rate_limited_attempts
             else:
                 budget_left = attempts - rate_limited < policy.max_attempts
             if not retryable or not budget_left:
+                if policy.paid and outcome in MAYBE_BILLED and error.sent:
+                    _mark_maybe_billed(error, request_id)
                 raise error
             delay = self._backoff(attempts if not rate_limited else rate_limited, policy, retry_after)
             log.info("%s: %s; retrying in %.1f s", caller.provider, str(error).splitlines()[0], delay)
             await self.sleep(ctx, delay, f"{status}: retrying after {type(error).__name__}")
 
-    async def _exchange(self, caller: Caller, method: str, url: str, max_bytes: int | None, **kwargs: Any) -> Response:
+    async def _attempt(self, deadline: float, *args: Any, **kwargs: Any) -> Response:
+        """One exchange within its overall deadline (asyncio.TimeoutError past it)."""
+        return await asyncio.wait_for(self._exchange(*args, **kwargs), deadline)
+
+    async def _exchange(self, caller: Caller, method: str, url: str, limit: int, ok_statuses: tuple[int, ...], **kwargs: Any) -> Response:
         async with self.client().stream(method, url, **kwargs) as raw:
-            if max_bytes is None or not raw.is_success:
-                content = await raw.aread()
-            else:
-                too_large = MalformedResponse(f"The answer is over the {max_bytes}-byte limit.", provider=caller.provider, model=caller.model or None, status=raw.status_code)
-                if int(raw.headers.get("content-length") or 0) > max_bytes:
-                    raise too_large
-                chunks, size = [], 0
-                async for chunk in raw.aiter_bytes():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise too_large
-                    chunks.append(chunk)
-                content = b"".join(chunks)
+            answer = raw.is_success or raw.status_code in ok_statuses
+            encoding = raw.headers.get("content-encoding", "")
+            if answer and not encoding and int(raw.headers.get("content-length") or 0) > limit:
+                raise _BodyRefused(raw.status_code, raw.headers, f"it is over the {limit}-byte limit")
+            try:
+                content, complete = await read_limited(raw.aiter_raw(), encoding, limit if answer else MAX_ERROR_BYTES, keep_partial=not answer)
+            except BodyTooLarge as exc:
+                raise _BodyRefused(raw.status_code, raw.headers, f"it is over the {exc.limit}-byte limit (counted decompressed)") from None
+            except BadEncoding as exc:
+                if answer:
+                    raise _BodyRefused(raw.status_code, raw.headers, str(exc)) from None
+                content, complete = b"", True
+            except httpx.TransportError as exc:
+                if answer:
+                    raise _BodyCut(raw.status_code, raw.headers, exc) from exc
+                content, complete = b"", True  # an error status with a broken body: the status says enough
+            if answer and not complete:
+                raise _BodyCut(raw.status_code, raw.headers, BadEncoding(f"the {encoding} stream ended early"))
             return Response(raw.status_code, raw.headers, content, str(raw.url), caller)
 
     @staticmethod
@@ -270,25 +420,27 @@ class HttpEngine:
 
     # -- downloads -------------------------------------------------------------------------------
 
-    async def fetch_image(self, ctx: CallContext, caller: Caller, ref: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES) -> GeneratedImage:
+    async def fetch_image(self, ctx: CallContext, caller: Caller, ref: str, *, max_bytes: int | None = None) -> GeneratedImage:
         """Turn a result reference (data URI, bare base64 or http(s) URL) into checked image bytes.
 
-        URLs are fetched at once, without the provider's auth headers (they are third-party CDN
-        links that expire), through request() (so with its retries and Retry-After handling), with a
-        size limit and magic-byte and pixel-count checks.
+        Inline base64 has the same size limit as a download. URLs lose any `user:pass@` part and are
+        fetched at once, never with a key (they are third-party CDN links that expire), following
+        redirects, through request() (so with its retries and Retry-After handling), with a size
+        limit and magic-byte and pixel-count checks.
         """
         ref = ref.strip()
+        max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
         try:
             if ref.startswith("data:") or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", ref):
-                return inspect_image(decode_base64_payload(ref))
+                return inspect_image(decode_base64_payload(ref, max_bytes=max_bytes))
             if not ref.lower().startswith(("http://", "https://")):
                 raise NotAnImage(f"refusing to fetch a result from a non-http(s) address: {ref[:40]}")
+            url = without_userinfo(ref)
             status = f"Downloading the result from {caller.provider}"
-            response = await self.request(ctx, caller, "GET", ref, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes)
-            return inspect_image(response.content, source_url=ref)
+            response = await self.request(ctx, caller, "GET", url, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes, follow_redirects=True)
+            return inspect_image(response.content, source_url=url)
         except NotAnImage as exc:
             raise MalformedResponse(f"The provider's result is not a usable image: {exc}", provider=caller.provider, model=caller.model or None) from None
-
 
 
 _engine: HttpEngine | None = None

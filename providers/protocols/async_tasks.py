@@ -39,6 +39,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..outcome import GenerationRequest, GenerationResult, ImageInput
+from ..redaction import clip
 
 FLAVORS: dict[str, dict[str, Any]] = {
     "evolink": {"submit_path": "images/generations", "task_path": "tasks/{id}", "references": "upload"},
@@ -129,7 +130,7 @@ async def upload(call, image: ImageInput, index: int) -> tuple[str, str | None]:
     url = next((data.get(k) or body.get(k) for k in ("file_url", "url", "download_url") if data.get(k) or body.get(k)), None)
     if body.get("success") is False or not isinstance(url, str):
         raise UpstreamUnavailable(
-            f"Uploading reference image {index + 1} failed: {body.get('msg') or body.get('message') or str(body)[:300]}",
+            f"Uploading reference image {index + 1} failed: {body.get('msg') or body.get('message') or clip(body, 300)}",
             provider=call.provider.id,
             hint="The file API keeps at most 100 files per account for 72 h; delete old uploads in the dashboard, or retry later.",
         )
@@ -178,7 +179,7 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
     task = task_of(body)
     task_id = task.get("task_id") or task.get("id")
     if not task_id:
-        raise MalformedResponse(f"The submit answer has no task id: {str(body)[:300]}", provider=call.provider.id)
+        raise MalformedResponse(f"The submit answer has no task id: {clip(body, 300)}", provider=call.provider.id)
     return {"task_id": str(task_id), "model": call.model.id_for(request.resolution), "count": request.count, "uploads": [fid for _, fid in uploads if fid]}
 
 
@@ -200,7 +201,7 @@ def failure(call, task: dict[str, Any], status: str) -> BananaError:
 async def wait(call, handle: dict[str, Any]) -> GenerationResult:
     task_id = str((handle or {}).get("task_id") or "")
     if not task_id:
-        raise ConfigError(f"The journaled task is incomplete: {str(handle)[:200]}", provider=call.provider.id)
+        raise ConfigError(f"The journaled task is incomplete: {clip(handle, 200)}", provider=call.provider.id)
     model = str(handle.get("model") or call.model.model_id)
     path = setting(call, "task_path").format(id=quote(task_id, safe=""), model=quote(model, safe=""))
     over: list[bool] = []

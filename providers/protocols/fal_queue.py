@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from ..client import LOST_SUBMIT_HINT
 from ..engine import PollState, error_for_status, parse_error_body, retry_after_header
 from ..errors import ConfigError, MalformedResponse, NoImageReturned, SafetyRejected, SafetyStage
+from ..redaction import clip
 from ..outcome import GenerationRequest, GenerationResult
 
 PENDING = frozenset({"IN_QUEUE", "IN_PROGRESS"})
@@ -58,7 +59,7 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
     response_url = body.get("response_url") if isinstance(body.get("response_url"), str) else ""
     request_id = str(body.get("request_id") or response_url.rstrip("/").rsplit("/", 1)[-1] or "")
     if not request_id:
-        raise MalformedResponse(f"The submit answer has no request_id: {str(body)[:300]}", provider=call.provider.id, hint=LOST_SUBMIT_HINT)
+        raise MalformedResponse(f"The submit answer has no request_id: {clip(body, 300)}", provider=call.provider.id, hint=LOST_SUBMIT_HINT)
     requests = f"{'/'.join(model_id.split('/')[:2])}/requests/{request_id}"  # owner/app only, no /edit
     return {
         "request_id": request_id,
@@ -93,7 +94,7 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
     try:
         status_url, response_url = handle["status_url"], handle["response_url"]
     except (KeyError, TypeError):
-        raise ConfigError(f"The journaled fal job is incomplete: {str(handle)[:200]}", provider=call.provider.id) from None
+        raise ConfigError(f"The journaled fal job is incomplete: {clip(handle, 200)}", provider=call.provider.id) from None
     seen: dict[str, Any] = {"result_only": False, "failure": None}
 
     async def check() -> PollState:
@@ -113,7 +114,7 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
             envelope = parse_error_body(response.content)
             if not any(words in envelope.message.lower() for words in STILL_RUNNING):
                 raise error_for_status(400, envelope, call.caller)
-            return PollState(False, status=envelope.message[:80], retry_after=retry_after_header(response.headers))
+            return PollState(False, status=clip(envelope.message, 80, ellipsis=""), retry_after=retry_after_header(response.headers))
         if response.status == 202:
             body = parse_error_body(response.content).body  # any JSON, or None
             body = body if isinstance(body, dict) else {}

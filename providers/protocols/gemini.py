@@ -110,7 +110,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if call.text_option("keep_images") == "last" and refs:
         refs = refs[-1:]  # gateways that leak interim drafts as ordinary parts: the last is final
 
-    images: list[GeneratedImage] = [await call.fetch_image(ref) for ref, _ in refs]
+    images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs])  # at most the count asked for
     finish = next((r for r in finish_reasons if r != "STOP"), finish_reasons[0] if finish_reasons else None)
     if images:
         result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import MalformedResponse, NoImageReturned, Refusal
 from ..outcome import GenerationRequest, GenerationResult, ImageInput
+from ..redaction import clip
 
 
 async def upload(call, image: ImageInput) -> str:
@@ -25,7 +26,7 @@ async def upload(call, image: ImageInput) -> str:
     data = body.get("data") if isinstance(body.get("data"), dict) else {}
     url = body.get("url") or data.get("url")
     if not isinstance(url, str) or not url:
-        raise MalformedResponse(f"Vydra's upload answered without a URL: {str(body)[:300]}", provider=call.provider.id)
+        raise MalformedResponse(f"Vydra's upload answered without a URL: {clip(body, 300)}", provider=call.provider.id)
     return url
 
 

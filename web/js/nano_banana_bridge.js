@@ -13,6 +13,11 @@ function catalog() {
     catalogPromise = api
       .fetchApi("/nano_banana_bridge/catalog")
       .then((r) => (r.ok ? r.json() : null))
+      .then((data) => {
+        // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix.
+        if (data?.error) warn("Nano Banana Bridge configuration", data.error);
+        return data;
+      })
       .catch(() => null);
   }
   return catalogPromise;
