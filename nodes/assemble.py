@@ -111,6 +111,10 @@ class OutputBatch:
 
     def _settle_target(self) -> None:
         """Once the frame size is known: allocate the batch and draw everything that waited."""
+        if self._unforeseen:  # everything is decoded at the end instead
+            self._held.clear()
+            self._deferred.clear()
+            return
         if self._target is None:
             frontier = self._frontier()
             if frontier is None:
@@ -120,11 +124,12 @@ class OutputBatch:
                 self._spawn(self._take(first, self._deferred.pop(first)))
             if first not in self._held:
                 return  # still decoding (or broken: the error is raised at the end)
-            self._target, self._target_item = self._held[first][0].size, frontier
-            width, height = self._target
+            width, height = self._held[first][0].size
             if self._pixel_limit is not None and self._offsets[-1] * width * height > self._pixel_limit:
-                self._unforeseen, self._held = True, {}
+                self._unforeseen = True
+                self._settle_target()
                 return
+            self._target, self._target_item = (width, height), frontier
             # numpy asks Linux for huge pages on large arrays: fewer page faults while filling it.
             self._frames = np.empty((self._offsets[-1], height, width, 3), dtype=np.float32)
         for slot, (picture, full_scale) in list(self._held.items()):
