@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..providers.client import generate, resolve
+from ..providers.client import resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
-from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
+from ..providers.failover import generate_with_failover
+from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput
 from ..providers.redaction import redact, redact_data
 from .store import ResultStore, request_key
 
@@ -48,6 +49,8 @@ class BatchSettings:
     system_prompt: str | None = None
     web_search: bool = False
     use_cache: bool = True
+    fallback: tuple[str, ...] = ()  # providers an item moves to when `provider` is unavailable (providers/failover.py)
+    failover_on_refusal: bool = False
 
 
 @dataclass
@@ -63,6 +66,8 @@ class ItemOutcome:
     request_id: str | None = None
     cost: float | None = None
     cost_unit: str | None = None
+    key_slot: int | None = None  # which of the provider's keys served (1 = the first); never the key
+    failover: list[dict[str, Any]] = field(default_factory=list)  # attempts that moved on: provider, key_slot, error
     seconds: float | None = None
     files: list[str] = field(default_factory=list)
     text: str = ""
@@ -182,11 +187,22 @@ async def run_batch(
             on_task=(lambda handle: store.remember_task(key, handle, provenance)) if store is not None else None,
             resume_task=store.pending_task(key) if store is not None else None,
         )
+
+        async def serve(call_ctx: CallContext) -> GenerationResult:
+            """The item's call: on its provider, then its other keys and fallback providers."""
+            result, served = await generate_with_failover(
+                [spec.id, *settings.fallback], settings.model, request, call_ctx,
+                model_id_override=settings.model_id_override, on_refusal=settings.failover_on_refusal, attempts=outcome.failover,
+            )
+            outcome.provider, outcome.model_id, outcome.key_slot = served.provider, served.model_id, served.key_slot
+            provenance.update(provider=served.provider, model_id=served.model_id, key_slot=served.key_slot)
+            return result
+
         progress.in_flight += 1
         update()
         try:
             try:
-                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override)
+                result = await serve(ctx)
             except Refusal:
                 if store is not None:
                     store.forget_task(key)  # that job is over; a re-run is a new request
@@ -196,7 +212,7 @@ async def run_batch(
                     raise  # keep the journal: the job may still finish, and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
                 store.forget_task(key)
-                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
+                result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
                 outcome.files = [str(p) for p in paths]

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..providers.client import check_request, resolve
 from ..providers.errors import BananaError, ConfigError, InvalidRequest
+from ..providers.failover import failover_on_refusal, fallback_chain
 from ..providers.outcome import GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
@@ -184,6 +185,8 @@ async def render(
         system_prompt=inputs.system_prompt.strip() or None,
         web_search=inputs.web_search,
         use_cache=inputs.use_cache,
+        fallback=tuple(fallback_chain(inputs.provider, spec.id, inputs.model)),
+        failover_on_refusal=failover_on_refusal(),
     )
     check_request(spec, offer, GenerationRequest(prompt=prompts[0], images=first_refs, aspect_ratio=settings.aspect_ratio, resolution=settings.resolution))
 

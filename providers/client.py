@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
-from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key
+from .config import all_providers, api_keys_for, config_dir, display_path, get_provider, has_key
 from .redaction import clip
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
@@ -365,12 +365,19 @@ async def generate(
     *,
     model_id_override: str | None = None,
     engine: HttpEngine | None = None,
+    key_slot: int = 0,
 ) -> GenerationResult:
-    """Run one generation; raise a BananaError (never return a placeholder) when there is no image."""
+    """Run one generation; raise a BananaError (never return a placeholder) when there is no image.
+
+    key_slot: which of the provider's keys to use (0 = the first; see config.api_keys_for).
+    """
     ctx = ctx or CallContext()
     spec, offer = resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
-    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec), max_images=request.count)
+    keys = api_keys_for(spec)
+    if not 0 <= key_slot < len(keys):
+        raise ConfigError(f"'{spec.display_name}' has {len(keys)} key(s); there is no key {key_slot + 1}.", provider=spec.id)
+    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=keys[key_slot], max_images=request.count)
     module = protocol_module(spec.family)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)
