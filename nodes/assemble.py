@@ -59,6 +59,14 @@ class OutputBatch:
         self._frames: np.ndarray | None = None
         self._unforeseen = False  # more images than asked for, or over the pixel limit: decode at the end
         self._tasks: set[asyncio.Task] = set()
+        # Frames are prefaulted (their memory touched) while no decode is waiting, so the last
+        # answer's decode does not also pay for the first writes into a fresh multi-GB batch.
+        self._claimed: set[int] = set()  # frames an arrived image will be drawn into
+        self._busy = 0  # decodes running or waiting for a lane
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._prefaulter: asyncio.Task | None = None
+        self._prefaulting: tuple[int, asyncio.Future] | None = None  # (frame, its fill)
 
     # -- arrivals (on the event loop) ------------------------------------------------------------
 
@@ -69,11 +77,12 @@ class OutputBatch:
             self._unforeseen = True
         for number, blob in enumerate(blobs):
             if number < self._expected[index]:
+                self._claimed.add(self._offsets[index] + number)
                 self._spawn(self._take((index, number), blob))
         self._settle_target()
 
     def _spawn(self, work) -> None:
-        task = asyncio.ensure_future(work)
+        task = asyncio.ensure_future(self._working(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -87,6 +96,35 @@ class OutputBatch:
                 return index
         return None
 
+    async def _working(self, work) -> None:
+        self._busy += 1
+        self._idle.clear()
+        try:
+            await work
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def _prefault(self) -> None:
+        assert self._frames is not None
+        for frame in range(len(self._frames)):
+            await self._idle.wait()
+            if frame in self._claimed:
+                continue
+            fill = asyncio.ensure_future(asyncio.to_thread(self._frames[frame].fill, 0.0))
+            self._prefaulting = (frame, fill)
+            try:
+                await asyncio.shield(fill)
+            finally:
+                self._prefaulting = None
+
+    async def _unfaulted(self, slot: Slot) -> None:
+        """Wait until no prefault writes into this slot's frame (or, with no slot, into any)."""
+        current = self._prefaulting
+        if current is not None and (slot is None or current[0] == self._offsets[slot[0]] + slot[1]):
+            await asyncio.shield(current[1])
+
     async def _take(self, slot: Slot, blob: bytes) -> None:
         async with self._lanes:
             if self._unforeseen or not await asyncio.to_thread(self._within_limit, blob):
@@ -97,6 +135,7 @@ class OutputBatch:
                 return
             try:
                 if self._target is not None:
+                    await self._unfaulted(slot)
                     await asyncio.to_thread(self._decode_into, slot, blob)
                     return
                 self._opening += 1
@@ -130,8 +169,11 @@ class OutputBatch:
                 self._settle_target()
                 return
             self._target, self._target_item = (width, height), frontier
-            # numpy asks Linux for huge pages on large arrays: fewer page faults while filling it.
-            self._frames = np.empty((self._offsets[-1], height, width, 3), dtype=np.float32)
+            # torch's allocator, not numpy's: numpy asks Linux for huge pages on large arrays, and on
+            # a machine whose memory is fragmented each huge-page fault then waits for compaction
+            # (seconds per 4K frame of a multi-GB batch); small pages fault in steadily.
+            self._frames = torch.empty((self._offsets[-1], height, width, 3), dtype=torch.float32).numpy()
+            self._prefaulter = asyncio.ensure_future(self._prefault())
         for slot, (picture, full_scale) in list(self._held.items()):
             del self._held[slot]
             self._spawn(self._draw(slot, picture, full_scale))
@@ -141,6 +183,7 @@ class OutputBatch:
 
     async def _draw(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
         async with self._lanes:
+            await self._unfaulted(slot)
             await asyncio.to_thread(self._place, slot, picture, full_scale)
 
     # -- worker threads ----------------------------------------------------------------------------
@@ -176,6 +219,7 @@ class OutputBatch:
         """
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
+        await self._stop_prefaulting()
         slots = [(index, number) for index, blobs in kept for number in range(len(blobs))]
         if not slots:
             raise ValueError("no images to decode")
@@ -191,23 +235,28 @@ class OutputBatch:
         return torch.from_numpy(await asyncio.to_thread(self._compact, slots))
 
     def _compact(self, slots: list[Slot]) -> np.ndarray:
-        """Move frames down over the slots of images that never came, then release the tail."""
+        """Move frames down over the slots of images that never came (skipped failures).
+
+        The slots of those images were never written, so they never took memory (pages are
+        allocated when first written); the frames moved down free nothing, as the batch is one
+        allocation: at most the moved frames' worth stays unused until the output is released.
+        """
         frames, self._frames = self._frames, None
         assert frames is not None
         for position, (index, number) in enumerate(slots):
             source = self._offsets[index] + number
             if source != position:  # sources only move down, in order, so nothing is overwritten
                 frames[position] = frames[source]
-        if len(slots) == len(frames):
-            return frames
-        try:
-            # Shrinks the allocation in place (realloc): the unused tail goes back to the system.
-            frames.resize((len(slots), *frames.shape[1:]), refcheck=False)
-            return frames
-        except ValueError:
-            return frames[: len(slots)]
+        return frames[: len(slots)]
+
+    async def _stop_prefaulting(self) -> None:
+        if self._prefaulter is not None:
+            self._prefaulter.cancel()
+        current = self._prefaulting
+        if current is not None:
+            await asyncio.shield(current[1])  # a fill in a thread runs on: let it end before frames move
 
     def close(self) -> None:
         """Stop decoding (the run ended without output); threads already decoding finish alone."""
-        for task in list(self._tasks):
+        for task in [*self._tasks, *([self._prefaulter] if self._prefaulter else [])]:
             task.cancel()
