@@ -4,12 +4,33 @@ ComfyUI imports this file by location, under whatever folder name the pack was c
 so everything inside the pack is imported relatively. The node classes (and comfy_api) are
 imported only when ComfyUI asks for them, which keeps providers/ importable and testable
 without a running ComfyUI.
+
+On a ComfyUI too old for the V3 features the node uses, the pack logs one line saying which
+version it needs and how to update, and registers nothing (no node, no frontend extension).
 """
 
-WEB_DIRECTORY = "./web/js"
+import logging
+
+from .nodes.compat import unsupported_comfyui_message
+
+_UNSUPPORTED = unsupported_comfyui_message()
+if _UNSUPPORTED:
+    logging.getLogger("nano_banana_bridge").error(_UNSUPPORTED)
+
+WEB_DIRECTORY = None if _UNSUPPORTED else "./web/js"
 
 
 async def comfy_entrypoint():
+    if _UNSUPPORTED:
+        # This ComfyUI called us, so it has ComfyExtension: hand it an empty one (no nodes, no traceback).
+        from comfy_api.latest import ComfyExtension
+
+        class UnsupportedComfyUI(ComfyExtension):
+            async def get_node_list(self) -> list:
+                return []
+
+        return UnsupportedComfyUI()
+
     from .nodes.extension import BananaBridgeExtension
 
     return BananaBridgeExtension()

@@ -149,10 +149,9 @@ def throughput() -> None:
 
 
 def tail() -> None:
+    from banana_pack.nodes.tensors import decode_images
     from bench_tensors import photo_like
     from PIL import Image
-
-    from banana_pack.nodes.tensors import decode_images
 
     buffer = io.BytesIO()
     Image.fromarray(photo_like(4096)).save(buffer, "JPEG", quality=95)
@@ -209,7 +208,7 @@ def polling() -> None:
     server.stop()
     polls = len(server.hits("GET", r"^/v1/tasks/"))
     after = returned - completed[0]
-    print(f"\n3. EvoLink (async tasks), a job complete the moment it is submitted, the catalog's cadence")
+    print("\n3. EvoLink (async tasks), a job complete the moment it is submitted, the catalog's cadence")
     print(f"completion -> return {after:6.3f} s   polls {polls}   target <= 1 s: {verdict(after <= 1.0)}")
 
 

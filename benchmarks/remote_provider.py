@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from loopback import LoopbackServer, Recorded, Reply  # noqa: E402
+from loopback import LoopbackServer, Recorded, Reply
 
 
 def main() -> None:

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .tensors import ImageDecodeError, SizePolicy, decode_images, draw_picture, open_picture, place
+from .tensors import (
+    ImageDecodeError,
+    SizePolicy,
+    decode_images,
+    draw_picture,
+    open_picture,
+    place,
+)
 
 # Decodes at once: Pillow and numpy release the GIL, so two use both cores of a small machine
 # without holding more than two decoded images in flight.

@@ -181,12 +181,19 @@ async def run_batch(
                 progress.cached += 1
                 update()
                 return outcome
+
+        def on_task(handle: dict) -> None:
+            outcome.request_id = job_id(handle)  # known from the submit on, so even a cancelled item names its job
+            if store is not None:
+                store.remember_task(key, handle, provenance)
+
         ctx = CallContext(
             cancel_check=cancel_check,
             on_status=lambda text: update(f"item {item.index + 1}: {text}"),
-            on_task=(lambda handle: store.remember_task(key, handle, provenance)) if store is not None else None,
+            on_task=on_task,
             resume_task=store.pending_task(key) if store is not None else None,
         )
+        outcome.request_id = job_id(ctx.resume_task)
 
         async def serve(call_ctx: CallContext) -> GenerationResult:
             """The item's call: on its provider, then its other keys and fallback providers."""
@@ -215,9 +222,9 @@ async def run_batch(
                 result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
-                outcome.files = [str(p) for p in paths]
+                outcome.files = [store.view_path(p) for p in paths]
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
-            outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
+            outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id or outcome.request_id, result.cost, result.cost_unit
             outcome.seconds, outcome.warnings = result.seconds, result.warnings
             progress.done += 1
         except Cancelled as exc:
@@ -225,11 +232,12 @@ async def run_batch(
             progress.cancelled += 1
         except Refusal as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = REFUSED, exc.reason, str(exc), exc
-            outcome.request_id = exc.request_id
+            outcome.request_id = exc.request_id or outcome.request_id
             outcome.text = redact(exc.model_text or "")
             progress.refused += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            outcome.request_id = exc.request_id or outcome.request_id
             progress.failed += 1
         except Exception as exc:  # noqa: BLE001 - one broken item must not sink the batch
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, type(exc).__name__, redact(exc), exc
@@ -296,16 +304,25 @@ def release_keys(keys: list[str]) -> None:
         _claimed.difference_update(keys)
 
 
+def job_id(handle: dict | None) -> str | None:
+    """The provider's id of an accepted asynchronous job (fal's request_id, the task services' task_id)."""
+    if not isinstance(handle, dict):
+        return None
+    value = handle.get("request_id") or handle.get("task_id")
+    return str(value) if value else None
+
+
 class BatchFailed(BananaError):
     kind = "batch_failed"
 
 
-def settle(outcomes: list[ItemOutcome], policy: str) -> list[ItemOutcome]:
+def settle(outcomes: list[ItemOutcome], policy: str, *, saved_in: str | None = None, report_file: str | None = None) -> list[ItemOutcome]:
     """The outcomes whose images go to the output, or the error the node raises.
 
     "fail" raises when any item was refused or failed; "skip" and "flag" keep going (flag also
     writes a warning line per failed item into the text output). A batch in which nothing
-    succeeded is an error under every policy. Saved results stay on disk either way.
+    succeeded is an error under every policy. Saved results stay on disk either way, and the
+    error names their folder (`saved_in`) and the run's report file.
     """
     good = [o for o in outcomes if o.status in (OK, CACHED)]
     bad = [o for o in outcomes if o.status in (REFUSED, FAILED)]
@@ -315,9 +332,11 @@ def settle(outcomes: list[ItemOutcome], policy: str) -> list[ItemOutcome]:
             raise first.error  # a single call: its own error, verbatim
         saved = sum(len(o.files) for o in good)
         summary = ", ".join(f"{sum(1 for o in outcomes if o.status == s)} {s}" for s in (OK, CACHED, REFUSED, FAILED, CANCELLED) if any(o.status == s for o in outcomes))
+        where = f"{saved} finished image(s) are saved in {saved_in}. " if saved and saved_in else f"{saved} finished image(s) are saved. " if saved else ""
         raise BatchFailed(
             f"{len(bad)} of {len(outcomes)} items did not produce an image ({summary}). First: item {first.index + 1}: {first.message}",
-            hint=(f"{saved} finished image(s) are saved in the output folder. " if saved else "")
+            hint=where
+            + (f"Every item's status, reason and request id: {report_file}. " if report_file else "")
             + ("Set on_failure to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
         )
     return good

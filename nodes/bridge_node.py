@@ -145,7 +145,7 @@ class NanoBananaBridge(io.ComfyNode):
             raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to}'.", hint="Use a relative folder name such as nano_banana_bridge.")
         progress = NodeProgress(cls.hidden.unique_id, total=1)
         try:
-            out = await render(inputs, store_root=store_root, cancel_check=progress.cancel_requested, progress=progress)
+            out = await render(inputs, store_root=store_root, output_root=output_dir(), cancel_check=progress.cancel_requested, progress=progress)
         except Interrupted:
             raise_interrupt()
         except BananaError:

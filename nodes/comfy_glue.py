@@ -7,12 +7,54 @@ so everything else in nodes/ stays importable and testable without a running Com
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 
 from ..providers.redaction import redact
 
 log = logging.getLogger("nano_banana_bridge")
+
+# Two ways a running node stops, which the pack treats differently (see the README, "When a
+# neighbour fails"):
+# - The user pressed Interrupt: the /interrupt route sets comfy.model_management's flag. Our node
+#   sees it within 0.2 s (the engine polls it) unless a synchronous node (a sampler) takes it first:
+#   while such a node runs, the event loop is blocked, and that node's progress hook clears the flag
+#   as it raises. Either way the interrupt was the user's: remote jobs are cancelled.
+# - Another node of the prompt failed: the executor stops and asyncio.run() cancels every task
+#   still pending, ours included. The flag is never set. Our paid jobs are left running, journaled.
+# So a task cancellation alone is no interrupt. To see interrupts a sampler consumed, we count every
+# time the flag is set (only the /interrupt route sets it to True) by wrapping the setter once.
+_interrupts = 0
+_interrupts_lock = threading.Lock()
+
+
+def install_interrupt_observer() -> bool:
+    """Count user interrupts from now on (idempotent). False when ComfyUI's flag is not there."""
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return False
+    original = getattr(mm, "interrupt_current_processing", None)
+    if original is None:
+        return False
+    if getattr(original, "_banana_observer", False):
+        return True
+
+    def interrupt_current_processing(value=True):
+        global _interrupts
+        if value:
+            with _interrupts_lock:
+                _interrupts += 1
+        return original(value)
+
+    interrupt_current_processing._banana_observer = True  # type: ignore[attr-defined]
+    mm.interrupt_current_processing = interrupt_current_processing
+    return True
+
+
+def interrupts_seen() -> int:
+    return _interrupts
 
 
 def interrupt_requested() -> bool:
@@ -40,6 +82,8 @@ class NodeProgress:
         self._last_text = ""
         self._last_sent = 0.0
         self.interrupted = False  # set when the progress bar's hook consumed ComfyUI's interrupt flag
+        install_interrupt_observer()
+        self._interrupts_at_start = interrupts_seen()
         self._bar = None
         try:
             import comfy.utils
@@ -75,7 +119,8 @@ class NodeProgress:
                 self.interrupted = True
 
     def cancel_requested(self) -> bool:
-        return self.interrupted or interrupt_requested()
+        """The user's interrupt: the flag, or one set since this node started that another node consumed."""
+        return self.interrupted or interrupt_requested() or interrupts_seen() > self._interrupts_at_start
 
 
 def output_dir() -> Path:

@@ -24,6 +24,7 @@ from ..providers.outcome import GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .assemble import OutputBatch
+from .housekeeping import tidy_once
 from .store import ResultStore
 from .tensors import ImageDecodeError, encode_image
 
@@ -149,9 +150,11 @@ async def render(
     inputs: RenderInputs,
     *,
     store_root: Path | None,
+    output_root: Path | None = None,
     cancel_check: Callable[[], bool] | None = None,
     progress: ProgressSink | None = None,
 ) -> RenderOutput:
+    """Run the node's work. Report paths are relative to `output_root` (ComfyUI's output folder)."""
     prompts = [p for text in inputs.prompts for p in split_prompts(text or "", inputs.prompt_per_line)]
     prompts = [p for p in prompts if p.strip()]
     if not prompts:
@@ -172,8 +175,8 @@ async def render(
     references = await asyncio.to_thread(_encode, images, spec.upload_max_pixels, inputs.upload_format) if images else []
     per_image = await asyncio.to_thread(_encode, subjects, spec.upload_max_pixels, inputs.upload_format) if subjects else None
 
-    # Check the first call against the catalog now, so a wrong ratio or too many references fails
-    # at once with the model's limits, instead of once per item.
+    # Check the first call against the catalog now, so a wrong ratio, an option the provider cannot
+    # honour or too many references fails at once with the model's limits, instead of once per item.
     first_refs = tuple(([per_image[0]] if per_image else []) + references)
     settings = BatchSettings(
         provider=spec.id,
@@ -188,10 +191,14 @@ async def render(
         fallback=tuple(fallback_chain(inputs.provider, spec.id, inputs.model)),
         failover_on_refusal=failover_on_refusal(),
     )
-    check_request(spec, offer, GenerationRequest(prompt=prompts[0], images=first_refs, aspect_ratio=settings.aspect_ratio, resolution=settings.resolution))
+    # Every option the settings carry goes through the catalog's one rule here, once, before any call.
+    options = {name: getattr(settings, name) for name in GenerationRequest.__dataclass_fields__ if hasattr(settings, name)}
+    check_request(spec, offer, GenerationRequest(**{**options, "prompt": prompts[0], "images": first_refs, "seed": inputs.seed}))
 
     items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
-    store = ResultStore(store_root) if store_root is not None else None
+    store = ResultStore(store_root, output_root=output_root) if store_root is not None else None
+    if store_root is not None:
+        await asyncio.to_thread(tidy_once, store_root)  # a save_to folder's first use in this process (the default one: at load)
 
     def on_update(state: BatchProgress) -> None:
         if progress is not None:
@@ -206,18 +213,21 @@ async def render(
             on_finished=lambda outcome: output.add(outcome.index, [image.data for image in outcome.images]),
         )
         report = batch_report(outcomes, settings)
+        report_file = None
         if store is not None:
-            report["report_file"] = str(await asyncio.to_thread(store.save_report, report))
+            report["save_folder"] = store.view_path(store.root)
+            report_file = await asyncio.to_thread(store.save_report, report)
+            report["report_file"] = store.view_path(report_file)
         if any(o.status == CANCELLED for o in outcomes):
             raise Interrupted(report)
-        kept = settle(outcomes, inputs.on_failure)
+        kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
         try:
             tensor = await output.result(
                 [(o.index, [image.data for image in o.images]) for o in kept],
                 check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
             )
         except ImageDecodeError as exc:
-            saved = [str(Path(f) if Path(f).is_absolute() else store_root / f) for outcome in kept for f in outcome.files] if store_root else []
+            saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
             where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
             if isinstance(exc, DecodeLimitExceeded):
                 raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None

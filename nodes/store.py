@@ -15,6 +15,11 @@ names must stay inside the store. An entry that fails any check is a miss, logge
 exception: a planted journal entry never reaches the engine, a planted cache entry never returns
 a file from elsewhere on disk.
 
+Paths in reports and cache answers are relative to ComfyUI's output folder (`output_root`), in
+the form ComfyUI's own `/view?filename=...&subfolder=...&type=output` takes, for fresh and cached
+results alike; the cache entries themselves name files relative to the store's root, so a
+moved output folder keeps its cache.
+
 Pure Python (no torch, no ComfyUI), so it is tested in CI; the node layer chooses the root.
 """
 
@@ -37,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..providers.config import store_secret, warn_once
+from ..providers.engine.auth import without_userinfo
 from ..providers.errors import ConfigError
 from ..providers.outcome import GeneratedImage, GenerationResult, NotAnImage, inspect_image
 from ..providers.redaction import redact, redact_data
@@ -120,8 +126,10 @@ class CachedResult:
 class ResultStore:
     """Files under one root; safe to use from several threads and event loops at once."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, output_root: str | os.PathLike | None = None) -> None:
         self.root = Path(root)
+        # What report paths are relative to: ComfyUI's output folder (default: the store's root).
+        self.output_root = Path(output_root) if output_root is not None else self.root
         self._lock = threading.Lock()
         self._secret: bytes | None = None  # read (or created) on first use
 
@@ -182,6 +190,14 @@ class ResultStore:
             raise _Untrusted(f"names a file outside the store: {rel!r}")
         return path
 
+    def view_path(self, path: str | os.PathLike) -> str:
+        """A saved file as the report names it: relative to the output folder, with forward slashes."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.output_root.resolve()).as_posix()
+        except ValueError:
+            return str(path)  # outside the output folder (a script's own root): absolute
+
     # -- saving on arrival ---------------------------------------------------------------------
 
     def save(self, key: str, result: GenerationResult, provenance: dict[str, Any]) -> list[Path]:
@@ -211,7 +227,8 @@ class ResultStore:
         }
         for n, path in enumerate(paths):
             image = result.images[n]
-            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, "file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height}))
+            details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
+            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
         self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
         self.forget_task(key)
@@ -243,7 +260,7 @@ class ResultStore:
                 if hashlib.sha256(data).hexdigest() != file.get("sha256"):
                     raise _Untrusted(f"{file['path']} changed since it was saved")
                 images.append(inspect_image(data))
-                names.append(file["path"])
+                names.append(self.view_path(target))
         except _Untrusted as exc:
             _ignore(path, str(exc))
             return None
@@ -279,7 +296,7 @@ class ResultStore:
 
     def save_report(self, report: dict[str, Any]) -> Path:
         path = self.root / "reports" / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
-        _atomic_write(path, _json_bytes(report))
+        _atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
         return path
 
 

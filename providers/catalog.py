@@ -48,6 +48,8 @@ class ModelOffer:
     ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
     edit_model_id: str | None = None  # a separate endpoint for edits (fal)
     known: bool = True  # False for a free-text id the catalog does not describe
+    fixed_resolution: str = "1K"  # the size a model without `resolutions` gives: asking for it is honoured
+    best_effort: tuple[str, ...] = ()  # options (OPTION_RULES names) this offer treats as best-effort on top of the global ones
 
     def id_for(self, resolution: str | None, editing: bool = False) -> str:
         if editing and self.edit_model_id:
@@ -67,6 +69,61 @@ class ModelOffer:
 
 
 @dataclass(frozen=True)
+class OptionRule:
+    """One rule for every generation option a provider might not honour.
+
+    A value the offer cannot honour is refused before anything is sent, with the allowed values,
+    unless the option is best-effort (here, or in the offer's `best_effort`): then it is dropped
+    and the report says so. `capability` names the ModelOffer attribute that says what is
+    honoured: a tuple of allowed values, or a bool (any value, or none). New options (thinking
+    level, safety, grounding...) add a GenerationRequest field, a ModelOffer capability and a row.
+    """
+
+    option: str  # the GenerationRequest field (and the node's input of the same name)
+    capability: str  # the ModelOffer attribute listing what is honoured
+    unset: tuple[Any, ...] = (None, "", False)  # values that ask for nothing: never checked, never refused
+    best_effort: bool = False
+    why: str = ""  # for best-effort options: why dropping it is acceptable (README, messages)
+    note: bool = True  # best-effort: say in the report that it was not sent
+
+    def allowed(self, offer: ModelOffer) -> tuple[Any, ...] | None:
+        """The values the offer honours; None: any value."""
+        capability = getattr(offer, self.capability)
+        if isinstance(capability, bool):
+            return None if capability else ()
+        if self.capability == "resolutions" and not capability:
+            return (offer.fixed_resolution,)  # a fixed size: asking for that size is honoured
+        return tuple(capability)
+
+    def is_unset(self, value: Any) -> bool:
+        # By type as well as value: a seed of 0 or a temperature of 0.0 is a setting, not False.
+        return any(value is u or (type(value) is type(u) and value == u) for u in self.unset)
+
+    def is_best_effort(self, offer: ModelOffer) -> bool:
+        return self.best_effort or self.option in offer.best_effort
+
+
+OPTION_RULES: tuple[OptionRule, ...] = (
+    OptionRule("aspect_ratio", "aspect_ratios", unset=(None, "", AUTO)),
+    OptionRule("resolution", "resolutions"),
+    OptionRule("system_prompt", "system_prompt"),
+    OptionRule("web_search", "web_search"),
+    OptionRule("temperature", "temperature", best_effort=True, why="a sampling hint: results vary run to run even where it is sent"),
+    OptionRule(
+        "seed",
+        "seed",
+        best_effort=True,
+        note=False,
+        why="no provider promises identical images for a seed; where it is not sent it still makes ComfyUI run the node again",
+    ),
+)
+
+
+def option_rule(option: str) -> OptionRule:
+    return next(rule for rule in OPTION_RULES if rule.option == option)
+
+
+@dataclass(frozen=True)
 class ProviderSpec:
     id: str  # stable id: used in workflows, env names (BANANA_<ID>_API_KEY) and the keys file
     display_name: str
@@ -80,6 +137,10 @@ class ProviderSpec:
     concurrency: int = 4  # requests in flight at once, process-wide
     read_timeout: float = 360.0  # 4K Pro generations take minutes
     max_wait: float = 900.0  # asynchronous jobs: total wait before giving up (the job is journaled)
+    # How long an accepted job's result can still be fetched; a journal entry older than this is
+    # removed at load (nothing left to attach to). Where unknown, err long: an entry kept too
+    # long costs one failed attach, one removed too early a second payment.
+    result_lifetime: float = 24 * 3600.0
     upload_max_pixels: int = 4 * 1024 * 1024  # reference images are downscaled above this
     options: Mapping[str, Any] = field(default_factory=dict)  # family-specific knobs
     custom: bool = False
@@ -249,6 +310,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
         ),
         key_help="https://openai-hk.com (keys start with hk-)",
+        result_lifetime=7 * 24 * 3600.0,  # UNVERIFIED for the passthrough: a week, erring long
         # The passthrough answers with fal's queue.fal.run URLs: moved onto the base URL (5.8).
         # Polling: fal's cadence (below), but a reseller's rate limits are unknown: half fal's budget.
         options=_freeze({"rewrite_queue_urls": True, "output_format": "png", "poll_first_delay": 0.25, "poll_max_delay": 2.0, "poll_budget": 60}),
@@ -267,6 +329,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",
         concurrency=8,
+        result_lifetime=30 * 24 * 3600.0,  # request payloads are kept 30 days (providers.md 5.7)
         auth_hosts=("*.fal.run",),  # the queue's status/result/cancel URLs (queue.fal.run)
         # Polling: fal's own client polls its queue every 0.1 s; we back off to 1 s, at most 120 a minute.
         options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 0.25, "poll_max_delay": 1.0, "poll_budget": 120}),
@@ -284,6 +347,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10 + ("1:4", "4:1"), web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://apimaster.ai (console, API keys)",
+        result_lifetime=24 * 3600.0,  # results expire 24 h after completion (expires_at, providers.md section 10)
         # Async endpoint (a journaled task id), not the sync one; references go inline (no upload API).
         # Polling: no documented cadence; EvoLink's (same task model) is used, at most 30 a minute.
         options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution", "cancel_path": None, "poll_first_delay": 0.25, "poll_max_delay": 3.0, "poll_budget": 30}),
@@ -301,6 +365,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
             _offer(NANO_BANANA_2, "gemini-3.1-flash-image-preview", max_count=4, web_search=False, **_NO_SAMPLING),
         ),
         key_help="https://evolink.ai (dashboard, API keys)",
+        result_lifetime=24 * 3600.0,  # result URLs and tasks expire after 24 h (providers.md section 10)
         auth_hosts=("files-api.evolink.ai",),  # its file API for reference uploads
         # EvoLink's pages disagree on the field names (providers.md section 10): configurable,
         # BANANA_EVOLINK_RATIO_FIELD=size / BANANA_EVOLINK_RESOLUTION_FIELD=quality, or a custom provider.

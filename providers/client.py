@@ -15,25 +15,27 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
-from .catalog import AUTO, MATCH_INPUT, ModelOffer, ProviderSpec, unknown_model
+from .catalog import AUTO, MATCH_INPUT, OPTION_RULES, ModelOffer, OptionRule, ProviderSpec, unknown_model
 from .config import all_providers, api_keys_for, config_dir, display_path, get_provider, has_key
-from .redaction import clip
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
 from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
+from .redaction import clip
 
 
 LOST_SUBMIT_HINT = (
     "No answer to the submit arrived, so the job may have been accepted (and billed). It was NOT sent again: "
     "check the provider's dashboard or request history before queueing the same request again."
 )
+log = logging.getLogger("nano_banana_bridge")
 _OFF = ("", "none", "null", "false")  # option values that mean "not set" (the environment sends strings)
 _ON = ("1", "true", "yes", "on")
 
@@ -166,13 +168,16 @@ class ProviderCall:
         """engine.poll at the provider's cadence (options poll_first_delay, poll_max_delay and
         poll_budget: see PollCadence) and within its max_wait.
 
-        cancel: the (method, path or URL) that cancels the remote job when the user stops.
+        cancel: the (method, path or URL) that cancels the remote job when the user stops. Only a
+        stop the caller asked for (ctx.cancel_check, ComfyUI's Interrupt) cancels the job. When the
+        task is cancelled from outside without that (ComfyUI cancels a prompt's other nodes when one
+        fails), the paid job is left running: its handle is already journaled, so the next run attaches.
         """
         return await self.engine.poll(
             self.ctx,
             self.caller,
             check,
-            cancel=self._request_later(*cancel, "Cancelling the job") if cancel else None,
+            cancel=self._cancel_if_asked(*cancel, label) if cancel else None,
             cadence=self.poll_cadence(),
             max_wait=self.provider.max_wait,
             task_label=label,
@@ -192,6 +197,22 @@ class ProviderCall:
     async def cleanup(self, method: str, path_or_url: str, what: str) -> None:
         """A best-effort request (delete an upload, ...) that also runs after an interrupt and never fails."""
         await self.engine.courtesy(self.ctx, self.caller, self._request_later(method, path_or_url, what), what)
+
+    def _cancel_if_asked(self, method: str, path_or_url: str, label: str) -> Callable[[CallContext], Awaitable[Response | None]]:
+        request = self._request_later(method, path_or_url, "Cancelling the job")
+
+        async def cancel_remote(detached: CallContext) -> Response | None:
+            if not self.ctx.cancelled():
+                log.info(
+                    "%s: the run was cancelled without an interrupt (another node in the prompt failed?); job %s is left running, "
+                    "journaled for the next run of the same request",
+                    self.provider.id,
+                    label or "(no id)",
+                )
+                return None
+            return await request(detached)
+
+        return cancel_remote
 
     def _request_later(self, method: str, path_or_url: str, status: str) -> Callable[[CallContext], Awaitable[Response]]:
         """An idempotent request to run under the context the engine passes (a detached one)."""
@@ -279,7 +300,13 @@ def nearest_ratio(width: int, height: int, ratios: tuple[str, ...]) -> str | Non
 
 
 def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
-    """Validate against the catalog and normalise; returns the request to send and warnings."""
+    """Validate against the catalog and normalise; returns the request to send and warnings.
+
+    Every option goes through one rule (catalog.OPTION_RULES): a value this offer cannot honour
+    is refused here, before anything is sent, naming the allowed values, unless the option is
+    best-effort, in which case it is dropped and the report says so. A free-text model id
+    (model_id_override) is not described by the catalog: its values are sent unchecked, with a note.
+    """
     warnings: list[str] = []
     where = f"{offer.name} on {spec.display_name}"
     if not request.prompt.strip():
@@ -292,41 +319,69 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
                 hint="Each image in a batch counts as one reference. Remove some, or pick a model that takes more (Nano Banana Pro and Nano Banana 2 take 14).",
             )
         warnings.append(f"{len(request.images)} reference images sent to an unlisted model; the provider may reject them.")
+    dropped: dict[str, Any] = {}
+    for rule in OPTION_RULES:
+        value = getattr(request, rule.option)
+        if rule.is_unset(value):
+            continue
+        allowed = rule.allowed(offer)
+        if allowed is None or value in allowed:
+            continue
+        shown = _shown(rule.option, value)
+        if not offer.known:
+            warnings.append(f"{shown} sent to an unlisted model unchecked.")
+        elif rule.is_best_effort(offer):
+            dropped[rule.option] = rule.unset[0]
+            if rule.note:
+                warnings.append(f"{where} does not take the {rule.option.replace('_', ' ')} (best-effort); it was not sent.")
+        else:
+            raise _unhonoured(spec, offer, rule, value, allowed)
+    request = replace(request, **dropped)
     ratio = request.aspect_ratio
     if ratio in (None, "", AUTO):
         ratio = None
     elif ratio == MATCH_INPUT:
         first = next((im for im in request.images if im.width and im.height), None)
         ratio = nearest_ratio(first.width, first.height, offer.aspect_ratios) if first else None
-    elif ratio not in offer.aspect_ratios:
-        if offer.known:
-            raise InvalidRequest(f"Aspect ratio {ratio} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.aspect_ratios)}.")
-        warnings.append(f"Aspect ratio {ratio} sent to an unlisted model unchecked.")
     resolution = request.resolution or None
-    if resolution and resolution not in offer.resolutions:
-        if not offer.resolutions:
-            if offer.known:
-                warnings.append(f"{where} has a fixed size; resolution {resolution} was not sent.")
-            resolution = None if offer.known else resolution
-        elif offer.known:
-            raise InvalidRequest(f"Resolution {resolution} is not available for {where}.", provider=spec.id, hint=f"Choose one of: {', '.join(offer.resolutions)}.")
-    # The seed is not in this list: where a provider ignores it, it is still the node's re-run trigger.
-    for flag, value, label in (("temperature", request.temperature, "temperature"), ("system_prompt", request.system_prompt, "system prompt")):
-        if value not in (None, "") and not getattr(offer, flag):
-            warnings.append(f"{where} ignores the {label}; it was not sent.")
-    if request.web_search and not offer.web_search:
-        warnings.append(f"{where} has no web search; it was not requested.")
+    if offer.known and not offer.resolutions:
+        resolution = None  # a fixed size: nothing to send
     normalised = replace(
         request,
         aspect_ratio=ratio,
         resolution=resolution if resolution else offer.default_resolution if offer.resolutions else None,
-        seed=request.seed if offer.seed else None,
-        temperature=request.temperature if offer.temperature else None,
-        system_prompt=(request.system_prompt or None) if offer.system_prompt else None,
-        web_search=request.web_search and offer.web_search,
         count=max(1, min(request.count, offer.max_count)),
     )
     return normalised, warnings
+
+
+def _shown(option: str, value: Any) -> str:
+    label = option.replace("_", " ")
+    if isinstance(value, bool):
+        return f"{label} on"
+    if option == "system_prompt":
+        return "a system prompt"
+    return f"{label} {value}"
+
+
+def _unhonoured(spec: ProviderSpec, offer: ModelOffer, rule: OptionRule, value: Any, allowed: tuple[Any, ...]) -> InvalidRequest:
+    """The refusal for a value this offer cannot honour: what it allows instead, and which providers take the value."""
+    shown = _shown(rule.option, value)
+    takers = []
+    for other in all_providers():
+        their = other.model(offer.name) if other.id != spec.id else None
+        if their is not None and their.known:
+            their_allowed = rule.allowed(their)
+            if their_allowed is None or value in their_allowed:
+                takers.append(other.id)
+    if not allowed:
+        instead = f"Turn {rule.option} off" if isinstance(value, bool) else f"Leave {rule.option} empty"
+    elif rule.option == "resolution" and not offer.resolutions:
+        instead = f"It has a fixed size: choose {allowed[0]}"
+    else:
+        instead = f"Choose one of: {', '.join(str(v) for v in allowed)}"
+    elsewhere = f", or pick a provider that offers it for {offer.name}: {', '.join(takers)}" if takers else ""
+    return InvalidRequest(f"{shown[0].upper()}{shown[1:]} is not available for {offer.name} on {spec.display_name}.", provider=spec.id, hint=f"{instead}{elsewhere}.")
 
 
 AUTO_PROVIDER = "auto"

@@ -239,7 +239,7 @@ def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> Provider
     base_url = env.get(env_name(spec.id, "BASE_URL")) or settings.get("base_url")
     if base_url:
         changes["base_url"] = str(base_url).rstrip("/")
-    for field_name, suffix, cast in (("concurrency", "CONCURRENCY", int), ("read_timeout", "TIMEOUT", float), ("max_wait", "MAX_WAIT", float)):
+    for field_name, suffix, cast in (("concurrency", "CONCURRENCY", int), ("read_timeout", "TIMEOUT", float), ("max_wait", "MAX_WAIT", float), ("result_lifetime", "RESULT_LIFETIME", float)):
         raw = env.get(env_name(spec.id, suffix)) or settings.get(field_name if field_name != "read_timeout" else "timeout")
         if raw not in (None, ""):
             try:

@@ -18,14 +18,21 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from .catalog import ProviderSpec
 from .client import AUTO_PROVIDER, check_request, generate, resolve_model
 from .config import all_providers, api_keys_for, get_provider, has_key
 from .engine import CallContext
-from .errors import BananaError, MalformedResponse, QuotaOrRateLimited, Refusal, UpstreamUnavailable
+from .errors import (
+    BananaError,
+    MalformedResponse,
+    QuotaOrRateLimited,
+    Refusal,
+    UpstreamUnavailable,
+)
 from .outcome import GenerationRequest, GenerationResult
 
 FALLBACK_ENV = "BANANA_FALLBACK"

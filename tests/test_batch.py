@@ -113,9 +113,9 @@ def test_every_image_saved_with_sidecar_and_no_secret(google, tmp_path):
     google.route("POST", GEN_PATH, image_reply_for_prompt())
     outcomes = run(run_batch(expand_items(["cat 4"], []), SETTINGS, store=ResultStore(tmp_path)))
     (path,) = outcomes[0].files
-    saved = open(path, "rb").read()
+    saved = (tmp_path / path).read_bytes()  # report paths are relative to the output folder (here: the store's root)
     assert saved == outcomes[0].images[0].data  # the provider's original bytes
-    sidecar = json.loads(open(path.rsplit(".", 1)[0] + ".json").read())
+    sidecar = json.loads((tmp_path / path).with_suffix(".json").read_text())
     assert sidecar["provider"] == "google" and sidecar["prompt"] == "cat 4" and sidecar["model"] == "Nano Banana Pro"
     assert sidecar["request_id"] == "DrZkaeGZJdeez7IP_Om04A8" and sidecar["resolution"] == "1K"
     assert "batch-test-key-123" not in "".join(p.read_text() for p in tmp_path.rglob("*.json"))
@@ -141,7 +141,7 @@ def test_damaged_cache_entry_runs_again(google, tmp_path):
     google.route("POST", GEN_PATH, image_reply_for_prompt())
     items = expand_items(["cat 2"], [])
     (first,) = run(run_batch(items, SETTINGS, store=ResultStore(tmp_path)))
-    open(first.files[0], "wb").write(b"not an image")
+    (tmp_path / first.files[0]).write_bytes(b"not an image")
     (again,) = run(run_batch(items, SETTINGS, store=ResultStore(tmp_path)))
     assert again.status == OK and len(google.requests) == 2
 
@@ -158,7 +158,7 @@ def test_interrupt_mid_batch_keeps_finished_results(google, tmp_path):
     items = expand_items(["fast 1", "slow 2", "fast 3", "slow 4"], [])
     outcomes = run(run_batch(items, SETTINGS, store=store, cancel_check=stop.is_set, on_update=on_update))
     assert [o.status for o in outcomes] == [OK, CANCELLED, OK, CANCELLED]
-    assert all(len(o.files) == 1 and open(o.files[0], "rb").read() for o in outcomes if o.status == OK)
+    assert all(len(o.files) == 1 and (tmp_path / o.files[0]).read_bytes() for o in outcomes if o.status == OK)
     report_path = store.save_report(batch_report(outcomes, SETTINGS))
     assert json.loads(report_path.read_text())["counts"] == {OK: 2, CANCELLED: 2}
 

@@ -12,14 +12,13 @@ import threading
 
 import pytest
 import torch
-from PIL import Image
-
 from banana_pack.nodes import assemble
 from banana_pack.nodes.assemble import OutputBatch
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.tensors import ImageDecodeError, decode_images, open_picture
 from helpers import run
 from loopback import Recorded, Reply, fixture
+from PIL import Image
 
 
 def picture(width: int, height: int, seed: int) -> bytes:

@@ -8,12 +8,24 @@ import json
 import socket
 
 import pytest
-
-from banana_pack.nodes.batch import FAILED, OK, REFUSED, BatchSettings, batch_report, expand_items, run_batch
-from banana_pack.providers import ConfigError, GenerationRequest, QuotaOrRateLimited, UpstreamUnavailable
+from banana_pack.nodes.batch import (
+    FAILED,
+    OK,
+    REFUSED,
+    BatchSettings,
+    batch_report,
+    expand_items,
+    run_batch,
+)
+from banana_pack.providers import (
+    ConfigError,
+    GenerationRequest,
+    QuotaOrRateLimited,
+    UpstreamUnavailable,
+)
 from banana_pack.providers.config import api_keys_for, get_provider
-from banana_pack.providers.failover import KEYS, fallback_chain, generate_with_failover
 from banana_pack.providers.engine import CallContext
+from banana_pack.providers.failover import KEYS, fallback_chain, generate_with_failover
 from helpers import run
 from loopback import Recorded, Reply, fixture
 

@@ -352,10 +352,14 @@ def test_passthrough_result_400_that_is_not_progress_is_an_error(hk):
 
 
 def test_passthrough_cancel_goes_to_the_rewritten_url(hk):
-    script(hk, host="https://queue.fal.run", status=Reply(202, fixture("fal/status_in_queue.json")))
-    hk.route("PUT", r"/cancel$", Reply(json={}))
     flag = threading.Event()
-    threading.Timer(0.2, flag.set).start()
+
+    def queued(_req):
+        flag.set()  # stop once the job is being polled (not after a fixed time: the machine may be slow)
+        return Reply(202, fixture("fal/status_in_queue.json"))
+
+    script(hk, host="https://queue.fal.run", status=queued)
+    hk.route("PUT", r"/cancel$", Reply(json={}))
     with pytest.raises(Cancelled):
         gen("openai_hk_fal", ctx=CallContext(cancel_check=flag.is_set))
     (cancel,) = hk.hits("PUT", r"/cancel$")

@@ -71,10 +71,12 @@ def test_edit_sends_every_reference_inline(google):
 
 def test_flash_image_never_gets_image_size(google):
     google.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
-    result = gen("Nano Banana", resolution="2K", aspect_ratio="3:2")
+    result = gen("Nano Banana", resolution="1K", aspect_ratio="3:2")  # its fixed size: honoured, nothing to send
     body = google.requests[0].json()
-    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "3:2"}
-    assert any("fixed size" in w for w in result.warnings)
+    assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "3:2"} and result.warnings == []
+    with pytest.raises(InvalidRequest, match="fixed size: choose 1K"):
+        gen("Nano Banana", resolution="2K")  # one rule: refused before sending, not silently dropped
+    assert len(google.requests) == 1
 
 
 def test_thought_parts_are_skipped(google):

@@ -225,12 +225,12 @@ def test_a_huge_error_body_is_not_read_whole_even_when_retried(base, monkeypatch
 
 
 def test_a_slow_drip_ends_at_the_attempts_deadline(google, monkeypatch):
-    monkeypatch.setenv("BANANA_GOOGLE_TIMEOUT", "1")  # each byte arrives well inside one read timeout
-    google.route("POST", GEN, drip(0.3))
+    monkeypatch.setenv("BANANA_GOOGLE_TIMEOUT", "3")  # each byte arrives well inside one read timeout
+    google.route("POST", GEN, drip(0.2, give_up_after=30))
     started = time.monotonic()
     with pytest.raises(TimedOut) as info:
         gen()
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 15  # the deadline is 6 s; the drip would last 30 s
     assert "deadline" in str(info.value) and info.value.maybe_billed
     assert google.count("POST") == 1
 
@@ -261,3 +261,58 @@ def test_inline_images_beyond_the_count_are_dropped_too(google):
     google.route("POST", GEN, reply(200, answer))
     result = gen()
     assert len(result.images) == 1 and any("returned 30 images for 1 asked" in w for w in result.warnings)
+
+
+def test_a_workflow_naming_a_url_as_model_id_override_is_refused_by_the_node(fal, other, tmp_path):
+    from banana_pack.nodes.render import RenderInputs, render
+
+    inputs = RenderInputs(provider="fal", model="Nano Banana", prompts=["a cat"], model_id_override=other.url + "/x")
+    with pytest.raises(InvalidRequest):
+        run(render(inputs, store_root=tmp_path))
+    assert other.hits == [] and fal.hits == []
+
+
+# -- what still works ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_an_honest_compressed_answer_is_read(google, encoding):
+    import gzip
+    import json
+    import zlib
+
+    body = json.dumps(fixture("gemini/success_single.json")).encode()
+    packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
+    google.route("POST", GEN, reply(200, raw=packed, headers={"Content-Encoding": encoding}))
+    assert len(gen().images) == 1
+    (post,) = google.hits
+    assert post.headers["accept-encoding"] == "gzip, deflate" and post.headers["x-goog-api-key"] == GOOGLE_KEY
+
+
+def test_an_encoding_that_was_not_asked_for_is_refused(google):
+    google.route("POST", GEN, reply(200, raw=b"\x1b\x00\x00", headers={"Content-Encoding": "br"}))
+    with pytest.raises(MalformedResponse) as info:
+        gen()
+    assert "Content-Encoding" in str(info.value) and google.count("POST") == 1
+
+
+@pytest.mark.parametrize(
+    "url, allowed",
+    [
+        ("https://queue.fal.run/fal-ai/x/requests/1/status", True),
+        ("https://rest.fal.run/x", True),
+        ("http://queue.fal.run/x", False),  # the allowlist is https only
+        ("https://queue.fal.run:8443/x", False),
+        ("https://fal.run.evil.example/x", False),
+        ("https://evilfal.run/x", False),
+        ("https://user:pw@evil.example/x", False),
+        ("https://evil.example/queue.fal.run", False),
+        ("ftp://queue.fal.run/x", False),
+    ],
+)
+def test_the_fal_allowlist(url, allowed):
+    from banana_pack.providers.engine import Credentials
+
+    creds = Credentials(provider="fal", scheme="key", key=FAL_KEY, base_url="https://queue.fal.run", auth_hosts=("*.fal.run",))
+    assert creds.allows(url) is allowed
+    assert FAL_KEY not in repr(creds)

@@ -5,11 +5,10 @@ from __future__ import annotations
 import base64
 import io
 
-from PIL import Image
-
 from banana_pack.providers import GenerationRequest, generate
 from helpers import run
 from loopback import Reply, fixture
+from PIL import Image
 
 
 def test_inline_jpeg_result_is_decoded_not_fetched(server, monkeypatch):

@@ -160,10 +160,13 @@ def test_system_prompt_seed_and_temperature_where_the_offer_allows(gateway):
 
 def test_presets_without_sampling_send_none_of_it(apiyi):
     apiyi.route("POST", CHAT, Reply(json=fixture("chat/success_images_field.json")))
-    result = gen("apiyi_chat", system_prompt="x", seed=7, temperature=0.4)
+    result = gen("apiyi_chat", seed=7, temperature=0.4)  # both best-effort: dropped, the temperature with a note
     body = apiyi.requests[0].json()
     assert [m["role"] for m in body["messages"]] == ["user"] and "seed" not in body and "temperature" not in body
-    assert any("system prompt" in w for w in result.warnings)
+    assert any("temperature (best-effort)" in w for w in result.warnings) and not any("seed" in w for w in result.warnings)
+    with pytest.raises(InvalidRequest, match="system prompt is not available"):
+        gen("apiyi_chat", system_prompt="x")  # not best-effort: refused before sending
+    assert len(apiyi.requests) == 1
 
 
 # -- every response variant ----------------------------------------------------------------------------

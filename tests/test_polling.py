@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from banana_pack.providers import GenerationRequest, generate
 from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.engine import BUDGET_WINDOW, PollCadence, PollClock, polling

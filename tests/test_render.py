@@ -53,13 +53,13 @@ def inputs(**kw) -> RenderInputs:
 
 def test_text_to_image_returns_an_image_tensor_and_saves_it(google, tmp_path):
     google.route("POST", GEN_PATH, answer_with(lambda p, r: [png_bytes(6, 4, (255, 0, 0))]))
-    out = run(render(inputs(aspect_ratio="3:2", resolution="2K", seed=3), store_root=tmp_path))
+    out = run(render(inputs(aspect_ratio="3:2", resolution="2K", seed=3), store_root=tmp_path / "bridge", output_root=tmp_path))
     assert out.images.shape == (1, 4, 6, 3) and out.images.dtype == torch.float32
     assert torch.allclose(out.images[0, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
     assert out.text == "made for a red square"
     (item,) = out.report["items"]
     assert item["status"] == "ok" and item["seed"] == 3 and len(item["files"]) == 1
-    assert json.loads(open(out.report["report_file"]).read())["counts"] == {"ok": 1}
+    assert json.loads((tmp_path / out.report["report_file"]).read_text())["counts"] == {"ok": 1}
     body = google.requests[0].json()
     assert body["generationConfig"]["imageConfig"] == {"aspectRatio": "3:2", "imageSize": "2K"}
 

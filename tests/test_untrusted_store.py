@@ -114,11 +114,12 @@ def test_authentic_entry_naming_a_path_outside_the_store_is_still_a_miss(google,
             assert store.lookup(key) is None
         assert "outside the store" in caplog.text
     # The entry's own image, replaced by an upload with overwrite: the SHA-256 no longer matches.
-    original = open(outcome.files[0], "rb").read()
-    rel = outcome.files[0].split("store/", 1)[1]
+    saved = tmp_path / "store" / outcome.files[0]  # report paths are relative to the output folder (here: the store's root)
+    original = saved.read_bytes()
+    rel = outcome.files[0]
     entry.write_text(json.dumps(sign(isolated_config, "cache", key, {"files": [{"path": rel, "sha256": hashlib.sha256(original).hexdigest(), "bytes": len(original)}], "text": "", "meta": {}})))
     assert store.lookup(key) is not None  # the test's own signing is right
-    open(outcome.files[0], "wb").write(png_bytes(41, 41))
+    saved.write_bytes(png_bytes(41, 41))
     assert store.lookup(key) is None
 
 

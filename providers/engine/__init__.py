@@ -8,9 +8,11 @@ error taxonomy. Protocol modules stay declarative: they build bodies and parse a
 
 Modules by concern: context (CallContext, Caller), policy (retry policies and hints), limiter
 (the process-wide concurrency limit), error_mapping (provider error envelopes onto the
-taxonomy), polling (PollState, PollCadence), transport (HttpEngine, Response, the client lifecycle).
+taxonomy), polling (PollState, PollCadence), transport (HttpEngine, Response, the client lifecycle), auth (where a
+key may go: Credentials, the model-id check), bodies (reading answers within limits).
 """
 
+from .auth import Credentials, check_model_id, without_userinfo
 from .context import CallContext, Caller
 from .error_mapping import (
     EMPTY_BALANCE_CODES,
@@ -25,12 +27,22 @@ from .error_mapping import (
     read_error_body,
 )
 from .limiter import ProcessLimiter, limiter_for
-from .policy import GENERATE, IDEMPOTENT, SUBMIT, RetryPolicy, retry_after_header
+from .policy import (
+    BILLING_RULES,
+    GENERATE,
+    IDEMPOTENT,
+    SUBMIT,
+    BillingRule,
+    RetryPolicy,
+    retry_after_header,
+)
 from .polling import BUDGET_WINDOW, PollCadence, PollClock, PollState
 from .transport import (
     CANCEL_CHECK_INTERVAL,
     CONNECT_TIMEOUT,
+    MAX_ANSWER_BYTES,
     MAX_DOWNLOAD_BYTES,
+    MAX_ERROR_BYTES,
     STATUS_INTERVAL,
     HttpEngine,
     Response,
@@ -38,6 +50,13 @@ from .transport import (
 )
 
 __all__ = [
+    "BILLING_RULES",
+    "MAX_ANSWER_BYTES",
+    "MAX_ERROR_BYTES",
+    "BillingRule",
+    "Credentials",
+    "check_model_id",
+    "without_userinfo",
     "CANCEL_CHECK_INTERVAL",
     "CONNECT_TIMEOUT",
     "EMPTY_BALANCE_CODES",

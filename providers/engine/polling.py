@@ -37,7 +37,7 @@ class PollCadence:
     budget: int = 30
     growth: float = 2.0
 
-    def schedule(self) -> "PollClock":
+    def schedule(self) -> PollClock:
         return PollClock(self)
 
     def polls_in_window(self) -> int:

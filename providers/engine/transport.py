@@ -11,7 +11,7 @@ import random
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
@@ -119,7 +119,68 @@ class _BodyCut(Exception):
         super().__init__(str(cause))
 
 
-async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> AsyncIterator[None]:
+@dataclass
+class _Failure:
+    """One failed attempt: the error to raise, how it ended (a BILLING_RULES outcome), and the provider's hints."""
+
+    error: BananaError
+    outcome: str
+    answered: bool = False  # an HTTP status arrived
+    request_id: str | None = None
+    retry_after: float | None = None
+    hint: bool | None = None  # x-should-retry / X-Fal-Retryable
+
+
+def _failed_answer(response: Response, caller: Caller) -> _Failure:
+    """An answer with an error status (a 3xx included: API calls do not follow redirects)."""
+    request_id = _request_id(response.headers)
+    if 300 <= response.status < 400:
+        location = response.headers.get("location") or ""
+        error: BananaError = ConfigError(
+            f"The provider answered with a redirect to {host_of(location) if location else '(no Location)'}; "
+            "API calls do not follow redirects, so nothing (and no key) was sent there.",
+            provider=caller.provider,
+            model=caller.model or None,
+            status=response.status,
+            request_id=request_id,
+            hint="Check the provider's base URL (BANANA_<PROVIDER>_BASE_URL): it may need https:// or another path.",
+        )
+        return _Failure(error, REDIRECTED, answered=True, request_id=request_id)
+    envelope = parse_error_body(response.content, response.headers.get("content-type", ""))
+    retry_after = retry_after_header(response.headers)
+    if retry_after is None:
+        retry_after = envelope.retry_after
+    error = error_for_status(response.status, envelope, caller, request_id=request_id)
+    outcome = status_outcome(response.status, provider_error=isinstance(envelope.body, dict))
+    return _Failure(error, outcome, answered=True, request_id=request_id, retry_after=retry_after, hint=retry_hint(response.headers))
+
+
+def _failed_exchange(exc: BaseException, caller: Caller, deadline: float) -> _Failure:
+    """No (complete) answer: past the deadline, a body cut off, or a network error."""
+    provider, model = caller.provider, caller.model or None
+    if isinstance(exc, _BodyCut):
+        request_id = _request_id(exc.headers)
+        if isinstance(exc.cause, httpx.TimeoutException):
+            error: BananaError = TimedOut(f"The answer (HTTP {exc.status}) stopped arriving: {type(exc.cause).__name__}.", provider=provider, model=model, request_id=request_id)
+            return _Failure(error, READ_TIMEOUT, request_id=request_id)
+        error = MalformedResponse(f"The answer (HTTP {exc.status}) was cut off: {exc}.", provider=provider, model=model, request_id=request_id)
+        return _Failure(error, TRUNCATED, request_id=request_id)
+    if not isinstance(exc, httpx.TransportError):  # the attempt's deadline
+        error = TimedOut(f"No complete answer within the {deadline:.0f} s deadline ({DEADLINE_FACTOR:g} x the read timeout).", provider=provider, model=model)
+        return _Failure(error, READ_TIMEOUT)
+    # A connection that never opened sent nothing, so even a submit may be resent.
+    never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+    if isinstance(exc, httpx.TimeoutException):
+        error = TimedOut(f"No {'connect' if never_sent else 'response'} within the timeout ({type(exc).__name__}).", provider=provider, model=model)
+    else:
+        error = UpstreamUnavailable(
+            f"Network error talking to the provider: {type(exc).__name__}: {exc}", provider=provider, model=model, hint="Check the network, proxy settings and the provider's base URL."
+        )
+    error.sent = not never_sent
+    return _Failure(error, NEVER_CONNECTED if never_sent else READ_TIMEOUT if isinstance(exc, httpx.ReadTimeout) else CONNECTION_LOST)
+
+
+async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLoop, client: httpx.AsyncClient) -> AsyncGenerator[None, None]:
     """Suspended at its yield for the life of the loop; asyncio.run's shutdown_asyncgens() closes it,
     which closes the loop's client (ComfyUI runs every prompt in a fresh asyncio.run loop)."""
     try:
@@ -134,7 +195,7 @@ async def _close_at_loop_end(engine: "HttpEngine", loop: asyncio.AbstractEventLo
 class HttpEngine:
     def __init__(self) -> None:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncGenerator[None, None]] = weakref.WeakKeyDictionary()
 
     def client(self) -> httpx.AsyncClient:
         """One pooled client per event loop (httpx clients cannot cross loops), closed when the loop ends."""
@@ -244,15 +305,10 @@ class HttpEngine:
             text = await asyncio.to_thread(json.dumps, json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
             content, json_body = text.encode("utf-8"), None
             headers = {**(headers or {}), "Content-Type": "application/json"}
-        who = {"provider": caller.provider, "model": caller.model or None}
         attempts = rate_limited = 0
         while True:
             attempts += 1
-            error: BananaError
-            retry_after: float | None = None
-            hint: bool | None = None
-            request_id: str | None = None
-            answered_status: int | None = None
+            failure: _Failure
             try:
                 exchange = self._attempt(
                     deadline, caller, method, url, limit, ok_statuses,
@@ -262,78 +318,41 @@ class HttpEngine:
                 response.paid = policy.paid
                 if 200 <= response.status < 300 or response.status in ok_statuses:
                     return response
-                answered_status, request_id = response.status, _request_id(response.headers)
-                if 300 <= response.status < 400:
-                    location = response.headers.get("location") or ""
-                    error = ConfigError(
-                        f"The provider answered with a redirect to {host_of(location) if location else '(no Location)'}; "
-                        "API calls do not follow redirects, so nothing (and no key) was sent there.",
-                        status=response.status,
-                        request_id=request_id,
-                        hint="Check the provider's base URL (BANANA_<PROVIDER>_BASE_URL): it may need https:// or another path.",
-                        **who,
-                    )
-                    outcome = REDIRECTED
-                else:
-                    envelope = parse_error_body(response.content, response.headers.get("content-type", ""))
-                    retry_after = retry_after_header(response.headers)
-                    if retry_after is None:
-                        retry_after = envelope.retry_after
-                    hint = retry_hint(response.headers)
-                    error = error_for_status(response.status, envelope, caller, request_id=request_id)
-                    outcome = status_outcome(response.status, provider_error=isinstance(envelope.body, dict))
-                if response.status == 429:
-                    rate_limited += 1
-            except (asyncio.TimeoutError, TimeoutError):
-                error = TimedOut(f"No complete answer within the {deadline:.0f} s deadline ({DEADLINE_FACTOR:g} x the read timeout).", **who)
-                outcome = READ_TIMEOUT
-            except _BodyCut as cut:
-                request_id = _request_id(cut.headers)
-                if isinstance(cut.cause, httpx.TimeoutException):
-                    error = TimedOut(f"The answer (HTTP {cut.status}) stopped arriving: {type(cut.cause).__name__}.", request_id=request_id, **who)
-                    outcome = READ_TIMEOUT
-                else:
-                    error = MalformedResponse(f"The answer (HTTP {cut.status}) was cut off: {cut}.", request_id=request_id, **who)
-                    outcome = TRUNCATED
-            except _BodyRefused as refused:
-                error = MalformedResponse(f"The answer (HTTP {refused.status}) was refused: {refused}.", status=refused.status, request_id=_request_id(refused.headers), **who)
+                failure = _failed_answer(response, caller)
+                rate_limited += response.status == 429
+            except _BodyRefused as refused:  # over a limit, or an encoding not asked for: never resent
+                unread = MalformedResponse(
+                    f"The answer (HTTP {refused.status}) was refused: {refused}.",
+                    status=refused.status, request_id=_request_id(refused.headers), provider=caller.provider, model=caller.model or None,
+                )
                 if policy.paid and 200 <= refused.status < 300:
-                    _mark_maybe_billed(error, error.request_id)
-                raise error from None
-            except httpx.TransportError as exc:
-                # A connection that never opened sent nothing, so even a submit may be resent.
-                never_sent = isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-                if isinstance(exc, httpx.TimeoutException):
-                    phase = "connect" if never_sent else "response"
-                    error = TimedOut(f"No {phase} within the timeout ({type(exc).__name__}).", **who)
-                else:
-                    error = UpstreamUnavailable(
-                        f"Network error talking to the provider: {type(exc).__name__}: {exc}", hint="Check the network, proxy settings and the provider's base URL.", **who
-                    )
-                outcome = NEVER_CONNECTED if never_sent else READ_TIMEOUT if isinstance(exc, httpx.ReadTimeout) else CONNECTION_LOST
-                error.sent = not never_sent
+                    _mark_maybe_billed(unread, unread.request_id)
+                raise unread from None
+            except (asyncio.TimeoutError, TimeoutError, _BodyCut, httpx.TransportError) as exc:
+                failure = _failed_exchange(exc, caller, deadline)
             except httpx.RequestError as exc:  # too many redirects on a download, a bad URL: not transient
-                raise MalformedResponse(f"The request to {host_of(url)} failed: {type(exc).__name__}: {exc}", **who) from None
-            if answered_status is not None and policy.billing is None:
-                retryable = answered_status in policy.statuses and hint is not False
+                raise MalformedResponse(f"The request to {host_of(url)} failed: {type(exc).__name__}: {exc}", provider=caller.provider, model=caller.model or None) from None
+            error = failure.error
+            if failure.answered and policy.billing is None:
+                retryable = error.status in policy.statuses and failure.hint is not False
             else:
-                retryable = policy.may_resend(outcome, hint)
-            if answered_status is not None:
+                retryable = policy.may_resend(failure.outcome, failure.hint)
+            if failure.answered:
                 retryable = (
                     retryable
                     and not isinstance(error, (Refusal, AuthError))
                     and not getattr(error, "exhausted", False)
-                    and (retry_after or 0) <= policy.max_retry_after  # a longer wait is reported, not waited out
+                    and (failure.retry_after or 0) <= policy.max_retry_after  # a longer wait is reported, not waited out
                 )
             if error.status == 429:
                 budget_left = rate_limited < policy.max_rate_limited_attempts
             else:
                 budget_left = attempts - rate_limited < policy.max_attempts
             if not retryable or not budget_left:
-                if policy.paid and outcome in MAYBE_BILLED and error.sent:
-                    _mark_maybe_billed(error, request_id)
+                if policy.paid and failure.outcome in MAYBE_BILLED and error.sent:
+                    _mark_maybe_billed(error, failure.request_id)
                 raise error
-            delay = self._backoff(attempts if not rate_limited else rate_limited, policy, retry_after)
+            delay = self._backoff(attempts if not rate_limited else rate_limited, policy, failure.retry_after)
             log.info("%s: %s; retrying in %.1f s", caller.provider, str(error).splitlines()[0], delay)
             await self.sleep(ctx, delay, f"{status}: retrying after {type(error).__name__}")
 

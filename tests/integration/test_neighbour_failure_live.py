@@ -1,0 +1,107 @@
+"""In a real ComfyUI: another node's failure does not cancel this node's paid fal job; Interrupt does.
+
+The graph has two branches: our node on fal (a loopback fal queue whose job stays in progress) and
+a second Nano Banana node on Google whose call fails a few seconds later. ComfyUI then stops the
+prompt and cancels every pending task; the fal job must stay running and journaled, and the next
+run of the same request attaches to it (no second submit).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from loopback import LoopbackServer, Reply, fixture
+
+from .comfyui_harness import status_events, status_message
+from .test_node_live import bridge, png
+
+APP = "fal-ai/nano-banana-pro"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    server = LoopbackServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def comfy(comfyui_server_factory, fake):
+    env = {
+        "FAL_KEY": "fal-live-key:neighbour-4242",
+        "BANANA_FAL_BASE_URL": fake.url,
+        "BANANA_FAL_POLL_FIRST_DELAY": "0.2",
+        "BANANA_FAL_POLL_MAX_DELAY": "0.3",
+        "BANANA_GOOGLE_API_KEY": "AIzaLIVE-neighbour-4242424242",
+        "BANANA_GOOGLE_BASE_URL": fake.url + "/v1beta",
+    }
+    server = comfyui_server_factory(extra_env=env)
+    client = server.client()
+    yield client
+    client.close()
+
+
+def script_fal_job(fake, rid: str) -> None:
+    base = f"{fake.url}/{APP}/requests/{rid}"
+    submit = fixture("fal/submit.json")
+    submit.update(request_id=rid, response_url=base, status_url=base + "/status", cancel_url=base + "/cancel")
+    fake.route("POST", rf"^/{APP}$", Reply(json=submit))
+    fake.route("GET", rf"/requests/{rid}/status", Reply(202, fixture("fal/status_in_progress.json")))
+    fake.route("PUT", rf"/requests/{rid}/cancel$", Reply(json={"status": "CANCELLATION_REQUESTED"}))
+
+
+def finish_fal_job(fake, rid: str) -> None:
+    result = fixture("fal/result_single.json")
+    result["images"][0]["url"] = f"{fake.url}/files/{rid}.png"
+    fake.route("GET", rf"/requests/{rid}/status", Reply(json=fixture("fal/status_completed.json")))
+    fake.route("GET", rf"/requests/{rid}$", Reply(json=result))
+    fake.route("GET", rf"^/files/{rid}\.png$", Reply(body=png(20, 10), content_type="image/png"))
+
+
+def journal(comfy) -> list:
+    return sorted((comfy.server.output_dir / "nano_banana_bridge" / ".journal").glob("*.json"))
+
+
+def test_a_failing_neighbour_leaves_the_fal_job_running_and_the_next_run_attaches(comfy, fake):
+    rid = "live-neighbour-0001"
+    script_fal_job(fake, rid)
+    fake.route("POST", r":generateContent$", Reply(400, fixture("gemini/error_400.json"), delay=4))
+    ours = bridge("a lighthouse at dusk", provider="fal", seed=11)
+    graph = {
+        "1": ours,
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "5": bridge("the neighbour that fails", provider="google", seed=12),
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    entry = comfy.run(graph, timeout=60)
+    error = status_message(entry, "execution_error")
+    assert error is not None and error["node_id"] == "5", status_events(entry)
+    time.sleep(1.0)  # let the cancelled task finish its cleanup
+    assert len(fake.hits("POST", rf"^/{APP}$")) == 1
+    assert not fake.hits("PUT", r"/cancel$"), "a neighbour's failure cancelled the paid fal job"
+    assert len(journal(comfy)) == 1
+    assert "left running" in comfy.server.log_text()
+
+    finish_fal_job(fake, rid)
+    entry = comfy.run({"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    assert len(fake.hits("POST", rf"^/{APP}$")) == 1  # attached to the journaled job: not paid twice
+    assert journal(comfy) == []
+
+
+def test_interrupt_still_cancels_the_fal_job(comfy, fake):
+    rid = "live-interrupt-0002"
+    script_fal_job(fake, rid)
+    before = len(fake.hits("POST", rf"^/{APP}$"))
+    prompt_id = comfy.post_prompt({"1": bridge("a ship in a storm", provider="fal", seed=21), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    deadline = time.monotonic() + 30
+    while len(fake.hits("POST", rf"^/{APP}$")) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    comfy.interrupt()
+    entry = comfy.wait_for(prompt_id, timeout=30)
+    assert "execution_interrupted" in status_events(entry)
+    time.sleep(0.5)
+    assert fake.hits("PUT", rf"/requests/{rid}/cancel$")
