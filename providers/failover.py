@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .catalog import ProviderSpec
-from .client import AUTO_PROVIDER, check_request, generate, resolve_model
+from .client import AUTO_PROVIDER, check_request, generate, protocol_module, resolve_model
 from .config import all_providers, api_keys_for, get_provider, has_key
 from .engine import CallContext
 from .errors import (
@@ -106,8 +106,12 @@ def failover_on_refusal() -> bool:
     return os.environ.get(REFUSAL_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _next_step(exc: BananaError, accepted: bool, on_refusal: bool) -> str | None:
-    """'key' (the next key), 'provider' (the next provider) or None (raise: no resend)."""
+def _next_step(exc: BananaError, accepted: bool, on_refusal: bool, submit: bool) -> str | None:
+    """'key' (the next key), 'provider' (the next provider) or None (raise: no resend).
+
+    submit: the call was an asynchronous submit, which the billing rules resend only after a 429
+    or a connection that never opened (any other failure could hide an accepted, paid job).
+    """
     if accepted or exc.maybe_billed:
         return None  # it may have been processed (and billed): never sent anywhere again
     if isinstance(exc, Refusal):
@@ -116,8 +120,10 @@ def _next_step(exc: BananaError, accepted: bool, on_refusal: bool) -> str | None
         return "key"  # refused before any work (429), or no quota left to do any
     if isinstance(exc, MalformedResponse):
         return None  # a 2xx answer: the provider ran the request
-    if isinstance(exc, UpstreamUnavailable) and (exc.status is not None or not exc.sent):
-        return "provider"  # an HTTP status that reports it unavailable (503 ...), or never connected
+    if isinstance(exc, UpstreamUnavailable) and not exc.sent:
+        return "provider"  # the connection never opened: nothing reached the provider
+    if isinstance(exc, UpstreamUnavailable) and exc.status is not None and not submit:
+        return "provider"  # an HTTP status that reports it unavailable (503 ...)
     return None
 
 
@@ -169,7 +175,8 @@ async def generate_with_failover(
                 offer = resolve_model(spec, model, override)
                 return result_or_error, Served(spec.id, offer.model_id, slot + 1)
             exc, last = result_or_error, result_or_error
-            step = _next_step(exc, bool(accepted), on_refusal) if position + 1 < len(chain) or count > 1 else None
+            submit = hasattr(protocol_module(spec.family), "submit")
+            step = _next_step(exc, bool(accepted), on_refusal, submit) if position + 1 < len(chain) or count > 1 else None
             if step is None:
                 raise exc
             attempts.append({"provider": spec.id, "key_slot": slot + 1, "error": exc.kind, "message": str(exc).splitlines()[0]})

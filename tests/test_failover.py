@@ -221,3 +221,21 @@ def test_a_failed_item_lists_where_it_tried(providers, tmp_path):
     assert outcome.status == REFUSED
     assert [(a["provider"], a["key_slot"]) for a in outcome.failover] == [("google", 1), ("google", 2), ("google", 3)]
     assert FAILED != outcome.status and isinstance(outcome.error, Exception) and not isinstance(outcome.error, QuotaOrRateLimited)
+
+
+def test_a_failed_asynchronous_submit_is_not_moved(server, monkeypatch):
+    """A 503 to a submit could hide an accepted job (the billing rules do not resend it): no failover."""
+    monkeypatch.setenv("BANANA_EVOLINK_API_KEY", "sk-evolink-failover-0123")
+    monkeypatch.setenv("BANANA_EVOLINK_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("BANANA_APIYI_API_KEY", APIYI_KEY)
+    monkeypatch.setenv("BANANA_APIYI_BASE_URL", server.url + "/apiyi")
+    unavailable = {"error": {"code": 503, "message": "service unavailable", "type": "service_unavailable_error"}}
+    server.route("POST", r"^/v1/images/generations$", Reply(503, unavailable, headers={"Retry-After": "0"}))
+    server.route("POST", GEN, Reply(json=fixture("gemini/success_single.json")))
+
+    async def go():
+        return await generate_with_failover(["evolink", "apiyi"], "Nano Banana Pro", GenerationRequest(prompt="x"), CallContext())
+
+    with pytest.raises(UpstreamUnavailable):
+        run(go())
+    assert len(server.hits("POST", r"^/v1/images/generations$")) == 1 and not server.hits("POST", GEN)
