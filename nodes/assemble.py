@@ -11,7 +11,9 @@ it is known once the first item in input order that produced an image has arrive
 arrive before that are decoded and held (a bounded number of them) until it is. At the end the
 batch is compacted if some items produced fewer images than asked (skipped failures), and
 anything the layout could not foresee (more images than asked) falls back to decoding all
-results at once, so the result never depends on arrival order.
+results at once, so the result never depends on arrival order. While no decode is waiting, the
+frames still to come are written once (prefaulted), so the memory of a multi-GB batch is not
+first touched by the last answer's decode.
 """
 
 from __future__ import annotations
@@ -127,9 +129,9 @@ class OutputBatch:
                 self._prefaulting = None
 
     async def _unfaulted(self, slot: Slot) -> None:
-        """Wait until no prefault writes into this slot's frame (or, with no slot, into any)."""
+        """Wait until no prefault writes into this slot's frame."""
         current = self._prefaulting
-        if current is not None and (slot is None or current[0] == self._offsets[slot[0]] + slot[1]):
+        if current is not None and current[0] == self._offsets[slot[0]] + slot[1]:
             await asyncio.shield(current[1])
 
     async def _take(self, slot: Slot, blob: bytes) -> None:
