@@ -15,9 +15,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from ..providers.catalog import ModelOffer, ProviderSpec
 from ..providers.client import resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
+from ..providers.errors import BananaError, Cancelled, Refusal, UnusableImage, UpstreamUnavailable
 from ..providers.failover import generate_with_failover
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput
 from ..providers.redaction import redact, redact_data
@@ -152,12 +153,14 @@ async def run_batch(
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
     on_finished: Callable[[ItemOutcome], None] | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
     `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order.
+    resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
-    spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
+    spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = [{"provider": spec.id, "model_id": offer.model_id, **{k: v for k, v in r.__dict__.items() if k != "images"}} for r in requests]
@@ -200,6 +203,7 @@ async def run_batch(
             result, served = await generate_with_failover(
                 [spec.id, *settings.fallback], settings.model, request, call_ctx,
                 model_id_override=settings.model_id_override, on_refusal=settings.failover_on_refusal, attempts=outcome.failover,
+                resolved=(spec, offer),
             )
             outcome.provider, outcome.model_id, outcome.key_slot = served.provider, served.model_id, served.key_slot
             provenance.update(provider=served.provider, model_id=served.model_id, key_slot=served.key_slot)
@@ -218,7 +222,8 @@ async def run_batch(
                 if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable)):
                     raise  # keep the journal: the job may still finish, and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
-                store.forget_task(key)
+                if store is not None:  # (a resumed task implies a store)
+                    store.forget_task(key)
                 result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
@@ -235,6 +240,11 @@ async def run_batch(
             outcome.request_id = exc.request_id or outcome.request_id
             outcome.text = redact(exc.model_text or "")
             progress.refused += 1
+        except UnusableImage as exc:
+            if store is not None and exc.payloads:
+                outcome.files = await asyncio.to_thread(save_unusable, store, key, exc, provenance)
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            progress.failed += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             outcome.request_id = exc.request_id or outcome.request_id
@@ -310,6 +320,15 @@ def job_id(handle: dict | None) -> str | None:
         return None
     value = handle.get("request_id") or handle.get("task_id")
     return str(value) if value else None
+
+
+def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance: dict[str, Any]) -> list[str]:
+    """Bytes that are not a usable image were still paid for: on disk (.bin, with a sidecar) before the error is shown."""
+    kept = GenerationResult(provider=error.provider or "", model=error.model or "", images=error.payloads, request_id=error.request_id, warnings=[str(error)])
+    paths = [str(p) for p in store.save(key, kept, provenance, cache=False)]
+    error.hint = f"The provider's bytes are saved as {', '.join(paths)}. {error.hint}"
+    error.args = (str(error),)
+    return paths
 
 
 class BatchFailed(BananaError):

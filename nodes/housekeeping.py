@@ -97,13 +97,14 @@ def tidy(
     root = Path(root)
     now = time.time() if now is None else now
     lifetimes = provider_lifetimes() if lifetimes is None else lifetimes
-    max_age = reports_max_age() if report_age == "env" else report_age
+    max_age = reports_max_age() if isinstance(report_age, str) else report_age  # "env": read the setting
     done = Tidied()
     longest = max(lifetimes.values(), default=30 * 86400.0)
     for path in _candidates(root / ".journal", _ENTRY_NAME):
         entry, mtime = _read(path)
         body = _body(entry)
-        provenance = body.get("provenance") if isinstance(body.get("provenance"), dict) else {}
+        provenance = body.get("provenance")
+        provenance = provenance if isinstance(provenance, dict) else {}
         lifetime = lifetimes.get(str(provenance.get("provider")), longest)
         if _age(now, mtime, _timestamp(body.get("submitted_at"))) > lifetime:
             _remove(path, done.journal)

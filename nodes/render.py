@@ -26,7 +26,7 @@ from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSetting
 from .assemble import OutputBatch
 from .housekeeping import tidy_once
 from .store import ResultStore
-from .tensors import ImageDecodeError, encode_image
+from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, encode_image
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
 
@@ -50,11 +50,11 @@ class RenderInputs:
     seed: int | None = None
     count: int = 1
     on_failure: str = "fail"
-    size_policy: str = "resize"
+    size_policy: SizePolicy = "resize"
     system_prompt: str = ""
     temperature: float | None = None
     web_search: bool = False
-    upload_format: str = "auto"
+    upload_format: EncodeFormat = "auto"
     use_cache: bool = True
     model_id_override: str = ""
 
@@ -141,7 +141,7 @@ class DecodeLimitExceeded(ImageDecodeError):
     """Decoding would take more memory than the configured cap allows."""
 
 
-def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
+def _encode(images: list[torch.Tensor], max_pixels: int, fmt: EncodeFormat) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
 
@@ -209,7 +209,7 @@ async def render(
     output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
     try:
         outcomes = await run_batch(
-            items, settings, store=store, cancel_check=cancel_check, on_update=on_update,
+            items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer),
             on_finished=lambda outcome: output.add(outcome.index, [image.data for image in outcome.images]),
         )
         report = batch_report(outcomes, settings)

@@ -197,15 +197,22 @@ def api_keys_for(spec: ProviderSpec) -> list[str]:
     listed = _keys_from_file().get(owner, [])[:MAX_KEYS]
     if listed:
         return [_checked_key(value, owner, where) for value in listed]
+    raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
+
+
+def key_hint(spec: ProviderSpec, *, missing: bool = False) -> str:
+    """Where this preset's key is read from: its key owner's variable(s) and keys-file entry.
+
+    Presets of one reseller share a key (openai_hk_chat reads BANANA_OPENAI_HK_API_KEY and "openai_hk").
+    """
+    owner = spec.key_owner
+    where = " or ".join([env_name(owner, "API_KEY"), *spec.key_env])
     help_line = f" Get a key at {spec.key_help}." if spec.key_help else ""
-    raise MissingKey(
-        f"No API key for '{spec.display_name}'.",
-        provider=spec.id,
-        hint=(
-            f"Set the environment variable {' or '.join(primary)} before starting ComfyUI, or add "
-            f"\"{owner}\": \"<your key>\" to {where}.{help_line} "
-            "Keys are never stored in workflows."
-        ),
+    lead = "Set" if missing else f"Check the key for '{spec.display_name}': it may be wrong, revoked, or lack access to this model. Set"
+    return (
+        f"{lead} the environment variable {where} before starting ComfyUI, or add "
+        f"\"{owner}\": \"<your key>\" to {display_path(config_dir() / KEYS_FILE)}.{help_line} "
+        "Keys are never stored in workflows."
     )
 
 
@@ -270,12 +277,12 @@ def all_providers() -> list[ProviderSpec]:
     specs = list(PRESETS)
     known = {s.id for s in specs}
     for entry in entries:
-        spec = _checked_shape(where, lambda: custom_provider_from_dict(entry))
+        spec = _checked_shape(where, lambda entry=entry: custom_provider_from_dict(entry))
         if spec.id in known:
             raise ConfigError(f"Custom provider id '{spec.id}' is already taken by a preset.", hint="Pick another id in providers.json.")
         known.add(spec.id)
         specs.append(spec)
-    specs = [_checked_shape(where, lambda: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
+    specs = [_checked_shape(where, lambda s=s: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
         _warn_plain_http(spec)
     return specs

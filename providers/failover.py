@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .catalog import ProviderSpec
+from .catalog import ModelOffer, ProviderSpec
 from .client import AUTO_PROVIDER, check_request, generate, protocol_module, resolve_model
 from .config import all_providers, api_keys_for, get_provider, has_key
 from .engine import CallContext
@@ -142,11 +142,13 @@ async def generate_with_failover(
     model_id_override: str | None = None,
     on_refusal: bool = False,
     attempts: list[dict[str, Any]] | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> tuple[GenerationResult, Served]:
     """Run `request` on chain[0], moving along keys and the chain as described above.
 
     `attempts` (if given) receives one row per attempt that failed over: provider, key_slot, error.
-    The model_id_override belongs to chain[0]; the others run the model by its name.
+    The model_id_override and `resolved` (a run's provider and model, resolved once) belong to
+    chain[0]; the others run the model by its name.
     """
     attempts = attempts if attempts is not None else []
     handle = ctx.resume_task
@@ -159,29 +161,30 @@ async def generate_with_failover(
         slots = None
     last: BananaError | None = None
     for position, provider_id in enumerate(chain):
-        spec = get_provider(provider_id)
+        first = resolved if position == 0 and resolved is not None and resolved[0].id == provider_id else None
+        spec = first[0] if first else get_provider(provider_id)
         override = model_id_override if position == 0 else None
         if position > 0:
             try:
                 check_request(spec, resolve_model(spec, model, None), request)
-            except BananaError as exc:
-                attempts.append({"provider": spec.id, "key_slot": None, "error": exc.kind, "message": str(exc).splitlines()[0]})
+            except BananaError as unfit:
+                attempts.append({"provider": spec.id, "key_slot": None, "error": unfit.kind, "message": str(unfit).splitlines()[0]})
                 continue  # this provider cannot take the request as it is
         count = len(api_keys_for(spec))
         for slot in slots if slots is not None else KEYS.order(spec.key_owner, count):
             accepted: list[bool] = []
-            result_or_error = await _attempt(spec, model, request, ctx, override, slot, accepted)
+            result_or_error = await _attempt(spec, model, request, ctx, override, slot, accepted, first)
             if isinstance(result_or_error, GenerationResult):
-                offer = resolve_model(spec, model, override)
+                offer = first[1] if first else resolve_model(spec, model, override)
                 return result_or_error, Served(spec.id, offer.model_id, slot + 1)
-            exc, last = result_or_error, result_or_error
+            failure = last = result_or_error
             submit = hasattr(protocol_module(spec.family), "submit")
-            step = _next_step(exc, bool(accepted), on_refusal, submit) if position + 1 < len(chain) or count > 1 else None
+            step = _next_step(failure, bool(accepted), on_refusal, submit) if position + 1 < len(chain) or count > 1 else None
             if step is None:
-                raise exc
-            attempts.append({"provider": spec.id, "key_slot": slot + 1, "error": exc.kind, "message": str(exc).splitlines()[0]})
-            if step == "key" and isinstance(exc, QuotaOrRateLimited):
-                KEYS.rest(spec.key_owner, slot, _rest_for(exc))
+                raise failure
+            attempts.append({"provider": spec.id, "key_slot": slot + 1, "error": failure.kind, "message": str(failure).splitlines()[0]})
+            if step == "key" and isinstance(failure, QuotaOrRateLimited):
+                KEYS.rest(spec.key_owner, slot, _rest_for(failure))
                 continue
             break  # the next provider
         slots = None
@@ -191,7 +194,14 @@ async def generate_with_failover(
 
 
 async def _attempt(
-    spec: ProviderSpec, model: str, request: GenerationRequest, ctx: CallContext, override: str | None, slot: int, accepted: list[bool]
+    spec: ProviderSpec,
+    model: str,
+    request: GenerationRequest,
+    ctx: CallContext,
+    override: str | None,
+    slot: int,
+    accepted: list[bool],
+    resolved: tuple[ProviderSpec, ModelOffer] | None,
 ) -> GenerationResult | BananaError:
     journal = ctx.on_task
     if ctx.resume_task is not None:
@@ -203,6 +213,6 @@ async def _attempt(
             journal({**handle, HANDLE_PROVIDER: spec.id, HANDLE_KEY_SLOT: slot + 1})
 
     try:
-        return await generate(spec.id, model, request, replace(ctx, on_task=on_task), model_id_override=override, key_slot=slot)
+        return await generate(spec.id, model, request, replace(ctx, on_task=on_task), model_id_override=override, resolved=resolved, key_slot=slot)
     except BananaError as exc:
         return exc
