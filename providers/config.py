@@ -21,12 +21,13 @@ import os
 import secrets
 import stat
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .catalog import PRESETS, ProviderSpec, custom_provider_from_dict
+from .catalog import GOOGLE_OAUTH, PRESETS, ProviderSpec, custom_provider_from_dict
 from .errors import ConfigError, MissingKey
 from .redaction import redact, register_secret
 
@@ -168,10 +169,15 @@ def _keys_from_file() -> dict[str, list[str]]:
     return keys
 
 
-def _checked_key(value: str, owner: str, where: str) -> str:
-    """A key as loaded; refused (without showing it) unless it is printable ASCII without spaces."""
-    register_secret(value)
-    if not all("!" <= ch <= "~" for ch in value):
+def _checked_key(value: str, owner: str, where: str, header: bool = True) -> str:
+    """A key as loaded; refused (without showing it) unless it is printable ASCII without spaces.
+
+    header=False: a credential that never goes into a header itself (a Vertex service-account key's
+    path or JSON, exchanged for a token). A path is not a secret (redacting it would hide every
+    path that shares its prefix); the key file's private key is registered when it is read."""
+    if header or value.lstrip().startswith("{"):
+        register_secret(value)
+    if header and not all("!" <= ch <= "~" for ch in value):
         raise ConfigError(
             f"The API key for '{owner}' in {where} contains a space, a line break or a non-ASCII character.",
             hint="Paste the key again as plain text (editors and web pages sometimes add smart quotes or invisible characters).",
@@ -192,11 +198,11 @@ def api_keys_for(spec: ProviderSpec) -> list[str]:
     first = next(((name, os.environ[name].strip()) for name in primary if os.environ.get(name, "").strip()), None)
     from_env = ([first] if first else []) + [(name, os.environ[name].strip()) for name in extra if os.environ.get(name, "").strip()]
     if from_env:
-        return [_checked_key(value, owner, f"the environment variable {name}") for name, value in from_env]
+        return [_checked_key(value, owner, f"the environment variable {name}", header=spec.auth != GOOGLE_OAUTH) for name, value in from_env]
     where = display_path(config_dir() / KEYS_FILE)
     listed = _keys_from_file().get(owner, [])[:MAX_KEYS]
     if listed:
-        return [_checked_key(value, owner, where) for value in listed]
+        return [_checked_key(value, owner, where, header=spec.auth != GOOGLE_OAUTH) for value in listed]
     raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
 
 
@@ -343,9 +349,12 @@ def store_secret() -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raw = path.read_bytes().strip()  # another thread or process created it first
-        if len(raw) >= 32:
-            return raw
+        # Another thread or process created it first and may still be writing it: wait for the bytes.
+        for _ in range(100):
+            raw = path.read_bytes().strip()
+            if len(raw) >= 32:
+                return raw
+            time.sleep(0.01)
         raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
     with os.fdopen(fd, "wb") as fh:
         fh.write(value + b"\n")
