@@ -201,8 +201,11 @@ async def run_batch(
                 store.forget_task(key)
                 result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
             if store is not None:
-                paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
-                outcome.files = [store.view_path(p) for p in paths]
+                try:
+                    paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
+                    outcome.files = [store.view_path(p) for p in paths]
+                except OSError as exc:  # the folder is unusable (a planted file in its place): keep the paid images in the graph
+                    result.warnings.append(redact(f"Not saved to {store.view_path(store.root)}: {type(exc).__name__}: {exc.strerror or exc}. The images are in this node's output only."))
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id or outcome.request_id, result.cost, result.cost_unit
             outcome.seconds, outcome.warnings = result.seconds, result.warnings

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..providers.catalog import PRESETS
 from ..providers.errors import BananaError
+from .store import ResultStore
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -100,16 +101,20 @@ def tidy(
     max_age = reports_max_age() if report_age == "env" else report_age
     done = Tidied()
     longest = max(lifetimes.values(), default=30 * 86400.0)
+    # Only entries this install wrote (their HMAC verifies) are candidates: anyone can upload a file
+    # named like an entry, and housekeeping never deletes what the pack did not write.
+    store = ResultStore(root)
     for path in _candidates(root / ".journal", _ENTRY_NAME):
-        entry, mtime = _read(path)
-        body = _body(entry)
+        body = store.authentic_body(path, "journal")
+        if body is None:
+            continue
+        _, mtime = _read(path)
         provenance = body.get("provenance") if isinstance(body.get("provenance"), dict) else {}
         lifetime = lifetimes.get(str(provenance.get("provider")), longest)
         if _age(now, mtime, _timestamp(body.get("submitted_at"))) > lifetime:
             _remove(path, done.journal)
     for path in _candidates(root / ".cache", _ENTRY_NAME):
-        entry, _ = _read(path)
-        files = _body(entry).get("files") if entry is not None else None
+        files = (store.authentic_body(path, "cache") or {}).get("files")
         if not isinstance(files, list) or not files:
             continue  # not understood: left alone
         if not any(_still_there(root, f) for f in files):

@@ -180,6 +180,13 @@ class ResultStore:
             _ignore(path, str(exc))
             return None
 
+    def authentic_body(self, path: Path, kind: str) -> dict[str, Any] | None:
+        """The body of the cache ("cache") or journal ("journal") entry file at `path` if this install
+        wrote it (housekeeping removes nothing else); None otherwise."""
+        if kind not in (_CACHE, _JOURNAL) or not _KEY_SHAPE.match(path.stem):
+            return None
+        return self._read_entry(path, kind, path.stem)
+
     def _inside(self, rel: Any) -> Path:
         """The file a cache entry names, which must lie inside this store (symlinks resolved)."""
         if not isinstance(rel, str) or not rel or "\x00" in rel:
@@ -203,7 +210,7 @@ class ResultStore:
     def save(self, key: str, result: GenerationResult, provenance: dict[str, Any]) -> list[Path]:
         """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths."""
         now = dt.datetime.now()
-        folder = self.root / now.strftime("%Y-%m-%d")
+        folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
         stem = f"{now:%H%M%S}_{_safe(result.provider)}_{key[:8]}_{uuid.uuid4().hex[:4]}"
         paths: list[Path] = []
         for n, image in enumerate(result.images):
@@ -230,7 +237,11 @@ class ResultStore:
             details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
-        self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
+        # The images are on disk: bookkeeping that a planted file blocks must not fail the paid result.
+        try:
+            self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
+        except OSError as exc:
+            _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
         self.forget_task(key)
         return paths
 
@@ -275,7 +286,13 @@ class ResultStore:
         return self.root / ".journal" / f"{_checked_key(key)}.json"
 
     def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
-        self._write_entry(self._journal_path(key), _JOURNAL, key, {"handle": handle, "provenance": provenance, "submitted_at": dt.datetime.now().isoformat(timespec="seconds")})
+        """Journal an accepted (paid) job. A write that fails (a planted file or folder in the way) is
+        logged, never raised: the job is running, and failing now would lose its result."""
+        body = {"handle": handle, "provenance": provenance, "submitted_at": dt.datetime.now().isoformat(timespec="seconds")}
+        try:
+            self._write_entry(self._journal_path(key), _JOURNAL, key, body)
+        except OSError as exc:
+            _ignore(self._journal_path(key), f"could not journal the job ({type(exc).__name__}); a re-run cannot attach to it")
 
     def pending_task(self, key: str) -> dict[str, Any] | None:
         """The handle of a job this install journaled for exactly this request; nothing else reaches the engine."""
@@ -290,14 +307,36 @@ class ResultStore:
         return handle
 
     def forget_task(self, key: str) -> None:
-        self._journal_path(key).unlink(missing_ok=True)
+        path = self._journal_path(key)
+        try:
+            if stat.S_ISREG(path.lstat().st_mode):
+                path.unlink()  # never a folder or a link an upload left under the entry's name
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _ignore(path, f"could not remove the journal entry ({type(exc).__name__})")
 
     # -- reports -------------------------------------------------------------------------------
 
     def save_report(self, report: dict[str, Any]) -> Path:
-        path = self.root / "reports" / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
+        path = _own_folder(self.root / "reports") / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
         _atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
         return path
+
+
+def _own_folder(folder: Path) -> Path:
+    """`folder`, or a fresh sibling when something else holds its name (a file an upload planted
+    there, a link): the pack writes paid results only into real folders it can create."""
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        return folder
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return folder
+    _ignore(folder, "not a folder (planted?); writing beside it instead")
+    return folder.with_name(f"{folder.name}_{uuid.uuid4().hex[:6]}")
 
 
 def _checked_key(key: str) -> str:

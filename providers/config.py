@@ -249,12 +249,18 @@ def all_providers() -> list[ProviderSpec]:
     if not isinstance(entries, list):
         raise ConfigError(f"In {where}, 'providers' must be a list of gateway objects.", hint="See the README, 'Custom gateways', for the format.")
     specs = list(PRESETS)
-    known = {s.id for s in specs}
+    # Ids are compared as their environment variables spell them: a gateway named 'openai-hk' would
+    # otherwise read BANANA_OPENAI_HK_API_KEY, the openai_hk preset's key, and send it to its own URL.
+    known = {env_name(name, ""): name for s in specs for name in (s.id, s.key_owner)}
     for entry in entries:
         spec = _checked_shape(where, lambda: custom_provider_from_dict(entry))
-        if spec.id in known:
-            raise ConfigError(f"Custom provider id '{spec.id}' is already taken by a preset.", hint="Pick another id in providers.json.")
-        known.add(spec.id)
+        taken = known.get(env_name(spec.id, ""))
+        if taken is not None:
+            raise ConfigError(
+                f"Custom provider id '{spec.id}' is already taken by '{taken}' (both would use {env_name(spec.id, 'API_KEY')}).",
+                hint="Pick another id in providers.json; a gateway's key is BANANA_<ID>_API_KEY or \"<id>\" in keys.json.",
+            )
+        known[env_name(spec.id, "")] = spec.id
         specs.append(spec)
     specs = [_checked_shape(where, lambda: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
