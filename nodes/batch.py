@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, Refusal, UpstreamUnavailable
+from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UpstreamUnavailable
 from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
 from .store import ResultStore, request_key
@@ -195,8 +195,8 @@ async def run_batch(
                     store.forget_task(key)  # that job is over; a re-run is a new request
                 raise
             except BananaError as exc:
-                if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable)):
-                    raise  # keep the journal: the job may still finish, and a re-run attaches to it
+                if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable, QuotaOrRateLimited)):
+                    raise  # keep the journal: the job may still finish (a busy status endpoint says nothing about it), and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
                 store.forget_task(key)
                 result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)

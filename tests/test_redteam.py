@@ -185,3 +185,25 @@ def test_housekeeping_leaves_entries_this_install_did_not_write(google, tmp_path
     tidied = tidy(root, lifetimes={"google": 3600.0, "fal": 3600.0}, report_age=None)
     assert tidied.cache == [entry]
     assert planted_cache.exists() and planted_journal.exists()
+
+
+# -- attaching to a journaled job ------------------------------------------------------------------
+
+
+def test_a_rate_limited_attach_keeps_the_journal_and_never_submits_again(fal, tmp_path, monkeypatch):
+    """A re-run attaches to the journaled job; a 429 on its status (a busy queue, or a gateway) is not
+    'the job is gone': submitting anew would pay for the same request twice."""
+    from banana_pack.providers.engine.transport import HttpEngine
+
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *_: 0.01))
+    root = tmp_path / "store"
+    items = expand_items(["a lighthouse"], [], seed=11)
+    fal.route("GET", r"/requests/job-red/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    first = once(items, FAL, root)
+    assert first.status == "failed" and len(fal.hits("POST", rf"^/{FAL_APP}$")) == 1
+    (journal,) = (root / ".journal").glob("*.json")  # kept: the job may still finish
+    fal.route("GET", r"/requests/job-red/status$", Reply(429, {"detail": "Too many requests"}))
+    second = once(items, FAL, root)
+    assert second.status == "failed"
+    assert len(fal.hits("POST", rf"^/{FAL_APP}$")) == 1, "the journaled job was paid for again"
+    assert journal.exists()
