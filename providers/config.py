@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import stat
+import tempfile
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -311,7 +312,14 @@ def store_secret() -> bytes:
     Files in ComfyUI's output folder can be written by anyone who reaches ComfyUI (its upload
     route), so the store trusts only entries carrying an HMAC made with this secret.
     """
-    path = config_dir() / STORE_SECRET_FILE
+    with _secret_lock:
+        return _store_secret(config_dir() / STORE_SECRET_FILE)
+
+
+_secret_lock = threading.Lock()
+
+
+def _store_secret(path: Path) -> bytes:
     try:
         raw = path.read_bytes().strip()
         if len(raw) >= 32:
@@ -320,15 +328,25 @@ def store_secret() -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode()
+    # Written whole under a temporary name, then linked into place: the final name never holds a
+    # half-written secret that another thread (a batch's parallel cache lookups) could read.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".store.secret-")  # mode 600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raw = path.read_bytes().strip()  # another thread or process created it first
-        if len(raw) >= 32:
-            return raw
-        raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(value + b"\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(value + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails if the name exists: the first secret made wins
+        except FileExistsError:
+            raw = path.read_bytes().strip()
+            if len(raw) >= 32:
+                return raw
+            raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
+        except OSError:  # a file system without hard links: atomic all the same (threads are serialised by the lock)
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return value
 
 

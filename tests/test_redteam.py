@@ -207,3 +207,41 @@ def test_a_rate_limited_attach_keeps_the_journal_and_never_submits_again(fal, tm
     assert second.status == "failed"
     assert len(fal.hits("POST", rf"^/{FAL_APP}$")) == 1, "the journaled job was paid for again"
     assert journal.exists()
+
+
+# -- the store secret --------------------------------------------------------------------------------
+
+
+def test_the_store_secret_is_the_same_for_threads_that_create_it_at_once(isolated_config):
+    """A fresh install's first batch looks up every item's cache entry in parallel threads: a reader
+    that saw the file between its creation and its write got 'damaged', and its store fell back to
+    a secret that dies with the process (so that run's journal could not be attached to after a
+    restart: the job was paid again)."""
+    import threading
+
+    from banana_pack.providers import config
+
+    for trial in range(40):
+        folder = isolated_config / f"install-{trial}"
+        results: list[object] = []
+        barrier = threading.Barrier(6)
+
+        def make() -> None:
+            barrier.wait()
+            try:
+                results.append(config.store_secret())
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                results.append(exc)
+
+        import os
+
+        os.environ["BANANA_CONFIG_DIR"] = str(folder)
+        threads = [threading.Thread(target=make) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len({repr(r) for r in results}) == 1 and isinstance(results[0], bytes), results
+        assert (folder / "store.secret").stat().st_mode & 0o777 == 0o600
+        assert (folder / "store.secret").read_bytes().strip() == results[0]
+        assert [p.name for p in folder.iterdir()] == ["store.secret"]  # no temporary file left
