@@ -245,3 +245,33 @@ def test_the_store_secret_is_the_same_for_threads_that_create_it_at_once(isolate
         assert (folder / "store.secret").stat().st_mode & 0o777 == 0o600
         assert (folder / "store.secret").read_bytes().strip() == results[0]
         assert [p.name for p in folder.iterdir()] == ["store.secret"]  # no temporary file left
+
+
+# -- text a provider (or a steered model) sends ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["![" * 60_000, "http://" * 20_000, "![](http://" * 12_000, "![](data:image/png;base64,A" * 5_000 + "![" * 30_000],
+    ids=["markdown-starts", "url-starts", "markdown-urls", "mixed"],
+)
+def test_image_links_in_hostile_text_are_found_in_linear_time(text):
+    """parse runs on ComfyUI's event loop: a quadratic pattern froze the whole server (these took
+    10 to 60 s each; a linear scan takes milliseconds)."""
+    from banana_pack.providers.outcome import image_refs_in_text
+
+    started = time.monotonic()
+    image_refs_in_text(text)
+    assert time.monotonic() - started < 3.0
+
+
+def test_image_links_are_still_found_where_they_were():
+    from banana_pack.providers.outcome import image_refs_in_text
+
+    text = (
+        "Here ![a cat](https://cdn.example/a.png?sig=1) and ![](data:image/png;base64,iVBORw0K) then "
+        "https://cdn.example/b.jpeg?x=y, (https://cdn.example/c.webp) and http://x.example/not-an-image.txt"
+    )
+    refs, rest = image_refs_in_text(text)
+    assert refs == ["https://cdn.example/a.png?sig=1", "data:image/png;base64,iVBORw0K", "https://cdn.example/b.jpeg?x=y,", "https://cdn.example/c.webp"]
+    assert "not-an-image.txt" in rest and "cdn.example" not in rest
