@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -62,15 +63,13 @@ def foreign():
 
 @pytest.fixture(scope="module")
 def comfy(comfyui_server_factory, provider, tmp_path_factory):
-    config = tmp_path_factory.mktemp("banana_config")
-    env = {
-        "BANANA_CONFIG_DIR": str(config),
+    env = {  # the default config folder, <ComfyUI>/user/nano_banana_bridge/: what users get
         "BANANA_GOOGLE_API_KEY": GOOGLE_KEY,
         "BANANA_GOOGLE_BASE_URL": provider.url + "/v1beta",
-        "FAL_KEY": FAL_KEY,
         "BANANA_FAL_BASE_URL": provider.url,
     }
     server = comfyui_server_factory(extra_env=env, extra_args=("--cache-none", "--verbose", "DEBUG"))
+    (server.user_dir / "nano_banana_bridge" / "keys.json").write_text(json.dumps({"fal": FAL_KEY}))  # read per call
     client = server.client()
     yield client
     client.close()
@@ -164,3 +163,32 @@ def test_a_file_planted_where_todays_folder_goes_does_not_lose_the_paid_image(co
     again = comfy.run(bridge("a planted day", "google", 40, save_to="redteam_store"))
     assert json.loads(again["outputs"]["3"]["text"][0])["items"][0]["status"] == "cached"
     assert len(provider.hits("POST", r":generateContent$")) == before + 1  # paid once
+
+
+def test_the_config_folder_is_not_reachable_over_http(comfy):
+    """keys.json and store.secret sit in <ComfyUI>/user/nano_banana_bridge/, beside the folders ComfyUI serves."""
+    config = comfy.server.user_dir / "nano_banana_bridge"
+    comfy.run(bridge("make the secret", "google", 50))
+    assert (config / "keys.json").is_file() and (config / "store.secret").is_file()
+    assert (config / "store.secret").stat().st_mode & 0o777 == 0o600
+    secret = (config / "store.secret").read_bytes().strip().decode()
+    paths = []
+    for name in ("keys.json", "store.secret"):
+        for form in (f"..%2Fnano_banana_bridge%2F{name}", f"..%252Fnano_banana_bridge%252F{name}", f"%2E%2E%2Fnano_banana_bridge%2F{name}"):
+            paths.append(f"/api/userdata/{form}")
+        paths += [
+            f"/api/view?filename={name}&subfolder=../user/nano_banana_bridge&type=output",
+            f"/api/view?filename=../user/nano_banana_bridge/{name}&type=output",
+            f"/api/view?filename={name}&subfolder=..%2Fuser%2Fnano_banana_bridge&type=output",
+        ]
+    paths += ["/api/userdata?dir=..%2Fnano_banana_bridge&recurse=true", "/api/userdata?dir=../nano_banana_bridge"]
+    headers = [{}, {"comfy-user": "nano_banana_bridge"}, {"comfy-user": "../nano_banana_bridge"}]
+    for path in paths:
+        for extra in headers:
+            req = urllib.request.Request(comfy.base_url + path, headers=extra)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    body = resp.read().decode("utf-8", "replace")
+            except urllib.error.HTTPError as exc:
+                body = exc.read().decode("utf-8", "replace")
+            assert FAL_KEY not in body and secret not in body and "store.secret" not in body, (path, extra, body[:200])
