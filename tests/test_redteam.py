@@ -275,3 +275,14 @@ def test_image_links_are_still_found_where_they_were():
     refs, rest = image_refs_in_text(text)
     assert refs == ["https://cdn.example/a.png?sig=1", "data:image/png;base64,iVBORw0K", "https://cdn.example/b.jpeg?x=y,", "https://cdn.example/c.webp"]
     assert "not-an-image.txt" in rest and "cdn.example" not in rest
+
+
+def test_a_file_planted_where_the_save_folder_goes_still_returns_the_paid_images(google, tmp_path):
+    """An upload of a file named like the save_to folder (before its first use) makes it unusable:
+    the images still reach the graph, and the report says they were not saved."""
+    root = tmp_path / "store"
+    root.write_bytes(b"planted")
+    outcome = once(expand_items(["a owl"], [], seed=12), GOOGLE, root)
+    assert outcome.status == OK and outcome.images and outcome.files == []
+    assert any("Not saved" in w for w in outcome.warnings)
+    assert root.read_bytes() == b"planted"
