@@ -177,7 +177,7 @@ MARKDOWN_IMAGE = re.compile(
     r"!\[[^\[\]]{0,1000}\]\(\s*(data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+|https?://[^)\[\]\s]+)\s*\)"
 )
 BARE_IMAGE_URL = re.compile(r"https?://[^\s)\"'<>]+\.(?:png|jpe?g|webp)(?:\?[^\s)\"'<>]*)?", re.I)
-_URL_RUN = re.compile(r"https?://[^\s)\"'<>]+", re.I)  # non-overlapping runs: each is tried once, from its start
+_URL_RUN = re.compile(r"https?://[^\s)\"'<>]+", re.IGNORECASE)  # non-overlapping runs: each is tried once, from its start
 
 
 def image_refs_in_text(text: str) -> tuple[list[str], str]:

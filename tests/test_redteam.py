@@ -14,10 +14,10 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import time
 
 import pytest
-
 from banana_pack.nodes.batch import CACHED, OK, BatchSettings, expand_items, run_batch
 from banana_pack.nodes.housekeeping import tidy
 from banana_pack.nodes.store import ResultStore
@@ -178,8 +178,6 @@ def test_housekeeping_leaves_entries_this_install_did_not_write(google, tmp_path
     planted_journal.parent.mkdir(parents=True, exist_ok=True)
     planted_journal.write_text(json.dumps({"handle": {"request_id": "x"}, "provenance": {"provider": "fal"}, "submitted_at": "2020-01-01T00:00:00"}))
     long_ago = time.time() - 400 * 86400
-    import os
-
     os.utime(planted_journal, (long_ago, long_ago))
     (root / first.files[0]).unlink()  # the real entry's image is gone: that entry goes
     tidied = tidy(root, lifetimes={"google": 3600.0, "fal": 3600.0}, report_age=None)
@@ -226,14 +224,12 @@ def test_the_store_secret_is_the_same_for_threads_that_create_it_at_once(isolate
         results: list[object] = []
         barrier = threading.Barrier(6)
 
-        def make() -> None:
+        def make(barrier: threading.Barrier = barrier, results: list[object] = results) -> None:
             barrier.wait()
             try:
                 results.append(config.store_secret())
             except Exception as exc:  # noqa: BLE001 - the test reports it
                 results.append(exc)
-
-        import os
 
         os.environ["BANANA_CONFIG_DIR"] = str(folder)
         threads = [threading.Thread(target=make) for _ in range(6)]

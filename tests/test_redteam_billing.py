@@ -5,7 +5,6 @@ which cost nothing, are retried without a second POST."""
 from __future__ import annotations
 
 import pytest
-
 from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.client import generate
 from banana_pack.providers.errors import BananaError

@@ -16,9 +16,8 @@ import urllib.request
 import uuid
 
 import pytest
-from PIL import Image
-
 from loopback import LoopbackServer, Recorded, Reply, fixture
+from PIL import Image
 
 from .comfyui_harness import PromptRejected, status_message
 
