@@ -309,12 +309,14 @@ def settle(outcomes: list[ItemOutcome], policy: str, *, saved_in: str | None = N
             raise first.error  # a single call: its own error, verbatim
         saved = sum(len(o.files) for o in good)
         summary = ", ".join(f"{sum(1 for o in outcomes if o.status == s)} {s}" for s in (OK, CACHED, REFUSED, FAILED, CANCELLED) if any(o.status == s for o in outcomes))
+        first_line = first.error.headline() if isinstance(first.error, BananaError) else (first.message or first.reason or "failed").splitlines()[0]
         where = f"{saved} finished image(s) are saved in {saved_in}. " if saved and saved_in else f"{saved} finished image(s) are saved. " if saved else ""
         raise BatchFailed(
-            f"{len(bad)} of {len(outcomes)} items did not produce an image ({summary}). First: item {first.index + 1}: {first.message}",
+            f"{len(bad)} of {len(outcomes)} items did not produce an image ({summary}). First, item {first.index + 1}: {first_line}\n"
+            f"Item {first.index + 1} in full: {first.message}",
             hint=where
             + (f"Every item's status, reason and request id: {report_file}. " if report_file else "")
-            + ("Set on_failure to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
+            + ("Set on_failure (on a Nano Banana Options node) to 'skip' or 'flag' to keep the images that succeeded." if good else "Nothing succeeded; see the first error above."),
         )
     return good
 

@@ -14,15 +14,16 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..providers.catalog import AUTO, STABLE_MODEL_NAMES
+from ..providers.catalog import AUTO
 from ..providers.client import AUTO_PROVIDER
 from ..providers.config import schema_providers
 from ..providers.errors import BananaError
 from ..providers.redaction import redact
-from .catalog_view import model_capabilities, price_badge_expr
+from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
+from .option_specs import SPECS_BY_NAME, resolve_options
+from .options import Options
 from .comfy_glue import NodeProgress, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
-from .store import STORE_FOLDER
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -32,6 +33,13 @@ SEED_MAX = 0xFFFFFFFFFFFFFFFF
 SEED_TOOLTIP = (
     "Sent to providers that honour a seed (Google, APIYI native, fal); elsewhere it only makes ComfyUI run the node again. "
     "With count > 1, extra calls use seed+1, seed+2, ..."
+)
+
+
+IMAGE_TOOLTIP = "A reference image (or a batch: each image counts as one reference). Connect one and the next slot appears."
+OPTIONS_TOOLTIP = (
+    "Advanced settings from a Nano Banana Options node (failure policy, system prompt, temperature, web search, "
+    "upload format, cache, save folder, model id). Not connected: the defaults."
 )
 
 
@@ -45,15 +53,22 @@ def _model_option(name: str, cap: dict[str, Any]) -> io.DynamicCombo.Option:
         )
     ]
     if cap["resolutions"]:
-        inputs.append(io.Combo.Input("resolution", options=cap["resolutions"], default="1K" if "1K" in cap["resolutions"] else cap["resolutions"][0]))
+        inputs.append(
+            io.Combo.Input(
+                "resolution",
+                options=cap["resolutions"],
+                default="1K" if "1K" in cap["resolutions"] else cap["resolutions"][0],
+                tooltip="Output size tier (about 1K = 1024 px on the long side). Higher tiers cost more with most providers: see the badge.",
+            )
+        )
     inputs.append(
         io.Autogrow.Input(
             "images",
-            template=io.Autogrow.TemplateNames(io.Image.Input("image"), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
+            template=io.Autogrow.TemplateNames(io.Image.Input("image", tooltip=IMAGE_TOOLTIP), names=[f"image_{i}" for i in range(1, cap["max_refs"] + 1)], min=0),
             tooltip=f"Reference images, up to {cap['max_refs']} in all: every image of a batch counts as one reference.",
         )
     )
-    return io.DynamicCombo.Option(name, inputs)
+    return io.DynamicCombo.Option(model_label(name), inputs)
 
 
 class NanoBananaBridge(io.ComfyNode):
@@ -73,14 +88,27 @@ class NanoBananaBridge(io.ComfyNode):
             search_aliases=["nano banana", "gemini image", "gemini 3 pro image", "nano banana pro", "nano banana 2", "fal", "image edit"],
             is_input_list=True,
             inputs=[
-                io.String.Input("prompt", multiline=True, default="", placeholder="Describe the image, or the edit to make to the reference images."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="",
+                    placeholder="Describe the image, or the edit to make to the reference images.",
+                    tooltip="What to make, or the edit to apply to the reference images. With prompt_per_line, each non-empty line is its own prompt.",
+                ),
                 io.Combo.Input(
                     "provider",
                     options=providers,
                     default=AUTO_PROVIDER,
                     tooltip="Who runs the model, with your key for them. auto: the first provider with a key that offers the model (BANANA_PROVIDER_ORDER sets the order).",
                 ),
-                io.DynamicCombo.Input("model", options=[_model_option(name, caps[name]) for name in STABLE_MODEL_NAMES], tooltip="Nano Banana = Gemini 2.5 Flash Image; Pro = Gemini 3 Pro Image; 2 = Gemini 3.1 Flash Image."),
+                io.DynamicCombo.Input(
+                    "model",
+                    options=[_model_option(name, caps[name]) for name in MODEL_ORDER],
+                    tooltip=(
+                        "Nano Banana 2 is the newest and cheapest per image at 1K; Pro follows long instructions and renders text best; "
+                        "Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch."
+                    ),
+                ),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=SEED_TOOLTIP),
                 io.Int.Input("count", default=1, min=1, max=64, tooltip="Images per prompt: the provider's own n where it has one, else parallel calls."),
                 io.Boolean.Input("prompt_per_line", default=False, tooltip="Each non-empty line of the prompt is its own prompt (a batch)."),
@@ -90,56 +118,48 @@ class NanoBananaBridge(io.ComfyNode):
                     default=REFERENCES,
                     tooltip="references: all connected images guide every call. each image: the prompt is applied to each image of image_1 separately (the other slots stay shared references).",
                 ),
-                io.Combo.Input(
-                    "on_failure",
-                    options=["fail", "skip", "flag"],
-                    default="fail",
-                    tooltip="When some items are refused or fail: fail the node (finished images stay saved), skip them, or keep going and list them at the top of the text output.",
-                ),
-                io.Combo.Input("size_policy", options=["resize", "pad", "crop"], default="resize", advanced=True, tooltip="Results of different sizes become one batch the size of the first: stretched, letterboxed or centre-cropped."),
-                io.String.Input("system_prompt", multiline=True, default="", advanced=True, tooltip="Sent where the model honours a system instruction."),
-                io.Float.Input("temperature", default=1.0, min=0.0, max=2.0, step=0.05, advanced=True, tooltip="1.0 is the model's default and is not sent."),
-                io.Boolean.Input("web_search", default=False, advanced=True, tooltip="Google Search grounding (Pro and Nano Banana 2, where the provider supports it)."),
-                io.Combo.Input("upload_format", options=["auto", "png", "jpeg", "webp"], default="auto", advanced=True, tooltip="auto: JPEG q95 for opaque images (a quarter of PNG's size), PNG when there is transparency. png: lossless."),
-                io.Boolean.Input("use_cache", default=True, advanced=True, tooltip="Answer an identical request (same provider, model, prompt, images, settings and seed) from the saved result, even after a restart."),
-                io.String.Input("save_to", default=STORE_FOLDER, advanced=True, tooltip="Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache)."),
-                io.String.Input("model_id_override", default="", advanced=True, tooltip="Send this model id instead of the catalog's (a newer or reseller-specific id); checks are relaxed."),
+                Options.Input("options", optional=True, tooltip=OPTIONS_TOOLTIP),
             ],
             outputs=[
-                io.Image.Output("images"),
+                io.Image.Output("images", tooltip="Every image that arrived, as one batch (sizes follow the options' size_policy). Each is also saved on arrival."),
                 io.String.Output("text", tooltip="The model's words; for a refusal, its explanation."),
                 io.String.Output("report", tooltip="JSON: one row per call with status, reason, request id, seed, cost, seconds and saved files."),
             ],
             hidden=[io.Hidden.unique_id],
-            price_badge=io.PriceBadge(expr=price_badge_expr(), depends_on=io.PriceBadgeDepends(widgets=["provider", "model", "model.resolution", "count"])),
+            accept_all_inputs=True,  # API prompts written before the options node pass its keys here
         )
 
     @classmethod
     async def execute(cls, **kw) -> io.NodeOutput:
-        model = _first(kw.get("model"))  # with is_input_list, the option dict's values are lists too
-        if not isinstance(model, dict) or not _first(model.get("model")):
-            raise BananaError("Unknown model choice.", hint=f"Pick one of: {', '.join(STABLE_MODEL_NAMES)} (API prompts: the 'model' input).")
+        model, model_values = _model_choice(kw)
+        if model is None:
+            raise BananaError(
+                f"Unknown model choice {_first(kw.get('model'))!r}.",
+                hint=f"Pick one of: {', '.join(model_label(n) for n in MODEL_ORDER)} (API prompts: the 'model' input; the bare names work too).",
+            )
+        legacy = {name: _first(kw[name]) for name in SPECS_BY_NAME if name in kw}
+        opts = resolve_options(_first(kw.get("options")), legacy)
         inputs = RenderInputs(
             prompts=[p for p in kw.get("prompt") or [] if isinstance(p, str)],
             provider=_first(kw.get("provider"), AUTO_PROVIDER),
-            model=_first(model["model"]),
-            aspect_ratio=_first(model.get("aspect_ratio"), AUTO),
-            resolution=_first(model.get("resolution")),
-            images=_images(kw.get("model")),
+            model=model,
+            aspect_ratio=_first(model_values[0].get("aspect_ratio"), AUTO),
+            resolution=_first(model_values[0].get("resolution")),
+            images=_images(model_values),
             image_mode=_first(kw.get("image_mode"), REFERENCES),
             prompt_per_line=bool(_first(kw.get("prompt_per_line"), False)),
             seed=int(_first(kw.get("seed"), 0)),
             count=int(_first(kw.get("count"), 1)),
-            on_failure=_first(kw.get("on_failure"), "fail"),
-            size_policy=_first(kw.get("size_policy"), "resize"),
-            system_prompt=_first(kw.get("system_prompt"), "") or "",
-            temperature=_temperature(_first(kw.get("temperature"), 1.0)),
-            web_search=bool(_first(kw.get("web_search"), False)),
-            upload_format=_first(kw.get("upload_format"), "auto"),
-            use_cache=bool(_first(kw.get("use_cache"), True)),
-            model_id_override=(_first(kw.get("model_id_override"), "") or "").strip(),
+            on_failure=opts["on_failure"],
+            size_policy=opts["size_policy"],
+            system_prompt=opts["system_prompt"],
+            temperature=_temperature(opts["temperature"]),
+            web_search=opts["web_search"],
+            upload_format=opts["upload_format"],
+            use_cache=opts["use_cache"],
+            model_id_override=opts["model_id_override"].strip(),
         )
-        save_to = (_first(kw.get("save_to"), STORE_FOLDER) or "").strip()
+        save_to = opts["save_to"].strip()
         store_root = (output_dir() / save_to).resolve() if save_to else None
         if store_root is not None and output_dir().resolve() not in store_root.parents and store_root != output_dir().resolve():
             raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to}'.", hint="Use a relative folder name such as nano_banana_bridge.")
@@ -148,7 +168,8 @@ class NanoBananaBridge(io.ComfyNode):
             out = await render(inputs, store_root=store_root, output_root=output_dir(), cancel_check=progress.cancel_requested, progress=progress)
         except Interrupted:
             raise_interrupt()
-        except BananaError:
+        except BananaError as exc:
+            progress.text(f"Failed: {exc.headline()}", force=True)  # stays on the node after the popup is closed
             raise  # already redacted
         except Exception as exc:
             if type(exc).__name__ == "InterruptProcessingException":
@@ -157,6 +178,27 @@ class NanoBananaBridge(io.ComfyNode):
             log.debug("Nano Banana Bridge: %s", redact(traceback.format_exc()))
             raise BananaError(redact(f"{type(exc).__name__}: {exc}")) from None
         return io.NodeOutput(out.images, redact(out.text), report_json(out.report))
+
+
+def _model_choice(kw: dict) -> tuple[str | None, list[dict]]:
+    """The stable model name and the model's sub-inputs (one dict per list item).
+
+    A prompt saved before the labels ("Nano Banana Pro" rather than "Nano Banana Pro (Gemini 3 Pro
+    Image)") matches no DynamicCombo option, so ComfyUI hands its value over as a plain string and
+    its sub-inputs as dotted keys ("model.aspect_ratio", "model.images.image_1"): read them there.
+    """
+    raw = kw.get("model")
+    items = raw if isinstance(raw, list) else [raw]
+    first = items[0] if items else None
+    if isinstance(first, dict):
+        return model_from_choice(_first(first.get("model"))), [v for v in items if isinstance(v, dict)]
+    legacy: dict[str, Any] = {"images": {}}
+    for key, value in kw.items():
+        if key.startswith("model.images."):
+            legacy["images"][key.rsplit(".", 1)[-1]] = value
+        elif key.startswith("model.") and key.count(".") == 1:
+            legacy[key.split(".", 1)[1]] = value
+    return model_from_choice(first), [legacy]
 
 
 def _first(value: Any, default: Any = None) -> Any:

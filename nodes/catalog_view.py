@@ -1,14 +1,15 @@
-"""What the node's widgets offer and what its price badge shows, derived from the catalog.
+"""What the node's widgets offer, derived from the catalog, and how model choices are labelled.
 
-Kept free of ComfyUI so it is tested in CI (the badge expression is evaluated with a JSONata engine there).
+Kept free of ComfyUI so it is tested in CI. The price badge is drawn by the frontend
+(web/js/nbb_logic.js) from the /nano_banana_bridge/catalog route, with the same per-image list
+prices the run's report uses.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, TypeVar
 
-from ..providers.catalog import AUTO, MATCH_INPUT, PRESETS, RATIOS_14, RESOLUTIONS_ALL, STABLE_MODEL_NAMES, ProviderSpec
+from ..providers.catalog import AUTO, MATCH_INPUT, NANO_BANANA, NANO_BANANA_2, NANO_BANANA_PRO, PRESETS, RATIOS_14, RESOLUTIONS_ALL, STABLE_MODEL_NAMES, ProviderSpec
 from ..providers.config import schema_providers, warn_once
 from ..providers.redaction import redact
 
@@ -48,35 +49,25 @@ def _capabilities(specs: list[ProviderSpec]) -> dict[str, dict[str, Any]]:
     return caps
 
 
-def price_table() -> dict[str, dict[str, dict[str, Any]]]:
-    """provider -> model -> {"unit", resolution ("" when fixed) -> price per image}, lower-cased as the frontend passes widget values."""
-    return _from_catalog(_prices)
+# Google's own names, shown beside the nickname so a user knows which model they pay for.
+GEMINI_NAMES = {
+    NANO_BANANA_2: "Gemini 3.1 Flash Image",
+    NANO_BANANA_PRO: "Gemini 3 Pro Image",
+    NANO_BANANA: "Gemini 2.5 Flash Image",
+}
+# The node's model list, newest first: the first is the default of a fresh node.
+MODEL_ORDER = (NANO_BANANA_2, NANO_BANANA_PRO, NANO_BANANA)
 
 
-def _prices(specs: list[ProviderSpec]) -> dict[str, dict[str, dict[str, Any]]]:
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for spec in specs:
-        for offer in spec.models:
-            if offer.prices:
-                prices = {k.lower(): v for k, v in offer.prices.items()}
-                table.setdefault(spec.id.lower(), {})[offer.name.lower()] = {"unit": offer.price_unit, "prices": prices}
-    return table
+def model_label(name: str) -> str:
+    """"Nano Banana Pro (Gemini 3 Pro Image)": the node's choice for a stable model name."""
+    gemini = GEMINI_NAMES.get(name)
+    return f"{name} ({gemini})" if gemini else name
 
 
-def price_badge_expr() -> str:
-    table = json.dumps(price_table(), separators=(",", ":"))
-    return (
-        "("
-        f"$t := {table};"
-        "$m := $lookup($lookup($t, $lowercase(widgets.provider)), $lowercase(widgets.model));"
-        "$r := $lookup(widgets, \"model.resolution\");"
-        "$r := $r ? $lowercase($r) : \"\";"
-        "$p := $m ? ($exists($lookup($m.prices, $r)) ? $lookup($m.prices, $r) : $lookup($m.prices, \"\"));"
-        "$n := widgets.count ? widgets.count : 1;"
-        "$total := $exists($p) ? $p * $n : 0;"
-        "$amount := $m.unit = \"usd\" ? \"~$\" & $formatNumber($total, \"0.00#\") : $string($total) & \" \" & $m.unit;"
-        # Text, not the "usd" type: the frontend shows "usd" as Comfy credits, and users pay the provider.
-        "$not($exists($p)) ? {\"type\":\"text\",\"text\":\"price: see provider\"}"
-        " : {\"type\":\"text\",\"text\": $amount & ($n > 1 ? \" (\" & $string($n) & \" images)\" : \"/image\")}"
-        ")"
-    )
+def model_from_choice(value: object) -> str | None:
+    """The stable model name for a node choice: a label, or the bare name older workflows saved; None if unknown."""
+    if not isinstance(value, str):
+        return None
+    name = value.split(" (", 1)[0].strip()
+    return name if name in STABLE_MODEL_NAMES else None

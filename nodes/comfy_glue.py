@@ -7,6 +7,7 @@ so everything else in nodes/ stays importable and testable without a running Com
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -133,6 +134,20 @@ def user_dir() -> Path:
     import folder_paths
 
     return Path(folder_paths.get_user_directory())
+
+
+DEBUG_ENV = "BANANA_DEBUG"
+
+
+def quiet_http_logs() -> None:
+    """httpx logs one INFO line per request (every poll of a job included): keep it to warnings
+    unless BANANA_DEBUG is set, in which case the pack's own logger goes to DEBUG as well."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() in ("", "0", "false", "no", "off"):
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    else:
+        logging.getLogger("nano_banana_bridge").setLevel(logging.DEBUG)
+        logging.getLogger("httpx").setLevel(logging.INFO)
 
 
 def served_dirs() -> tuple[Path, ...]:

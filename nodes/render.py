@@ -244,7 +244,13 @@ async def render(
 
 
 def _summary(report: dict) -> str:
-    counts = ", ".join(f"{n} {status}" for status, n in report["counts"].items())
+    """The node's text after a run: counts, with the reasons of refused and failed items."""
+
+    def reasons(status: str) -> str:
+        found = sorted({str(row.get("reason")) for row in report.get("items", []) if row.get("status") == status and row.get("reason")})
+        return f" ({', '.join(found)})" if found else ""
+
+    counts = ", ".join(f"{n} {status}{reasons(status)}" for status, n in report["counts"].items())
     cost = f" - about {report['cost']:g} {report['cost_unit'] or ''}".rstrip() if report.get("cost") else ""
     return f"Done: {counts}{cost}"
 

@@ -10,6 +10,34 @@ from __future__ import annotations
 
 from .redaction import redact
 
+# ComfyUI names a failed node's exception `type(ex).__module__` + name. For a custom node that
+# module is its folder path (`/home/.../custom_nodes/<folder>.providers.errors`), which the error
+# popup shows before the message and cuts off. Every pack error reports this short name instead.
+PUBLIC_MODULE = "nano_banana_bridge.errors"
+
+# What each refusal stage means, in words, for the first line of the message.
+STAGE_WORDS = {
+    "prompt_blocked": "the prompt or a reference image was blocked before generation",
+    "output_blocked": "the generated image was blocked",
+    "soft_refusal": "the model answered in words instead of an image",
+    "no_image": "the model finished without an image",
+}
+
+
+def provider_label(provider_id: str | None) -> str:
+    """The provider's brand, short enough for the first line of an error popup ("Google", "openai-hk"), or its id."""
+    if not provider_id:
+        return "the provider"
+    try:
+        from .catalog import PRESETS
+
+        for spec in PRESETS:
+            if spec.id == provider_id:
+                return spec.display_name.split(" (")[0].split(" ")[0]  # every preset's name starts with its brand
+    except Exception:  # noqa: BLE001 - a label must never turn one error into another
+        pass
+    return provider_id
+
 
 class BananaError(Exception):
     """Base of every error the pack raises on purpose.
@@ -20,10 +48,17 @@ class BananaError(Exception):
     was not sent again (README, "Billing and retries").
     """
 
+    __module__ = PUBLIC_MODULE
     kind = "error"
     default_hint = ""
     sent = True
     maybe_billed = False
+    # The first sentence of the message, "{provider}" filled in; empty: the message itself leads.
+    headline_template = ""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__module__ = PUBLIC_MODULE
 
     def __init__(
         self,
@@ -50,11 +85,22 @@ class BananaError(Exception):
         """Sent, but no answer arrived: the provider may have acted on it (and billed it)."""
         return self.sent and self.status is None
 
+    def headline(self) -> str:
+        """One sentence a person can act on: what happened, where, and why (stage and reason)."""
+        if not self.headline_template:
+            return redact(self.message)
+        text = self.headline_template.format(provider=provider_label(self.provider))
+        return redact(f"{text} (HTTP {self.status})" if self.status else text)
+
     def __str__(self) -> str:
         where = "/".join(p for p in (self.provider, self.model) if p)
         head = f"[{where}] " if where else ""
         status = f"HTTP {self.status}: " if self.status else ""
-        text = f"{head}{status}{self.message}"
+        first = self.headline()
+        if first != redact(self.message):
+            text = f"{first}\n{head}{status}{self.message}"
+        else:  # the message is the headline: it leads, unprefixed
+            text = f"{self.message} (HTTP {self.status})" if self.status else self.message
         details = self._detail_lines()
         said = (self.provider_message or "").strip()
         if said and said not in self.message and not any(said in line for line in details):
@@ -92,6 +138,7 @@ class MissingKey(ConfigError):
 
 class AuthError(BananaError):
     kind = "auth"
+    headline_template = "Key rejected by {provider}"
     default_hint = "Check the API key for this provider (see the README, section 'API keys'); it may be wrong, revoked, or lack access to this model."
 
 
@@ -104,24 +151,32 @@ class QuotaOrRateLimited(BananaError):
         self.exhausted = exhausted  # an empty balance or a used-up daily quota: waiting will not help
         super().__init__(message, **kwargs)
 
+    @property
+    def headline_template(self) -> str:  # type: ignore[override]
+        return "Out of credits or quota at {provider}" if self.exhausted else "Rate-limited by {provider}"
+
 
 class InvalidRequest(BananaError):
     kind = "invalid_request"
+    headline_template = "Request rejected by {provider}"
     default_hint = "The provider rejected the request's parameters; check the model, aspect ratio, resolution and number of reference images."
 
 
 class UpstreamUnavailable(BananaError):
     kind = "upstream"
+    headline_template = "{provider} is failing or overloaded"
     default_hint = "The provider or its upstream is failing or overloaded; this is usually temporary. Retry later or pick another provider."
 
 
 class TimedOut(UpstreamUnavailable):
     kind = "timeout"
+    headline_template = "No answer from {provider} in time"
     default_hint = "Large (4K, Pro) generations can take minutes; raise the timeout with BANANA_<PROVIDER>_TIMEOUT or try again."
 
 
 class MalformedResponse(UpstreamUnavailable):
     kind = "malformed"
+    headline_template = "Unexpected answer from {provider}"
     default_hint = "The provider answered with something that is not the expected API response (often a gateway error page). Check the base URL, or retry later."
 
 
@@ -156,6 +211,13 @@ class Refusal(BananaError):
         self.candidates_token_count = candidates_token_count
         super().__init__(message, **kwargs)
 
+    verb = "Refused by"
+
+    def headline(self) -> str:
+        words = STAGE_WORDS.get(self.stage, self.stage)
+        why = f"{self.reason} ({words})" if self.reason else words
+        return redact(f"{self.verb} {provider_label(self.provider)}: {why}")
+
     def _detail_lines(self) -> list[str]:
         details = [f"stage: {self.stage}"]
         if self.reason:
@@ -185,6 +247,7 @@ class NoImageReturned(Refusal):
     """No image and no policy label (NO_IMAGE, IMAGE_OTHER, MAX_TOKENS, an empty data list, ...)."""
 
     kind = "no_image"
+    verb = "No image from"
     default_hint = "The model finished without an image. Retrying once, or rephrasing the prompt to ask explicitly for an image, usually helps."
 
     def __init__(self, message: str, *, stage: str = "no_image", **kwargs) -> None:

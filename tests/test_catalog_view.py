@@ -1,44 +1,20 @@
-"""The node's widget lists and price badge, derived from the catalog."""
+"""The node's widget lists and model labels, derived from the catalog."""
 
 from __future__ import annotations
 
 import json
 
-import jsonata
-import pytest
-
-from banana_pack.nodes.catalog_view import model_capabilities, price_badge_expr
-from banana_pack.providers.catalog import PRESETS
+from banana_pack.nodes.catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
+from banana_pack.providers.catalog import STABLE_MODEL_NAMES
 
 
-def badge(**widgets):
-    return jsonata.Jsonata(price_badge_expr()).evaluate({"widgets": widgets})
-
-
-@pytest.mark.parametrize("spec", PRESETS, ids=lambda s: s.id)
-def test_badge_matches_the_catalog_for_every_offer(spec):
-    for offer in spec.models:
-        for resolution in offer.resolutions or ("",):
-            for count in (1, 3):
-                # The frontend hands combo values to the expression in lower case.
-                got = badge(provider=spec.id, model=offer.name.lower(), count=count, **({"model.resolution": resolution.lower()} if resolution else {}))
-                price = offer.price(resolution or None)
-                suffix = f" ({count} images)" if count > 1 else "/image"
-                if price is None:
-                    assert got == {"type": "text", "text": "price: see provider"}
-                elif offer.price_unit == "usd":
-                    assert got["type"] == "text" and got["text"].startswith("~$") and got["text"].endswith(suffix)
-                    assert float(got["text"][2:].split(" ")[0].split("/")[0]) == pytest.approx(price * count, abs=0.0051)
-                else:
-                    assert got == {"type": "text", "text": f"{price * count:g} {offer.price_unit}{suffix}"}
-
-
-def test_badge_for_auto_and_unknown_values():
-    assert badge(provider="auto", model="nano banana pro", count=1)["type"] == "text"
-    assert badge(provider="google", model="not a model", count=1)["type"] == "text"
-    # A fixed-size model ignores a stale resolution left from another model.
-    assert badge(provider="google", model="nano banana", count=2, **{"model.resolution": "4k"})["text"] == "~$0.078 (2 images)"
-    assert badge(provider="google", model="nano banana pro", count=1, **{"model.resolution": "4k"})["text"] == "~$0.24/image"
+def test_model_labels_show_the_gemini_name_and_map_back():
+    assert model_label("Nano Banana Pro") == "Nano Banana Pro (Gemini 3 Pro Image)"
+    assert [model_label(n) for n in MODEL_ORDER][0] == "Nano Banana 2 (Gemini 3.1 Flash Image)"  # the default: newest
+    for name in STABLE_MODEL_NAMES:
+        assert model_from_choice(model_label(name)) == name
+        assert model_from_choice(name) == name  # workflows saved before the labels
+    assert model_from_choice("Nano Banana 9 (Gemini 9)") is None and model_from_choice(None) is None
 
 
 def test_widget_lists_are_the_union_over_providers():

@@ -1,4 +1,4 @@
-"""The example workflows: valid, core nodes besides ours, our node's widgets in schema order, no secrets."""
+"""The example workflows: valid, core nodes besides ours, our nodes' widgets in schema order, no secrets."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from banana_pack.nodes.catalog_view import model_capabilities
-from banana_pack.providers.catalog import PRESETS, STABLE_MODEL_NAMES
+from banana_pack.nodes.catalog_view import model_capabilities, model_from_choice, model_label
+from banana_pack.nodes.option_specs import OPTION_SPECS
+from banana_pack.providers.catalog import PRESETS
 
 FOLDER = Path(__file__).resolve().parents[1] / "example_workflows"
 WORKFLOWS = sorted(FOLDER.glob("*.json"))
@@ -27,11 +28,21 @@ def test_example_is_a_runnable_graph_of_core_nodes_and_ours(path):
     workflow = json.loads(path.read_text())
     assert workflow["version"] == 0.4
     types = {node["type"] for node in workflow["nodes"]}
-    assert "NanoBananaBridge" in types and types - {"NanoBananaBridge"} <= CORE_NODES
+    assert "NanoBananaBridge" in types and types - {"NanoBananaBridge", "NanoBananaOptions"} <= CORE_NODES
     (ours,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaBridge"]
-    prompt, provider, model, ratio = ours["widgets_values"][:4]
-    assert prompt.strip() and provider in {"auto"} | {s.id for s in PRESETS} and model in STABLE_MODEL_NAMES
+    prompt, provider, model_choice, ratio = ours["widgets_values"][:4]
+    model = model_from_choice(model_choice)
+    assert model_choice == model_label(model)  # saved with the current label
+    assert prompt.strip() and provider in {"auto"} | {s.id for s in PRESETS}
     assert ratio in model_capabilities()[model]["ratios"]
+    # The clean layout: prompt, provider, model (+ratio, resolution), seed (+control), count, prompt_per_line, image_mode.
+    rows = 9 + (1 if model_capabilities()[model]["resolutions"] else 0)
+    assert len(ours["widgets_values"]) == rows and ours["widgets_values"][-1] in ("references", "each image")
+    for options in (n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"):
+        values = dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"], strict=True))
+        assert len(options["widgets_values"]) == len(OPTION_SPECS)
+        assert all(spec.coerce(values[spec.name]) == values[spec.name] for spec in OPTION_SPECS)
+        assert any(link[1] == options["id"] and link[3] == ours["id"] and link[5] == "NANO_BANANA_OPTIONS" for link in workflow["links"])
     ids = {n["id"] for n in workflow["nodes"]}
     assert all(link[1] in ids and link[3] in ids for link in workflow["links"])
     assert any(link[1] == ours["id"] for link in workflow["links"])  # its images go somewhere
@@ -41,3 +52,22 @@ def test_example_is_a_runnable_graph_of_core_nodes_and_ours(path):
 def test_example_carries_no_key_or_local_address(path):
     text = path.read_text()
     assert not re.search(r"AIza[0-9A-Za-z_-]{10,}|\bsk-[0-9A-Za-z]{10,}|\bhk-[0-9A-Za-z]{10,}|127\.0\.0\.1|localhost|/work/|/tmp/", text)
+
+
+def test_the_batch_example_flags_failures_through_the_options_node():
+    workflow = json.loads((FOLDER / "nano_banana_batch_prompt_list.json").read_text())
+    (options,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"]
+    assert dict(zip((spec.name for spec in OPTION_SPECS), options["widgets_values"], strict=True))["on_failure"] == "flag"
+
+
+def test_the_readme_api_example_matches_the_nodes():
+    readme = (FOLDER.parent / "README.md").read_text()
+    section = readme[readme.index("## Headless use"):]
+    prompt = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
+    assert by_type["LoadImage"]["image"] == "example.png"  # ships in ComfyUI's input/ folder
+    assert set(by_type["NanoBananaOptions"]) == {spec.name for spec in OPTION_SPECS}
+    bridge = by_type["NanoBananaBridge"]
+    assert model_from_choice(bridge["model"]) and bridge["model"] == model_label(model_from_choice(bridge["model"]))
+    assert not {spec.name for spec in OPTION_SPECS} & set(bridge)  # the clean layout: options come through the socket
+    assert bridge["options"][0] in prompt and prompt[bridge["options"][0]]["class_type"] == "NanoBananaOptions"

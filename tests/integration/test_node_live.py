@@ -86,8 +86,8 @@ def test_node_schema_offers_providers_models_and_reference_slots(comfy):
     info = comfy.object_info(NODE)[NODE]
     required = info["input"]["required"]
     assert required["provider"][1]["options"][:2] == ["auto", "google"] and "apiyi" in required["provider"][1]["options"]
-    options = {o["key"]: o["inputs"]["required"] for o in required["model"][1]["options"]}
-    assert list(options) == ["Nano Banana", "Nano Banana Pro", "Nano Banana 2"]
+    options = {o["key"].split(" (")[0]: o["inputs"]["required"] for o in required["model"][1]["options"]}
+    assert [o["key"] for o in required["model"][1]["options"]] == ["Nano Banana 2 (Gemini 3.1 Flash Image)", "Nano Banana Pro (Gemini 3 Pro Image)", "Nano Banana (Gemini 2.5 Flash Image)"]
     assert "resolution" not in options["Nano Banana"] and options["Nano Banana 2"]["resolution"][1]["options"][0] == "0.5K"
     assert options["Nano Banana Pro"]["images"][1]["template"]["names"][-1] == "image_14"
     assert "8:1" in options["Nano Banana 2"]["aspect_ratio"][1]["options"] and "8:1" not in options["Nano Banana Pro"]["aspect_ratio"][1]["options"]

@@ -1,91 +1,264 @@
-// Nano Banana Bridge frontend: narrows the model list to what the chosen provider offers, warns
-// when that provider has no API key configured, and shows the list price as a node badge (the
-// schema's price badge is drawn only for Comfy's own API nodes). Everything here is a
-// convenience; the node checks the same things when it runs, with messages that say what to do.
+// Nano Banana Bridge frontend: the price badge (what a run will cost, or "no key" / "price unknown"),
+// the model list narrowed to what the chosen provider offers, aspect ratio and resolution carried
+// over when the model changes, old saved model names mapped to the current labels, and a "Nano
+// Banana keys" sidebar tab to set, clear and test keys. Everything here is a convenience: the node
+// checks the same things when it runs, with messages that say what to do. The arithmetic lives in
+// nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
-let catalogPromise = null;
+const OPTIONS_ID = "NanoBananaOptions";
+const SUB_WIDGETS = /^model\.(aspect_ratio|resolution)$/;
+const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"], error: ["#f6d6d6", "#6b2222"] };
 
-function catalog() {
-  if (!catalogPromise) {
-    catalogPromise = api
-      .fetchApi("/nano_banana_bridge/catalog")
-      .then((r) => (r.ok ? r.json() : null))
-      .then((data) => {
-        // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix.
-        if (data?.error) warn("Nano Banana Bridge configuration", data.error);
-        return data;
-      })
-      .catch(() => null);
+let shownConfigError = null;
+
+// The catalog (providers, models, prices, who has a key), refreshed when key status may have changed.
+const catalog = createCatalogStore(
+  () => api.fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" }).then((r) => (r.ok ? r.json() : null)),
+  (data) => {
+    // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
+    if (data?.error && data.error !== shownConfigError) {
+      shownConfigError = data.error;
+      toast("warn", "Nano Banana Bridge configuration", data.error);
+    }
+    app.graph?.setDirtyCanvas?.(true, true);
   }
-  return catalogPromise;
-}
+);
+const refreshCatalog = () => catalog.refresh();
 
-function warn(summary, detail) {
-  const toast = app.extensionManager?.toast;
-  if (toast?.add) toast.add({ severity: "warn", summary, detail, life: 8000 });
+function toast(severity, summary, detail) {
+  const t = app.extensionManager?.toast;
+  if (t?.add) t.add({ severity, summary, detail, life: 8000 });
   else console.warn(`[Nano Banana Bridge] ${summary}: ${detail}`);
 }
 
+const widget = (node, name) => node.widgets?.find((w) => w.name === name);
+
+function badgeState(node) {
+  return badgeFor({
+    catalog: catalog.data,
+    providerId: widget(node, "provider")?.value,
+    model: widget(node, "model")?.value,
+    resolution: widget(node, "model.resolution")?.value,
+    count: widget(node, "count")?.value,
+    promptText: widget(node, "prompt")?.value,
+    promptPerLine: widget(node, "prompt_per_line")?.value,
+    imageMode: widget(node, "image_mode")?.value,
+  });
+}
+
+// Narrow the model list to the provider's offers (never switch the model for the user: that would
+// reset its settings; the badge says when the provider does not offer it).
 async function applyProvider(node, providerId, announce) {
-  const data = await catalog();
-  const modelWidget = node.widgets?.find((w) => w.name === "model");
+  const data = announce ? await refreshCatalog() : catalog.data ?? (await catalog.ready);
+  const modelWidget = widget(node, "model");
   if (!data || !modelWidget?.options?.values) return;
   if (!modelWidget._nbbAllModels) modelWidget._nbbAllModels = [...modelWidget.options.values];
   const provider = data.providers.find((p) => p.id === providerId);
-  let allowed = modelWidget._nbbAllModels;
-  if (provider) {
-    allowed = allowed.filter((m) => m in provider.models);
-    if (announce && !provider.has_key) {
-      warn(
-        `No API key for ${provider.display_name}`,
-        `Set ${provider.key_env.join(" or ")} before starting ComfyUI, or add "${provider.key_owner}" to ${data.keys_file}.`
-      );
-    }
-  } else if (providerId === "auto" && announce && !data.providers.some((p) => p.has_key)) {
-    warn("No API key configured", `Add a key for any provider (see the README); keys file: ${data.keys_file}`);
-  }
-  if (allowed.length) {
-    modelWidget.options.values = allowed;
-    // Never switch the model for the user (that would reset its settings): say what is offered.
-    if (announce && provider && !allowed.includes(modelWidget.value)) {
-      warn(`${provider.display_name} does not offer ${modelWidget.value}`, `Pick one of: ${allowed.join(", ")}.`);
-    }
+  const allowed = provider ? modelWidget._nbbAllModels.filter((m) => stableModel(m) in provider.models) : modelWidget._nbbAllModels;
+  if (allowed.length) modelWidget.options.values = allowed;
+  if (announce && provider && !provider.has_key) {
+    toast("warn", `No API key for ${provider.display_name}`, `Set it in the "Nano Banana keys" tab (key icon in the sidebar), or set ${provider.key_env.join(" or ")} before starting ComfyUI.`);
   }
   node.setDirtyCanvas?.(true, true);
 }
 
-let catalogData = null;
-catalog().then((data) => (catalogData = data));
-
-function widgetValue(node, suffix) {
-  return node.widgets?.find((w) => w.name === suffix || w.name?.endsWith(`.${suffix}`))?.value;
+// The model widget rebuilds its sub-widgets in its value setter (both views); each removed
+// sub-widget reports its last value through onRemove, and the change callback puts back the
+// values the new model also offers.
+function watchModel(node) {
+  const modelWidget = widget(node, "model");
+  if (!modelWidget || modelWidget._nbbWatched) return;
+  modelWidget._nbbWatched = true;
+  const kept = {};
+  const arm = () => {
+    for (const w of node.widgets.filter((w) => SUB_WIDGETS.test(w.name || ""))) {
+      if (w._nbbArmed) continue;
+      w._nbbArmed = true;
+      const previous = w.onRemove;
+      w.onRemove = function (...args) {
+        kept[w.name.split(".").pop()] = w.value;
+        return previous?.apply(this, args);
+      };
+    }
+  };
+  arm();
+  const original = modelWidget.callback;
+  modelWidget.callback = function (value, ...rest) {
+    const result = original?.call(this, value, ...rest);
+    const subs = node.widgets.filter((w) => SUB_WIDGETS.test(w.name || ""));
+    for (const change of carryOver(kept, subs)) {
+      const target = widget(node, change.name);
+      target.value = change.value;
+      target.callback?.(change.value);
+    }
+    arm();
+    syncModelState(node);
+    node.setDirtyCanvas?.(true, true);
+    return result;
+  };
 }
 
-// The price for the current widget values, from the catalog's list prices; "" when unknown.
-function priceText(node) {
-  if (!catalogData) return "";
-  const model = widgetValue(node, "model");
-  let providerId = widgetValue(node, "provider");
-  if (providerId === "auto") providerId = catalogData.auto?.[model];
-  const offer = catalogData.providers.find((p) => p.id === providerId)?.models?.[model];
-  if (!offer || !offer.prices) return "";
-  const resolution = offer.resolutions.length ? widgetValue(node, "resolution") : "";
-  const price = offer.prices[resolution] ?? offer.prices[""];
-  if (price === undefined) return "";
-  const count = Number(widgetValue(node, "count") || 1);
-  const total = price * count;
-  const amount = offer.price_unit === "usd" ? `~$${total.toFixed(total < 0.1 ? 3 : 2)}` : `${total} ${offer.price_unit}`;
-  return `${amount}${count > 1 ? ` (${count} images)` : "/image"}`;
+// Frontend 1.43's DynamicCombo keeps its value in a closure (its own value property), so the
+// Vue-nodes view, which draws from the widget's store state, shows the default model after a
+// workflow loads (core DynamicCombo nodes show the same). Copy the value into that state.
+function syncModelState(node) {
+  const modelWidget = widget(node, "model");
+  const state = modelWidget?._state;
+  if (state && "value" in state && state.value !== modelWidget.value) state.value = modelWidget.value;
+}
+
+function addBadge(node) {
+  const Badge = window.LGraphBadge;
+  if (!Badge || !Array.isArray(node.badges)) return;
+  let cached = { key: null, badge: null };
+  node.badges.push(() => {
+    const state = badgeState(node);
+    const key = state ? `${state.level}|${state.text}` : "";
+    if (key !== cached.key) {
+      const [fgColor, bgColor] = BADGE_COLORS[state?.level] ?? BADGE_COLORS.ok;
+      cached = { key, badge: state ? new Badge({ text: state.text, fgColor, bgColor }) : new Badge({ text: "" }) };
+    }
+    return cached.badge;
+  });
+}
+
+// ---- keys sidebar tab ---------------------------------------------------------------------
+
+async function postJson(path, body) {
+  const response = await api.fetchApi(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  let data = {};
+  try {
+    data = await response.json();
+  } catch {
+    /* not JSON */
+  }
+  return { ok: response.ok, data };
+}
+
+function el(tag, props = {}, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+async function renderKeysTab(root) {
+  root.replaceChildren(el("div", { textContent: "Loading…", style: "padding:12px" }));
+  const response = await api.fetchApi("/nano_banana_bridge/keys", { cache: "no-store" }).catch(() => null);
+  const status = response?.ok ? await response.json() : null;
+  if (!status) {
+    root.replaceChildren(el("div", { textContent: "Could not read key status from the server.", style: "padding:12px" }));
+    return;
+  }
+  const wrap = el("div", { className: "nbb-keys", style: "padding:10px 12px;display:flex;flex-direction:column;gap:10px;font-size:13px;overflow:auto;height:100%" });
+  wrap.append(
+    el("div", { style: "opacity:.8;line-height:1.4" }, `Keys are written to ${status.keys_file} (readable only by you), never to the workflow or ComfyUI's settings. Environment variables take precedence. Keys are never shown again once saved.`)
+  );
+  if (status.error) wrap.append(el("div", { textContent: status.error, style: "color:#f0a0a0;white-space:pre-wrap" }));
+  for (const owner of status.owners) {
+    const names = owner.providers.map((p) => p.display_name).join(", ");
+    const state = el("span", { textContent: keyStatusText(owner), style: `font-weight:600;color:${owner.source ? "#7fc97f" : "#e07a7a"}` });
+    const input = el("input", { type: "password", placeholder: owner.source === "file" ? "replace the saved key" : "paste a key", autocomplete: "off", style: "flex:1;min-width:0;padding:4px 6px;background:var(--comfy-input-bg);color:var(--input-text);border:1px solid var(--border-color);border-radius:4px" });
+    input.dataset.owner = owner.owner;
+    const answer = el("div", { className: "nbb-answer", style: "white-space:pre-wrap;word-break:break-word;font-size:12px;opacity:.9" });
+    const button = (label, onClick) => el("button", { textContent: label, className: `nbb-${label.toLowerCase()}`, onclick: onClick, style: "padding:3px 8px;border-radius:4px;border:1px solid var(--border-color);background:var(--comfy-menu-bg);color:var(--fg-color);cursor:pointer" });
+    const save = async (key) => {
+      const { ok, data } = await postJson("/nano_banana_bridge/keys", { provider: owner.owner, key });
+      input.value = "";
+      await refreshCatalog();
+      await renderKeysTab(root);
+      const fresh = root.querySelector(`[data-owner="${owner.owner}"]`)?.closest(".nbb-owner")?.querySelector(".nbb-answer");
+      if (fresh) fresh.textContent = ok ? data.message : `Not saved: ${data.error ?? "error"}`;
+    };
+    const testButtons = owner.providers
+      .filter((p, i, all) => all.findIndex((q) => q.family === p.family) === i)
+      .map((p) =>
+        button(owner.providers.length > 1 ? `Test ${p.id}` : "Test", async () => {
+          answer.textContent = `Testing ${p.display_name}…`;
+          const { ok, data } = await postJson("/nano_banana_bridge/keys/test", { provider: p.id });
+          answer.textContent = ok ? `${data.ok ? "✔" : data.ok === false ? "✘" : "?"} ${p.display_name}: ${data.answer}` : `Test refused: ${data.error}`;
+          answer.style.color = data.ok ? "#9fd89f" : data.ok === false ? "#f0a0a0" : "";
+        })
+      );
+    testButtons.forEach((b) => (b.className = "nbb-test"));
+    wrap.append(
+      el(
+        "div",
+        { className: "nbb-owner", style: "border:1px solid var(--border-color);border-radius:6px;padding:8px;display:flex;flex-direction:column;gap:6px" },
+        el("div", { style: "display:flex;justify-content:space-between;gap:8px" }, el("span", { textContent: `${owner.owner}`, style: "font-weight:600" }), state),
+        el("div", { textContent: names, style: "font-size:12px;opacity:.75" }),
+        el("div", { style: "display:flex;gap:6px;align-items:center" }, input, button("Save", () => input.value.trim() && save(input.value.trim())), button("Clear", () => save(""))),
+        el("div", { style: "display:flex;gap:6px;flex-wrap:wrap;align-items:center" }, ...testButtons, el("span", { textContent: owner.key_help ? `Get a key: ${owner.key_help}` : "", style: "font-size:11px;opacity:.6" })),
+        answer
+      )
+    );
+  }
+  root.replaceChildren(wrap);
 }
 
 app.registerExtension({
   name: "nano_banana_bridge.provider_models",
+  async setup() {
+    const data = await refreshCatalog();
+    app.extensionManager?.registerSidebarTab?.({
+      id: "nano-banana-keys",
+      icon: "pi pi-key",
+      title: "Nano Banana keys",
+      tooltip: "Nano Banana Bridge: API keys",
+      type: "custom",
+      render: (root) => renderKeysTab(root),
+    });
+    if (data && !data.providers.some((p) => p.has_key)) {
+      toast("info", "Nano Banana Bridge: no API key yet", 'Add one in the "Nano Banana keys" tab (key icon in the sidebar); it is saved in a file only you can read.');
+    }
+  },
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== NODE_ID) return;
+    // Workflows saved before the labels hold "Nano Banana Pro": map it to its label before the
+    // model widget sees it (an unknown value would drop its aspect ratio and resolution).
+    const labels = (nodeData.input?.required?.model?.[1]?.options ?? []).map((o) => o.key);
+    const configure = nodeType.prototype.configure;
+    nodeType.prototype.configure = function (info, ...rest) {
+      const values = info?.widgets_values;
+      this._nbbLegacyOptions = legacyOptions(values);
+      if (Array.isArray(values)) {
+        const index = values.findIndex((v, i) => i <= 3 && typeof v === "string" && !labels.includes(v) && labels.some((l) => stableModel(l) === v));
+        if (index >= 0) values[index] = labels.find((l) => stableModel(l) === values[index]);
+      }
+      const result = configure.call(this, info, ...rest);
+      syncModelState(this);
+      return result;
+    };
+  },
+  // A workflow saved before the options node: put its advanced settings on a new Nano Banana
+  // Options node connected to this one (only when they differ from the defaults).
+  loadedGraphNode(node) {
+    const legacy = node._nbbLegacyOptions;
+    delete node._nbbLegacyOptions;
+    const slot = node.inputs?.findIndex((i) => i.name === "options") ?? -1;
+    if (!legacy || slot < 0 || node.inputs[slot].link != null || !node.graph) return;
+    const options = window.LiteGraph?.createNode?.(OPTIONS_ID);
+    if (!options) return;
+    let changed = false;
+    for (const [name, value] of Object.entries(legacy)) {
+      const w = widget(options, name);
+      const allowed = w && (!w.options?.values || w.options.values.includes(value)) && typeof value === typeof w.value;
+      if (allowed && w.value !== value) {
+        w.value = value;
+        changed = true;
+      }
+    }
+    if (!changed) return;
+    options.pos = [node.pos[0], node.pos[1] + node.size[1] + 50]; // below the node it feeds
+    node.graph.add(options);
+    options.connect(0, node, slot);
+  },
   async nodeCreated(node) {
     if (node.comfyClass !== NODE_ID) return;
-    const providerWidget = node.widgets?.find((w) => w.name === "provider");
+    const providerWidget = widget(node, "provider");
     if (!providerWidget) return;
     const original = providerWidget.callback;
     providerWidget.callback = function (value, ...rest) {
@@ -93,32 +266,11 @@ app.registerExtension({
       applyProvider(node, value, true);
       return result;
     };
-    // Switching model rebuilds its sub-widgets with their defaults. Watch the model value on every
-    // draw and carry over the aspect ratio and resolution when the new model offers them too.
-    let seen = { model: undefined, values: {} };
-    const originalDraw = node.onDrawForeground;
-    node.onDrawForeground = function (...args) {
-      const model = widgetValue(node, "model");
-      const subWidgets = (node.widgets || []).filter((w) => /\.(aspect_ratio|resolution)$/.test(w.name || ""));
-      if (seen.model !== undefined && model !== seen.model) {
-        for (const w of subWidgets) {
-          const kept = seen.values[w.name.split(".").pop()];
-          if (kept !== undefined && w.options?.values?.includes(kept)) w.value = kept;
-        }
-      }
-      seen = { model, values: Object.fromEntries(subWidgets.map((w) => [w.name.split(".").pop(), w.value])) };
-      return originalDraw?.apply(this, args);
-    };
+    // The canvas shows "fal (no key)" / "auto → google" (the value stays the plain id).
+    providerWidget.options.getOptionLabel = (value) => providerLabel(catalog.data, value, widget(node, "model")?.value);
+    watchModel(node);
     // Workflows load their saved values after creation: narrow once they are in place.
     setTimeout(() => applyProvider(node, providerWidget.value, false), 0);
-    const Badge = window.LGraphBadge;
-    if (Badge && Array.isArray(node.badges)) {
-      let cached = { text: null, badge: null };
-      node.badges.push(() => {
-        const text = priceText(node);
-        if (text !== cached.text) cached = { text, badge: new Badge({ text, fgColor: "#dfe8d0", bgColor: "#2f4a1e" }) };
-        return cached.badge;
-      });
-    }
+    addBadge(node);
   },
 });

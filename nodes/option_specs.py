@@ -1,0 +1,131 @@
+"""The advanced settings of the Nano Banana Bridge node, as data.
+
+The "Nano Banana Options" node (options.py) turns each spec into a widget and outputs a plain,
+JSON-serialisable dict; the main node reads it through `resolve_options`, which fills in the
+default of every missing key. So a workflow saved without the options node, or before an option
+existed, still runs, and an option is added by appending one spec to OPTION_SPECS (and reading
+it where it is used). Free of ComfyUI, so it is tested in CI.
+
+Every value is untrusted (a workflow carries it): `resolve_options` checks type, range and
+choices, and says what to do when one is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..providers.errors import ConfigError
+from .store import STORE_FOLDER
+
+SOCKET_TYPE = "NANO_BANANA_OPTIONS"  # the custom socket type between the two nodes
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One advanced setting. The kind follows from the default: bool, int, float, str, or a combo when `choices` is set."""
+
+    name: str
+    default: Any
+    tooltip: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    multiline: bool = False
+    max_length: int = 20_000  # strings: a workflow can carry anything
+
+    @property
+    def kind(self) -> str:
+        if self.choices:
+            return "combo"
+        return {bool: "bool", int: "int", float: "float", str: "str"}[type(self.default)]
+
+    def coerce(self, value: Any) -> Any:
+        """The value checked against this spec, or ConfigError saying what is accepted."""
+        kind = self.kind
+        if kind == "combo":
+            if isinstance(value, str) and value in self.choices:
+                return value
+            raise self._error(value, f"one of: {', '.join(self.choices)}")
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise self._error(value, "true or false")
+        if kind in ("int", "float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise self._error(value, "a number")
+            if kind == "int" and value != int(value):
+                raise self._error(value, "a whole number")
+            if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+                raise self._error(value, f"a number from {self.minimum:g} to {self.maximum:g}")
+            return int(value) if kind == "int" else float(value)
+        if not isinstance(value, str) or len(value) > self.max_length:
+            raise self._error(value, f"text of at most {self.max_length} characters")
+        return value
+
+    def _error(self, value: Any, accepted: str) -> ConfigError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        return ConfigError(
+            f"Nano Banana Options: '{self.name}' is {shown}; it must be {accepted}.",
+            hint=f"Set '{self.name}' on the Nano Banana Options node (or remove the key from the API prompt to use the default, {self.default!r}).",
+        )
+
+
+OPTION_SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "on_failure",
+        "fail",
+        "When some items are refused or fail: fail the node (finished images stay saved), skip them, or keep going and list them at the top of the text output.",
+        choices=("fail", "skip", "flag"),
+    ),
+    OptionSpec(
+        "size_policy",
+        "resize",
+        "Results of different sizes become one batch the size of the first: stretched, letterboxed or centre-cropped.",
+        choices=("resize", "pad", "crop"),
+    ),
+    OptionSpec("system_prompt", "", "Sent where the model honours a system instruction.", multiline=True),
+    OptionSpec("temperature", 1.0, "1.0 is the model's default and is not sent.", minimum=0.0, maximum=2.0, step=0.05),
+    OptionSpec("web_search", False, "Google Search grounding (Pro and Nano Banana 2, where the provider supports it)."),
+    OptionSpec(
+        "upload_format",
+        "auto",
+        "auto: JPEG q95 for opaque images (a quarter of PNG's size), PNG when there is transparency. png: lossless.",
+        choices=("auto", "png", "jpeg", "webp"),
+    ),
+    OptionSpec("use_cache", True, "Answer an identical request (same provider, model, prompt, images, settings and seed) from the saved result, even after a restart."),
+    OptionSpec("save_to", STORE_FOLDER, "Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache).", max_length=500),
+    OptionSpec("model_id_override", "", "Send this model id instead of the catalog's (a newer or reseller-specific id); checks are relaxed.", max_length=500),
+)
+
+SPECS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in OPTION_SPECS}
+
+
+def default_options() -> dict[str, Any]:
+    return {spec.name: spec.default for spec in OPTION_SPECS}
+
+
+def resolve_options(value: Any, legacy: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every option, from the options socket's dict, then `legacy` values, then the defaults.
+
+    `legacy` holds the same keys given as the main node's own inputs (API prompts written
+    before the options node existed). Keys this version does not know are ignored, so a
+    workflow from a newer version still runs here.
+    """
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"The options input must come from a Nano Banana Options node, got {type(value).__name__}.",
+            hint="Connect a Nano Banana Options node to 'options', or disconnect it to use the defaults.",
+        )
+    resolved = default_options()
+    for source in (legacy or {}, value):
+        for name, raw in source.items():
+            spec = SPECS_BY_NAME.get(name)
+            if spec is not None and raw is not None:
+                resolved[name] = spec.coerce(raw)
+    return resolved
