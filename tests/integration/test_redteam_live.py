@@ -1,6 +1,6 @@
 """Red team through a real ComfyUI: widget values that try to carry a destination or a key, a file
 planted with ComfyUI's own upload route where the pack's dated folder goes, and ComfyUI's own log
-at --verbose DEBUG (served to any page at /internal/logs) while a provider echoes the key.
+at --verbose DEBUG with BANANA_DEBUG=1 (served to any page at /internal/logs) while a provider echoes the key.
 Run with COMFYUI_PATH (see tests/integration/conftest.py).
 """
 
@@ -66,6 +66,7 @@ def comfy(comfyui_server_factory, provider, tmp_path_factory):
         "BANANA_GOOGLE_API_KEY": GOOGLE_KEY,
         "BANANA_GOOGLE_BASE_URL": provider.url + "/v1beta",
         "BANANA_FAL_BASE_URL": provider.url,
+        "BANANA_DEBUG": "1",  # the pack's and httpx's loggers at DEBUG / INFO, as a user chasing a problem sets it
     }
     server = comfyui_server_factory(extra_env=env, extra_args=("--cache-none", "--verbose", "DEBUG"))
     (server.user_dir / "nano_banana_bridge" / "keys.json").write_text(json.dumps({"fal": FAL_KEY}))  # read per call
