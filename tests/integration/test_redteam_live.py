@@ -192,3 +192,31 @@ def test_the_config_folder_is_not_reachable_over_http(comfy):
             except urllib.error.HTTPError as exc:
                 body = exc.read().decode("utf-8", "replace")
             assert FAL_KEY not in body and secret not in body and "store.secret" not in body, (path, extra, body[:200])
+
+
+def test_the_options_node_and_stray_api_keys_carry_no_destination(comfy, provider, foreign):
+    """The same values through the Nano Banana Options node, as a literal dict, and as extra keys the
+    main node accepts from old API prompts (accept_all_inputs): none sends anything anywhere."""
+    port = foreign.url.rsplit(":", 1)[1]
+    before = len(provider.requests)
+    options = {"model_id_override": f"{foreign.url}/x", "save_to": "nano_banana_bridge"}
+    with_node = bridge("a cat", "fal", 60)
+    with_node["1"]["inputs"]["options"] = ["4", 0]
+    with_node["4"] = {"class_type": "NanoBananaOptions", "inputs": dict(options)}
+    literal = bridge("a cat", "fal", 61)
+    literal["1"]["inputs"]["options"] = dict(options)
+    stray = bridge("a cat", "google", 62)
+    stray["1"]["inputs"].update({
+        "base_url": foreign.url, "BANANA_GOOGLE_BASE_URL": foreign.url, "api_key": "x", "auth_hosts": ["127.0.0.1"],
+        "model.images.image_1": "/etc/passwd", "model.aspect_ratio": f"http://127.0.0.1:{port}/",
+    })
+    for graph in (with_node, literal, stray):
+        try:
+            entry = comfy.run(graph)
+        except PromptRejected:
+            continue
+        assert entry["status"]["status_str"] == "error", json.dumps(entry["status"])[:1500]
+    time.sleep(0.2)
+    assert foreign.requests == []
+    assert len(provider.requests) == before  # each was refused before any request
+    no_key_anywhere(comfy)
