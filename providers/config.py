@@ -323,6 +323,9 @@ def _store_secret(path: Path) -> bytes:
     try:
         raw = path.read_bytes().strip()
         if len(raw) >= 32:
+            if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                # Whoever reads it can make cache and journal entries this install trusts.
+                warn_once("%s is readable by other users; run: chmod 600 '%s'", path, path)
             return raw
     except FileNotFoundError:
         pass

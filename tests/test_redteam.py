@@ -282,3 +282,17 @@ def test_a_file_planted_where_the_save_folder_goes_still_returns_the_paid_images
     assert outcome.status == OK and outcome.images and outcome.files == []
     assert any("Not saved" in w for w in outcome.warnings)
     assert root.read_bytes() == b"planted"
+
+
+def test_a_store_secret_other_users_can_read_is_warned_about(isolated_config, caplog):
+    """Like keys.json: a secret restored from a backup or copied with the wrong mode lets other local
+    users forge cache and journal entries."""
+    from banana_pack.providers import config
+
+    isolated_config.mkdir(parents=True, exist_ok=True)
+    secret = isolated_config / "store.secret"
+    secret.write_text("f" * 64 + "\n")
+    secret.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="nano_banana_bridge"):
+        assert config.store_secret() == b"f" * 64
+    assert "store.secret is readable by other users" in caplog.text and "chmod 600" in caplog.text
