@@ -149,8 +149,8 @@ class ResultStore:
         entry = {"version": ENTRY_VERSION, "kind": kind, "key": key, "body": body, "mac": _mac(self._key_secret(), kind, key, body)}
         _atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False).encode("utf-8"))
 
-    def _read_entry(self, path: Path, kind: str, key: str) -> dict[str, Any] | None:
-        """The body of an authentic entry of this kind for this key; None (logged once) for anything else."""
+    def _read_entry(self, path: Path, kind: str, key: str, *, quiet: bool = False) -> dict[str, Any] | None:
+        """The body of an authentic entry of this kind for this key; None (logged once, unless quiet) for anything else."""
         try:
             info = path.lstat()
         except FileNotFoundError:
@@ -177,7 +177,8 @@ class ResultStore:
                 raise _Untrusted("authentication failed (tampered, planted, or made with another install's secret)")
             return entry["body"]
         except _Untrusted as exc:
-            _ignore(path, str(exc))
+            if not quiet:
+                _ignore(path, str(exc))
             return None
 
     def authentic_body(self, path: Path, kind: str) -> dict[str, Any] | None:
@@ -185,7 +186,7 @@ class ResultStore:
         wrote it (housekeeping removes nothing else); None otherwise."""
         if kind not in (_CACHE, _JOURNAL) or not _KEY_SHAPE.match(path.stem):
             return None
-        return self._read_entry(path, kind, path.stem)
+        return self._read_entry(path, kind, path.stem, quiet=True)  # at every load: old entries are not news
 
     def _inside(self, rel: Any) -> Path:
         """The file a cache entry names, which must lie inside this store (symlinks resolved)."""
