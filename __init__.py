@@ -11,9 +11,12 @@ version it needs and how to update, and registers nothing (no node, no frontend 
 
 import logging
 
-from .nodes.compat import unsupported_comfyui_message
+if __package__:
+    from .nodes.compat import unsupported_comfyui_message
 
-_UNSUPPORTED = unsupported_comfyui_message()
+    _UNSUPPORTED = unsupported_comfyui_message()
+else:  # pytest imports this file alone (looking for setup_module) when the checkout's folder name is no identifier
+    _UNSUPPORTED = None
 if _UNSUPPORTED:
     logging.getLogger("nano_banana_bridge").error(_UNSUPPORTED)
 

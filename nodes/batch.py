@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from ..providers.catalog import ModelOffer, ProviderSpec
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UpstreamUnavailable
-from ..providers.outcome import GeneratedImage, GenerationRequest, ImageInput
+from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UnusableImage, UpstreamUnavailable
+from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput
 from ..providers.redaction import redact, redact_data
 from .store import ResultStore, request_key
 
@@ -146,9 +147,13 @@ async def run_batch(
     store: ResultStore | None,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
-    """Run every item concurrently; return their outcomes in input order. Never raises for one item."""
-    spec, offer = resolve(settings.provider, settings.model, settings.model_id_override)
+    """Run every item concurrently; return their outcomes in input order. Never raises for one item.
+
+    resolved: the run's (provider, model), resolved once by the caller and passed to every call.
+    """
+    spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = [{"provider": spec.id, "model_id": offer.model_id, **{k: v for k, v in r.__dict__.items() if k != "images"}} for r in requests]
@@ -189,7 +194,7 @@ async def run_batch(
         update()
         try:
             try:
-                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override)
+                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override, resolved=(spec, offer))
             except Refusal:
                 if store is not None:
                     store.forget_task(key)  # that job is over; a re-run is a new request
@@ -198,8 +203,9 @@ async def run_batch(
                 if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable, QuotaOrRateLimited)):
                     raise  # keep the journal: the job may still finish (a busy status endpoint says nothing about it), and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
-                store.forget_task(key)
-                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override)
+                if store is not None:  # (a resumed task implies a store)
+                    store.forget_task(key)
+                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override, resolved=(spec, offer))
             if store is not None:
                 try:
                     paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
@@ -218,6 +224,11 @@ async def run_batch(
             outcome.request_id = exc.request_id or outcome.request_id
             outcome.text = redact(exc.model_text or "")
             progress.refused += 1
+        except UnusableImage as exc:
+            if store is not None and exc.payloads:
+                outcome.files = await asyncio.to_thread(save_unusable, store, key, exc, provenance)
+            outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
+            progress.failed += 1
         except BananaError as exc:
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             outcome.request_id = exc.request_id or outcome.request_id
@@ -287,6 +298,15 @@ def job_id(handle: dict | None) -> str | None:
         return None
     value = handle.get("request_id") or handle.get("task_id")
     return str(value) if value else None
+
+
+def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance: dict[str, Any]) -> list[str]:
+    """Bytes that are not a usable image were still paid for: on disk (.bin, with a sidecar) before the error is shown."""
+    kept = GenerationResult(provider=error.provider or "", model=error.model or "", images=error.payloads, request_id=error.request_id, warnings=[str(error)])
+    paths = [str(p) for p in store.save(key, kept, provenance, cache=False)]
+    error.hint = f"The provider's bytes are saved as {', '.join(paths)}. {error.hint}"
+    error.args = (str(error),)
+    return paths
 
 
 class BatchFailed(BananaError):

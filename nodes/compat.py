@@ -74,7 +74,7 @@ def missing_features() -> list[str] | None:
     except ImportError:
         # ComfyUI without the V3 API at all (its loader then never calls comfy_entrypoint).
         return ["comfy_api.latest"] if "folder_paths" in sys.modules or "comfy" in sys.modules else None
-    missing = []
+    missing: list[str] = []
     for path in REQUIRED_ATTRIBUTES:
         if any(path.startswith(gone + ".") for gone in missing):
             continue  # io.DynamicCombo.Option when io.DynamicCombo itself is missing: said once

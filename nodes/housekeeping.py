@@ -98,7 +98,7 @@ def tidy(
     root = Path(root)
     now = time.time() if now is None else now
     lifetimes = provider_lifetimes() if lifetimes is None else lifetimes
-    max_age = reports_max_age() if report_age == "env" else report_age
+    max_age = reports_max_age() if isinstance(report_age, str) else report_age  # "env": read the setting
     done = Tidied()
     longest = max(lifetimes.values(), default=30 * 86400.0)
     # Only entries this install wrote (their HMAC verifies) are candidates: anyone can upload a file
@@ -109,7 +109,8 @@ def tidy(
         if body is None:
             continue
         _, mtime = _read(path)
-        provenance = body.get("provenance") if isinstance(body.get("provenance"), dict) else {}
+        provenance = body.get("provenance")
+        provenance = provenance if isinstance(provenance, dict) else {}
         lifetime = lifetimes.get(str(provenance.get("provider")), longest)
         if _age(now, mtime, _timestamp(body.get("submitted_at"))) > lifetime:
             _remove(path, done.journal)
@@ -187,14 +188,6 @@ def _read(path: Path) -> tuple[Any, float]:
             return None, path.lstat().st_mtime
         except OSError:
             return None, time.time()
-
-
-def _body(entry: Any) -> dict[str, Any]:
-    """An entry's content: {"body": ...} in the authenticated format, the entry itself in the first one."""
-    if not isinstance(entry, dict):
-        return {}
-    body = entry.get("body", entry)
-    return body if isinstance(body, dict) else {}
 
 
 def _timestamp(text: Any, fmt: str | None = None) -> float | None:

@@ -25,7 +25,7 @@ from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .housekeeping import tidy_once
 from .store import ResultStore
-from .tensors import ImageDecodeError, decode_images, encode_image
+from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, decode_images, encode_image
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -51,11 +51,11 @@ class RenderInputs:
     seed: int | None = None
     count: int = 1
     on_failure: str = "fail"
-    size_policy: str = "resize"
+    size_policy: SizePolicy = "resize"
     system_prompt: str = ""
     temperature: float | None = None
     web_search: bool = False
-    upload_format: str = "auto"
+    upload_format: EncodeFormat = "auto"
     use_cache: bool = True
     model_id_override: str = ""
 
@@ -142,7 +142,7 @@ class DecodeLimitExceeded(ImageDecodeError):
     """Decoding would take more memory than the configured cap allows."""
 
 
-def _encode(images: list[torch.Tensor], max_pixels: int, fmt: str) -> list[ImageInput]:
+def _encode(images: list[torch.Tensor], max_pixels: int, fmt: EncodeFormat) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
 
@@ -204,7 +204,7 @@ async def render(
             progress.text(redact(state.line()), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
-    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update)
+    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
     report = batch_report(outcomes, settings)
     report_file = None
     if store is not None:

@@ -208,8 +208,12 @@ class ResultStore:
 
     # -- saving on arrival ---------------------------------------------------------------------
 
-    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any]) -> list[Path]:
-        """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths."""
+    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
+        """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths.
+
+        cache=False: keep the bytes without answering later requests from them (unusable results,
+        saved as .bin because they were paid for).
+        """
         now = dt.datetime.now()
         folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
         stem = f"{now:%H%M%S}_{_safe(result.provider)}_{key[:8]}_{uuid.uuid4().hex[:4]}"
@@ -237,12 +241,13 @@ class ResultStore:
             image = result.images[n]
             details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
-        files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
-        # The images are on disk: bookkeeping that a planted file blocks must not fail the paid result.
-        try:
-            self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
-        except OSError as exc:
-            _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
+        if cache:
+            files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
+            # The images are on disk: bookkeeping that a planted file blocks must not fail the paid result.
+            try:
+                self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
+            except OSError as exc:
+                _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
         self.forget_task(key)
         return paths
 

@@ -116,7 +116,7 @@ def encode_image(
     picture = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
     size = fit_pixels(picture.width, picture.height, max_pixels)
     if size != picture.size:
-        picture = picture.resize(size, Image.LANCZOS)  # Pillow premultiplies RGBA while resampling
+        picture = picture.resize(size, Image.Resampling.LANCZOS)  # Pillow premultiplies RGBA while resampling
     if fmt == "auto":
         # A 2048x2048 photo is ~10 MB as PNG but ~2.6 MB as JPEG q95, with no visible loss.
         fmt = "png" if picture.mode == "RGBA" else "jpeg"
@@ -157,18 +157,17 @@ def decode_images(
     blobs: Sequence[bytes],
     *,
     size_policy: SizePolicy = "resize",
-    target: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Decode provider images into one IMAGE batch [B, H, W, 3], float32 0..1, on the CPU.
 
     Any Pillow format and mode works (PNG, JPEG, WebP, grey, palette, 16-bit, CMYK); EXIF
-    rotation is applied and transparency is composited over white. The batch size is `target`
-    (width, height), else the first image's; other sizes follow `size_policy` (see `place`).
+    rotation is applied and transparency is composited over white. The batch size is the first
+    image's; other sizes follow `size_policy` (see `place`).
     Raises ImageDecodeError for bytes that are not an image or exceed Image.MAX_IMAGE_PIXELS.
     """
     if not blobs:
         raise ValueError("no images to decode")
-    frames, size = None, target
+    frames, size = None, None
     for index, blob in enumerate(blobs):
         picture, full_scale = _open(blob)
         size = size or picture.size
@@ -222,7 +221,7 @@ def _has_alpha(picture: Image.Image) -> bool:
     return (
         picture.mode in ("LA", "La", "PA", "RGBA", "RGBa")
         or "transparency" in picture.info
-        or (picture.mode == "P" and picture.palette.mode.endswith("A"))
+        or (picture.mode == "P" and picture.palette is not None and picture.palette.mode.endswith("A"))
     )
 
 
@@ -234,7 +233,7 @@ def _describe(blob: bytes) -> str:
 def _open(blob: bytes) -> tuple[Image.Image, int]:
     """Decode bytes to an upright L, RGB or I;16 image plus the value that means full intensity."""
     try:
-        picture = Image.open(io.BytesIO(blob))
+        picture: Image.Image = Image.open(io.BytesIO(blob))
         # Checked here, not by turning DecompressionBombWarning into an error: warning filters
         # are process-global state, which threads must not change.
         limit = Image.MAX_IMAGE_PIXELS
@@ -263,7 +262,7 @@ def _open(blob: bytes) -> tuple[Image.Image, int]:
 def _draw(frame: np.ndarray, picture: Image.Image, full_scale: int, placement: Placement) -> None:
     """Write `picture` into the float frame [H, W, 3] at `placement`, scaled to 0..1."""
     if placement.size != picture.size:
-        picture = picture.resize(placement.size, Image.LANCZOS)
+        picture = picture.resize(placement.size, Image.Resampling.LANCZOS)
     (x, y), (w, h) = placement.offset, placement.size
     frame_h, frame_w = frame.shape[:2]
     left, top, right, bottom = max(x, 0), max(y, 0), min(x + w, frame_w), min(y + h, frame_h)

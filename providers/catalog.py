@@ -256,6 +256,8 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_help="https://api.apiyi.com (token page); keys start with sk-",
         concurrency=4,
         read_timeout=600.0,  # APIYI: 360 s, 600 s for 4K or many references
+        # Its gateway sends interim drafts as ordinary image parts before the final one (providers.md 2.4).
+        options=_freeze({"keep_images": "last"}),
     ),
     ProviderSpec(
         id="apiyi_chat",
@@ -268,7 +270,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         models=tuple(_offer(m.name, m.model_id, aspect_ratios=(AUTO,), resolutions=(), web_search=False, **_NO_SAMPLING) for m in GOOGLE_MODELS),
         key_help="https://api.apiyi.com (token page); keys start with sk-",
         read_timeout=600.0,
-        options=_freeze({"size_controls": "none"}),
+        options=_freeze({"size_controls": "none", "keep_images": "last"}),
     ),
     ProviderSpec(
         id="openai_hk",
@@ -432,7 +434,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in ModelOffer.__dataclass_fields__ and k not in ("name", "id")}
         models.append(_offer(name, raw["id"], **changes))
     try:
-        limits = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
+        limits: dict[str, Any] = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
     except (TypeError, ValueError):
         raise ConfigError(f"Custom provider '{provider_id}': concurrency and timeout must be numbers.") from None
     return ProviderSpec(

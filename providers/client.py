@@ -5,15 +5,15 @@
 This resolves the provider (presets, custom gateways, overrides), its key, and the model's
 capabilities; checks the request against them with messages that say what to do; holds the
 provider's process-wide concurrency slot; and runs the protocol module for the provider's family.
-Protocol modules expose either `generate(call, request)` (synchronous APIs) or
-`submit(call, request) -> handle` and `wait(call, handle)` (asynchronous jobs, so the handle can be
-journaled before polling and a later run can attach to it instead of paying again).
+Protocol modules implement one of two typed interfaces (providers/protocols/__init__.py): SyncFamily,
+`generate(call, request)`, or AsyncFamily, `submit(call, request) -> handle` and `wait(call, handle)`
+(asynchronous jobs, so the handle can be journaled before polling and a later run can attach to it
+instead of paying again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import logging
 import math
@@ -23,11 +23,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
 from .catalog import AUTO, MATCH_INPUT, OPTION_RULES, ModelOffer, OptionRule, ProviderSpec, unknown_model
-from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key
+from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key, key_hint
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
-from .errors import BananaError, ConfigError, InvalidRequest, MissingKey
+from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey, UnusableImage
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
+from .protocols import AsyncFamily, SyncFamily, family_for
 from .redaction import clip
 
 
@@ -217,16 +218,35 @@ class ProviderCall:
         """fetch_image for each, concurrently, in order; the first failure stops the rest.
 
         At most max_images are fetched: a provider that sends more than were asked for does not get
-        the extra ones downloaded, decoded or billed to memory (a warning says so)."""
+        the extra ones downloaded, decoded or billed to memory (a warning says so). Bytes that are not
+        a usable image do not stop the rest: they were paid for, so one UnusableImage is raised at the
+        end carrying every payload of the answer, to be saved.
+        """
         refs = self._within_count(refs)
-        tasks = [asyncio.ensure_future(self.fetch_image(ref)) for ref in refs]
+
+        async def fetch(ref: str) -> GeneratedImage | UnusableImage:
+            try:
+                return await self.fetch_image(ref)
+            except UnusableImage as exc:
+                return exc
+
+        tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
         try:
-            return list(await asyncio.gather(*tasks))
+            fetched = list(await asyncio.gather(*tasks))
         except BaseException:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        unusable = [item for item in fetched if isinstance(item, UnusableImage)]
+        if unusable:
+            first = unusable[0]
+            first.payloads = [p for item in fetched for p in (item.payloads if isinstance(item, UnusableImage) else [item])]
+            if len(unusable) > 1:
+                first.message += f" ({len(unusable)} of {len(fetched)} results are unusable.)"
+                first.args = (str(first),)
+            raise first
+        return [item for item in fetched if isinstance(item, GeneratedImage)]
 
     def _within_count(self, items: list) -> list:
         if self.max_images is not None and len(items) > self.max_images:
@@ -247,8 +267,8 @@ class ProviderCall:
         return result
 
 
-def protocol_module(family: str):
-    return importlib.import_module(f".protocols.{family}", __package__)
+def protocol_module(family: str) -> SyncFamily | AsyncFamily:
+    return family_for(family)
 
 
 def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None = None) -> ModelOffer:
@@ -329,7 +349,7 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
         ratio = None
     elif ratio == MATCH_INPUT:
         first = next((im for im in request.images if im.width and im.height), None)
-        ratio = nearest_ratio(first.width, first.height, offer.aspect_ratios) if first else None
+        ratio = nearest_ratio(first.width or 0, first.height or 0, offer.aspect_ratios) if first else None
     resolution = request.resolution or None
     if offer.known and not offer.resolutions:
         resolution = None  # a fixed size: nothing to send
@@ -407,10 +427,15 @@ async def generate(
     *,
     model_id_override: str | None = None,
     engine: HttpEngine | None = None,
+    resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> GenerationResult:
-    """Run one generation; raise a BananaError (never return a placeholder) when there is no image."""
+    """Run one generation; raise a BananaError (never return a placeholder) when there is no image.
+
+    resolved: the (provider, model) a run resolved once, so every call of a batch uses the same
+    provider and settings even if the config files or keys change meanwhile; else resolved here.
+    """
     ctx = ctx or CallContext()
-    spec, offer = resolve(provider_id, model, model_id_override)
+    spec, offer = resolved or resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
     call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec), max_images=request.count)
     module = protocol_module(spec.family)
@@ -424,7 +449,7 @@ async def generate(
             limiter.release()  # acquired in the same instant the wait was abandoned
         raise
     try:
-        if hasattr(module, "submit"):
+        if isinstance(module, AsyncFamily):
             handle = ctx.resume_task or await module.submit(call, request)
             if ctx.on_task and handle is not ctx.resume_task:
                 ctx.on_task(handle)
@@ -432,7 +457,10 @@ async def generate(
         else:
             result = await module.generate(call, request)
     except BananaError as exc:
-        raise exc.with_context(provider=spec.id, model=offer.model_id)
+        if isinstance(exc, AuthError):
+            exc.hint = key_hint(spec)  # the engine knows the preset's id, not whose key it reads
+        exc.with_context(provider=spec.id, model=offer.model_id)
+        raise
     finally:
         limiter.release()
     result.seconds = time.monotonic() - started

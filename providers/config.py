@@ -183,16 +183,22 @@ def api_key_for(spec: ProviderSpec) -> str:
     value = _keys_from_file().get(owner, "").strip()
     if value:
         return _checked_key(value, owner, display_path(config_dir() / KEYS_FILE))
-    where = " or ".join(candidates)
+    raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
+
+
+def key_hint(spec: ProviderSpec, *, missing: bool = False) -> str:
+    """Where this preset's key is read from: its key owner's variable(s) and keys-file entry.
+
+    Presets of one reseller share a key (openai_hk_chat reads BANANA_OPENAI_HK_API_KEY and "openai_hk").
+    """
+    owner = spec.key_owner
+    where = " or ".join([env_name(owner, "API_KEY"), *spec.key_env])
     help_line = f" Get a key at {spec.key_help}." if spec.key_help else ""
-    raise MissingKey(
-        f"No API key for '{spec.display_name}'.",
-        provider=spec.id,
-        hint=(
-            f"Set the environment variable {where} before starting ComfyUI, or add "
-            f"\"{owner}\": \"<your key>\" to {display_path(config_dir() / KEYS_FILE)}.{help_line} "
-            "Keys are never stored in workflows."
-        ),
+    lead = "Set" if missing else f"Check the key for '{spec.display_name}': it may be wrong, revoked, or lack access to this model. Set"
+    return (
+        f"{lead} the environment variable {where} before starting ComfyUI, or add "
+        f"\"{owner}\": \"<your key>\" to {display_path(config_dir() / KEYS_FILE)}.{help_line} "
+        "Keys are never stored in workflows."
     )
 
 
@@ -254,7 +260,7 @@ def all_providers() -> list[ProviderSpec]:
     # otherwise read BANANA_OPENAI_HK_API_KEY, the openai_hk preset's key, and send it to its own URL.
     known = {env_name(name, ""): name for s in specs for name in (s.id, s.key_owner)}
     for entry in entries:
-        spec = _checked_shape(where, lambda: custom_provider_from_dict(entry))
+        spec = _checked_shape(where, lambda entry=entry: custom_provider_from_dict(entry))
         taken = known.get(env_name(spec.id, ""))
         if taken is not None:
             raise ConfigError(
@@ -263,7 +269,7 @@ def all_providers() -> list[ProviderSpec]:
             )
         known[env_name(spec.id, "")] = spec.id
         specs.append(spec)
-    specs = [_checked_shape(where, lambda: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
+    specs = [_checked_shape(where, lambda s=s: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
         _warn_plain_http(spec)
     return specs

@@ -180,6 +180,21 @@ class MalformedResponse(UpstreamUnavailable):
     default_hint = "The provider answered with something that is not the expected API response (often a gateway error page). Check the base URL, or retry later."
 
 
+class UnusableImage(MalformedResponse):
+    """The provider delivered bytes that are not a usable image (AVIF, HEIC, TIFF, HTML, a bomb, ...).
+
+    They were paid for: `payloads` holds everything that answer delivered, in order (usable images
+    and the unusable bytes, the latter with MIME application/octet-stream), for the caller to save.
+    """
+
+    kind = "unusable_image"
+    default_hint = "The provider's original bytes are kept in the output folder as a .bin file; open them with a tool that reads that format."
+
+    def __init__(self, message: str, *, payloads: list | None = None, **kwargs) -> None:
+        self.payloads = list(payloads or [])
+        super().__init__(message, **kwargs)
+
+
 class Cancelled(BananaError):
     kind = "cancelled"
 

@@ -10,7 +10,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, Hashable, TypeVar
 
 from PIL import Image
 
@@ -121,7 +121,18 @@ def extension_for(mime: str) -> str:
 
 
 class NotAnImage(ValueError):
-    """Bytes that are not a supported image, or one too large to decode safely."""
+    """Bytes that are not a supported image, or one too large to decode safely.
+
+    `data` is what the provider sent, when there were bytes: paid for, so the caller saves them.
+    """
+
+    def __init__(self, message: str, data: bytes | None = None, declared_mime: str | None = None) -> None:
+        super().__init__(message)
+        self.data = data
+        self.declared_mime = declared_mime
+
+
+UNKNOWN_MIME = "application/octet-stream"  # saved with the extension .bin
 
 
 def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str | None = None) -> GeneratedImage:
@@ -134,7 +145,9 @@ def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str
         head = data[:16]
         raise NotAnImage(
             f"expected image bytes, got {len(data)} bytes starting {head!r}"
-            + (f" (declared {declared_mime})" if declared_mime else "")
+            + (f" (declared {declared_mime})" if declared_mime else ""),
+            data,
+            declared_mime,
         )
     try:
         with warnings.catch_warnings():
@@ -142,11 +155,11 @@ def inspect_image(data: bytes, declared_mime: str | None = None, source_url: str
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise NotAnImage(f"image too large to decode safely: {exc}") from None
+        raise NotAnImage(f"image too large to decode safely: {exc}", data, declared_mime) from None
     except Exception as exc:  # truncated or corrupt header
-        raise NotAnImage(f"{mime} bytes could not be read: {exc}") from None
+        raise NotAnImage(f"{mime} bytes could not be read: {exc}", data, declared_mime) from None
     if width * height > MAX_RESULT_PIXELS:
-        raise NotAnImage(f"image too large to decode safely: {width}x{height}")
+        raise NotAnImage(f"image too large to decode safely: {width}x{height}", data, declared_mime)
     return GeneratedImage(data=data, mime=mime, width=width, height=height, source_url=source_url)
 
 
@@ -189,3 +202,20 @@ def image_refs_in_text(text: str) -> tuple[list[str], str]:
     for url in bare:
         rest = rest.replace(url, "")
     return refs, rest.strip()
+
+
+Ref = TypeVar("Ref", bound=Hashable)
+
+
+def final_images(turn: list[Ref], keep_last: bool) -> list[Ref]:
+    """The results among one turn's images (a Gemini candidate, a chat choice), in order.
+
+    Google marks its interim drafts `thought: true` and the protocol skips them. Some gateways
+    (APIYI, providers.md 2.4) send the drafts as ordinary image parts before the final one: a
+    preset that does sets the option keep_images "last", and only the turn's last image is a
+    result. Everywhere, an image sent twice in one turn is one result, at its last position.
+    """
+    if keep_last:
+        return turn[-1:]
+    last_position = {ref: n for n, ref in enumerate(turn)}
+    return [ref for n, ref in enumerate(turn) if last_position[ref] == n]

@@ -63,14 +63,15 @@ class _Server(ThreadingHTTPServer):
 
 
 class LoopbackServer:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """port 0: any free port; a given port lets a test bring a server up where a connection was refused."""
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self.requests: list[Recorded] = []
         self._lock = threading.Lock()
         self._active = 0
         self.max_concurrent = 0
         self._stopping = threading.Event()
-        self._httpd = _Server(("127.0.0.1", 0), self._make_handler())
+        self._httpd = _Server(("127.0.0.1", port), self._make_handler())
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property

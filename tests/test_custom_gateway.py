@@ -198,11 +198,30 @@ def test_malformed_providers_file(server, monkeypatch, isolated_config, data, wo
     assert server.requests == []
 
 
-@pytest.mark.parametrize("data", [{"providers": [entry(models=[{"name": "Nano Banana"}])]}, {"providers": ["not an object"]}])
-def test_malformed_model_entries_are_config_errors(isolated_config, data):
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        ({"providers": [entry(models=[{"name": "Nano Banana"}])]}, ["every model needs an 'id'"]),
+        ({"providers": ["not an object"]}, ["must be a JSON object"]),
+    ],
+)
+def test_malformed_model_entries_are_config_errors(server, monkeypatch, isolated_config, data, words):
+    monkeypatch.setenv("BANANA_BAD_API_KEY", "sk-bad-123456")  # so a MissingKey (also a ConfigError) cannot pass for it
     write(isolated_config, data)
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError) as info:
         gen("bad", "Nano Banana")
+    assert not isinstance(info.value, MissingKey)
+    assert all(word in str(info.value) for word in words), str(info.value)
+    assert server.requests == []
+
+
+def test_the_same_entry_with_a_model_id_is_accepted(server, monkeypatch, isolated_config):
+    """The control for the test above: the entry is valid once the model has its id."""
+    monkeypatch.setenv("BANANA_BAD_API_KEY", "sk-bad-123456")
+    server.route("POST", r"/images/generations$", Reply(json=fixture("openai_images/success_single_b64.json")))
+    write(isolated_config, {"providers": [entry(base_url=server.url, models=[{"id": "nb-1", "name": "Nano Banana"}])]})
+    result = gen("bad", "Nano Banana")
+    assert len(result.images) == 1 and server.requests[0].json()["model"] == "nb-1"
 
 
 @pytest.mark.parametrize(

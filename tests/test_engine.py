@@ -11,7 +11,7 @@ import pytest
 
 from banana_pack.providers import CallContext, Cancelled, GenerationRequest, InvalidRequest, MalformedResponse, NoImageReturned, generate
 from banana_pack.providers import QuotaOrRateLimited, SafetyRejected, TimedOut, UpstreamUnavailable
-from banana_pack.providers.engine import Caller, PollState, ProcessLimiter, RetryPolicy, get_engine, parse_error_body, retry_after_header
+from banana_pack.providers.engine import Caller, HttpEngine, PollState, ProcessLimiter, RetryPolicy, get_engine, parse_error_body, retry_after_header
 from helpers import png_bytes, run
 from loopback import Reply, fixture
 
@@ -330,12 +330,16 @@ def test_raw_content_with_custom_headers(server):
     assert req.headers["content-type"] == "image/png" and req.headers["x-token"] == "t"
 
 
-def test_download_honours_retry_after(server):
+def test_download_honours_retry_after(server, monkeypatch):
     server.route("GET", r"^/img\.png$", [Reply(429, {}, headers={"Retry-After": "0"}), Reply(body=png_bytes(2, 2), content_type="image/png")])
-    started = time.monotonic()
+    chosen: list[float] = []
+    backoff = HttpEngine._backoff
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *args: chosen.append(backoff(*args)) or chosen[-1]))
     image = run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/img.png"))
     assert image.width == 2 and len(server.requests) == 2
-    assert time.monotonic() - started < 0.45  # Retry-After: 0, not the ~0.5-1 s backoff
+    # The wait the engine chose (not wall time, which a loaded machine stretches): Retry-After 0 plus
+    # at most 0.25 s of jitter, not the 0.5-1 s exponential backoff.
+    assert len(chosen) == 1 and chosen[0] <= 0.25
 
 
 def test_download_with_a_long_retry_after_is_reported_not_waited(server):

@@ -25,7 +25,7 @@ from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.client import ProviderCall
 from banana_pack.providers.engine import get_engine, transport
 from banana_pack.providers.errors import BananaError, ConfigError
-from helpers import YELLOW_PNG_B64, png_bytes, run
+from helpers import png_bytes, run
 from hostile import HostileServer, drip, endless, gzip_bomb, redirect, reply
 from loopback import fixture
 
@@ -257,7 +257,8 @@ def test_only_the_requested_number_of_images_is_used(hk):
 
 def test_inline_images_beyond_the_count_are_dropped_too(google):
     answer = fixture("gemini/success_single.json")
-    answer["candidates"][0]["content"]["parts"] = [{"inlineData": {"mimeType": "image/png", "data": YELLOW_PNG_B64}}] * 30
+    # Thirty distinct images (an image repeated in one turn counts once: see outcome.final_images).
+    answer["candidates"][0]["content"]["parts"] = [{"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png_bytes(n + 1, 1)).decode()}} for n in range(30)]
     google.route("POST", GEN, reply(200, answer))
     result = gen()
     assert len(result.images) == 1 and any("returned 30 images for 1 asked" in w for w in result.warnings)

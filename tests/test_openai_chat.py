@@ -172,7 +172,8 @@ def test_presets_without_sampling_send_none_of_it(apiyi):
 # -- every response variant ----------------------------------------------------------------------------
 
 
-def test_markdown_images_with_a_hosted_url(apiyi):
+def test_markdown_images_with_a_hosted_url(apiyi, monkeypatch):
+    monkeypatch.setenv("BANANA_APIYI_CHAT_KEEP_IMAGES", "all")  # APIYI keeps a turn's last image by default (drafts)
     body = fixture("chat/success_markdown_multi.json")
     content = body["choices"][0]["message"]["content"]
     body["choices"][0]["message"]["content"] = content.replace("https://example.com/img/generated-1.png", apiyi.url + "/img/generated-1.png")

@@ -12,7 +12,7 @@ from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.client import ProviderCall, resolve_model
 from banana_pack.providers.engine import HttpEngine, PollState, get_engine
 from helpers import BLUE_PNG_B64, YELLOW_PNG_B64, png_bytes, run
-from loopback import Reply
+from loopback import LoopbackServer, Reply
 
 FAL = next(p for p in PRESETS if p.id == "fal")
 
@@ -82,8 +82,31 @@ def test_submit_once_refused_answer_has_no_lost_job_hint(server):
 
 
 def test_submit_once_resends_what_provably_never_left(monkeypatch):
-    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *args: 0.0))
+    """A refused connection sent nothing: the submit is sent again, and the second attempt is the one that arrives."""
     with socket.socket() as probe:  # a port with nobody listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    servers: list[LoopbackServer] = []
+
+    def backoff_then_listen(*args) -> float:
+        if not servers:  # between the refused attempt and the next one, the provider comes up
+            servers.append(LoopbackServer(port).start())
+            servers[0].route("POST", r"^/job$", Reply(json={"request_id": "req-1"}))
+        return 0.0
+
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(backoff_then_listen))
+    try:
+        response = run(make_call(f"http://127.0.0.1:{port}").submit_once("job", {"prompt": "x"}))
+        assert response.json() == {"request_id": "req-1"}
+        assert len(servers) == 1 and [r.json() for r in servers[0].requests] == [{"prompt": "x"}]  # resent once, arrived once
+    finally:
+        for srv in servers:
+            srv.stop()
+
+
+def test_submit_once_that_never_connects_says_it_never_left(monkeypatch):
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *args: 0.0))
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(UpstreamUnavailable) as info:

@@ -343,14 +343,6 @@ def test_crop_policy_covers_and_centres():
     assert batch[1, 5, 5].tolist() == [0.0, 0.0, 1.0] and batch[1, 5, 9].tolist() == [0.0, 0.0, 1.0]
 
 
-@pytest.mark.parametrize("policy", ["resize", "pad", "crop"])
-def test_explicit_target_applies_to_every_image(policy):
-    blobs = [solid_png(40, 20, RED), solid_png(7, 13, GREEN), halves_png(3, 3)]
-    batch = decode_images(blobs, size_policy=policy, target=(16, 12))
-    assert batch.shape == (3, 12, 16, 3) and batch.dtype == torch.float32
-    assert batch.min() >= 0 and batch.max() <= 1
-
-
 @pytest.mark.parametrize(
     "size,target,policy,expected",
     [
@@ -396,8 +388,6 @@ def test_decode_images_validates_arguments():
         decode_images([])
     with pytest.raises(ValueError, match="size_policy"):
         decode_images([solid_png(2, 2, RED)], size_policy="stretch")
-    with pytest.raises(ValueError, match="target"):
-        decode_images([solid_png(2, 2, RED)], target=(-4, 4))
 
 
 def test_encoded_image_repr_leaves_out_the_bytes():

@@ -133,7 +133,7 @@ def names_safety(codes: str | None, message: str | None) -> bool:
 
 def error_for_status(status: int, envelope: ErrorEnvelope, caller: Caller, request_id: str | None = None) -> BananaError:
     """Map a failed answer onto the taxonomy; the provider's own words win over the status."""
-    common = dict(provider=caller.provider, model=caller.model or None, status=status, provider_message=envelope.message or None, request_id=request_id)
+    common: dict[str, Any] = dict(provider=caller.provider, model=caller.model or None, status=status, provider_message=envelope.message or None, request_id=request_id)
     codes, message = envelope.code, envelope.message.lower()
     if status in _REFUSAL_STATUSES and (envelope.flagged or names_safety(codes, message)):
         where = envelope.stage or ("input" if "input" in f"{codes} {message}" or "prompt" in message else "output")
@@ -147,7 +147,8 @@ def error_for_status(status: int, envelope: ErrorEnvelope, caller: Caller, reque
     if status == 402 or any(word in codes for word in EMPTY_BALANCE_CODES) or any(phrase in message for phrase in EMPTY_BALANCE_PHRASES):
         return QuotaOrRateLimited("The account is out of credits or quota.", hint="Top up the account with this provider, or choose another provider.", exhausted=True, **common)
     if status in (401, 403) or any(word in f"{codes} {message}" for word in _AUTH_CODES):
-        hint = f"Check the key for '{caller.provider}': set BANANA_{caller.provider.upper()}_API_KEY or add it to the keys file (README, 'API keys')."
+        # Generic: presets of one reseller share a key, so generate() names the variable this preset reads (config.key_hint).
+        hint = "Check the API key for this provider: it may be wrong, revoked, or lack access to this model (README, 'API keys')."
         return AuthError("The provider did not accept the API key.", hint=hint, **common)
     if status == 429 or any(word in codes for word in _RATE_CODES):
         retry = f" Retry after about {envelope.retry_after:.0f} s." if envelope.retry_after else ""
@@ -161,8 +162,8 @@ def error_for_status(status: int, envelope: ErrorEnvelope, caller: Caller, reque
     if status in (408, 504, 524):
         return TimedOut("The provider timed out.", **common)
     if status >= 500:
-        hint = _NO_CHANNEL_HINT if any(phrase in message for phrase in _NO_CHANNEL_PHRASES) else None
-        return UpstreamUnavailable("The provider failed or is overloaded.", hint=hint, **common)
+        no_channel = _NO_CHANNEL_HINT if any(phrase in message for phrase in _NO_CHANNEL_PHRASES) else None
+        return UpstreamUnavailable("The provider failed or is overloaded.", hint=no_channel, **common)
     if 400 <= status < 500:
         return InvalidRequest("The provider rejected the request.", **common)
     return MalformedResponse(f"The provider answered HTTP {status} with an error instead of a result.", **common)

@@ -25,9 +25,10 @@ from ..errors import (
     MalformedResponse,
     Refusal,
     TimedOut,
+    UnusableImage,
     UpstreamUnavailable,
 )
-from ..outcome import GeneratedImage, NotAnImage, decode_base64_payload, inspect_image
+from ..outcome import UNKNOWN_MIME, GeneratedImage, NotAnImage, decode_base64_payload, inspect_image
 from ..redaction import install_log_filter, redact
 from .auth import Credentials, host_of, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
@@ -461,7 +462,12 @@ class HttpEngine:
             response = await self.request(ctx, caller, "GET", url, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes, follow_redirects=True)
             return inspect_image(response.content, source_url=url)
         except NotAnImage as exc:
-            raise MalformedResponse(f"The provider's result is not a usable image: {exc}", provider=caller.provider, model=caller.model or None) from None
+            message = f"The provider's result is not a usable image: {exc}"
+            where: dict[str, Any] = dict(provider=caller.provider, model=caller.model or None)
+            if exc.data is None:
+                raise MalformedResponse(message, **where) from None
+            raw = GeneratedImage(data=exc.data, mime=UNKNOWN_MIME, source_url=without_userinfo(ref) if ref.lower().startswith(("http://", "https://")) else None)
+            raise UnusableImage(message, payloads=[raw], **where) from None
 
 
 _engine: HttpEngine | None = None

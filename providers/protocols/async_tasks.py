@@ -90,7 +90,8 @@ def check_envelope(call, body: dict[str, Any]) -> None:
 def result_urls(task: dict[str, Any]) -> list[str]:
     found: list[Any] = list(task.get("results") or [])
     found += [item.get("image_url") or item.get("url") for item in task.get("result_data") or [] if isinstance(item, dict)]
-    result = task.get("result") if isinstance(task.get("result"), dict) else {}
+    result = task.get("result")
+    result = result if isinstance(result, dict) else {}
     for image in result.get("images") or []:
         url = image.get("url") if isinstance(image, dict) else image
         found += url if isinstance(url, list) else [url]

@@ -132,7 +132,8 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
 
 
 async def parse_result(call, body: dict[str, Any], handle: dict[str, Any], failure: str | None = None) -> GenerationResult:
-    items = body.get("images") if isinstance(body.get("images"), list) else [body["image"]] if isinstance(body.get("image"), dict) else []
+    images, image = body.get("images"), body.get("image")
+    items: list[Any] = images if isinstance(images, list) else [image] if isinstance(image, dict) else []
     refs = [item.get("url") if isinstance(item, dict) else item for item in items]
     refs = [ref for ref in refs if isinstance(ref, str) and ref.strip()]
     text = str(body.get("description") or "").strip()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NoImageReturned, SafetyRejected, SafetyStage
-from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, image_refs_in_text
+from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, final_images, image_refs_in_text
 
 # Output withheld by a policy filter: final, rephrase.
 SAFETY_FINISH_REASONS = frozenset(
@@ -83,6 +83,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     texts: list[str] = []
     finish_reasons: list[str] = []
     finish_messages: list[str] = []
+    keep_last = call.text_option("keep_images") == "last"
     for candidate in candidates:
         reason = _get(candidate, "finishReason", "finish_reason")
         if reason:
@@ -90,26 +91,25 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         message = _get(candidate, "finishMessage", "finish_message")
         if message:
             finish_messages.append(str(message))
+        turn: list[tuple[str, str | None]] = []
         for part in (candidate.get("content") or {}).get("parts") or []:
             if not isinstance(part, dict) or part.get("thought"):
                 continue  # interim "thought" drafts are not results
             blob = _get(part, "inlineData", "inline_data")
             file_data = _get(part, "fileData", "file_data")
             if blob and blob.get("data"):
-                refs.append((blob["data"], _get(blob, "mimeType", "mime_type")))
+                turn.append((blob["data"], _get(blob, "mimeType", "mime_type")))
             elif file_data and _get(file_data, "fileUri", "file_uri"):
-                refs.append((_get(file_data, "fileUri", "file_uri"), _get(file_data, "mimeType", "mime_type")))
+                turn.append((_get(file_data, "fileUri", "file_uri"), _get(file_data, "mimeType", "mime_type")))
             elif isinstance(part.get("url"), str):
-                refs.append((part["url"], None))
+                turn.append((part["url"], None))
             elif isinstance(part.get("text"), str):
                 found, rest = image_refs_in_text(part["text"])
-                refs += [(ref, None) for ref in found]
+                turn += [(ref, None) for ref in found]
                 if rest:
                     texts.append(rest)
+        refs += final_images(turn, keep_last)
     text = "\n".join(t.strip() for t in texts if t.strip())
-    if call.text_option("keep_images") == "last" and refs:
-        refs = refs[-1:]  # gateways that leak interim drafts as ordinary parts: the last is final
-
     images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs])  # at most the count asked for
     finish = next((r for r in finish_reasons if r != "STOP"), finish_reasons[0] if finish_reasons else None)
     if images:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, NoImageReturned, SafetyRejected, SafetyStage
-from ..outcome import GenerationRequest, GenerationResult, image_refs_in_text
+from ..outcome import GenerationRequest, GenerationResult, final_images, image_refs_in_text
 from .gemini import SAFETY_FINISH_REASONS
 from .openai_images import ratio_value, resolution_value, unsent_warnings
 
@@ -29,7 +29,7 @@ SIZE_CONTROLS = ("openrouter", "extra_body_google", "none")
 def build_body(call, request: GenerationRequest) -> tuple[dict[str, Any], list[str]]:
     content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
     content += [{"type": "image_url", "image_url": {"url": im.data_uri()}} for im in request.images]
-    messages = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
+    messages: list[dict[str, Any]] = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
     messages.append({"role": "user", "content": content})
     body: dict[str, Any] = {"model": call.model.id_for(request.resolution), "stream": False, "modalities": ["image", "text"], "messages": messages}
     image_config: dict[str, str] = {}
@@ -100,15 +100,20 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     refusals: list[str] = []
     finishes: list[str] = []
     natives: list[str] = []
+    keep_last = call.text_option("keep_images") == "last"
     for choice in choices:
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-        read_message(message, refs, texts)
+        message = choice.get("message")
+        message = message if isinstance(message, dict) else {}
+        turn: list[str] = []
+        read_message(message, turn, texts)
+        refs += final_images(turn, keep_last)
         if isinstance(message.get("refusal"), str) and message["refusal"].strip():
             refusals.append(message["refusal"].strip())
         finishes += [str(choice["finish_reason"])] if choice.get("finish_reason") else []
         natives += [str(choice["native_finish_reason"])] if choice.get("native_finish_reason") else []
     text = "\n".join(texts)
-    usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
     request_id = str(body.get("id") or "") or None
     finish = next((f for f in finishes if f != "stop"), finishes[0] if finishes else None)
     native = next((n for n in natives if n.upper() != "STOP"), None)
