@@ -10,18 +10,19 @@ passes the cancel check and turns the outcomes into tensors.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from ..providers.catalog import ModelOffer, ProviderSpec
+from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
 from ..providers.client import generate, resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UnusableImage, UpstreamUnavailable
-from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput
+from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
 from ..providers.redaction import redact, redact_data
-from .store import ResultStore, request_key
+from .store import ResultStore, put_blob, read_blob, request_key
 
 # Statuses in the report.
 OK, CACHED, REFUSED, FAILED, CANCELLED = "ok", "cached", "refused", "failed", "cancelled"
@@ -49,6 +50,11 @@ class BatchSettings:
     system_prompt: str | None = None
     web_search: bool = False
     use_cache: bool = True
+    thinking_level: str | None = None
+    include_thoughts: bool = False
+    response_modalities: str | None = None
+    safety: tuple[tuple[str, str], ...] = ()
+    history: tuple[Turn, ...] = ()
 
 
 @dataclass
@@ -68,12 +74,17 @@ class ItemOutcome:
     files: list[str] = field(default_factory=list)
     text: str = ""
     warnings: list[str] = field(default_factory=list)
+    sources: list[dict[str, str]] = field(default_factory=list)  # search grounding: {"title", "uri"}
+    search_queries: list[str] = field(default_factory=list)
     images: list[GeneratedImage] = field(default_factory=list, repr=False)
+    thought_images: list[GeneratedImage] = field(default_factory=list, repr=False)
+    model_parts: list[dict[str, Any]] | None = field(default=None, repr=False)  # for the conversation output
     error: BaseException | None = field(default=None, repr=False)
 
     def report(self) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error")}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error", "thought_images", "model_parts")}
         row["images"] = len(self.images)
+        row["thought_images"] = len(self.thought_images)
         if self.seconds is not None:
             row["seconds"] = round(self.seconds, 3)
         return redact_data(row)
@@ -156,7 +167,7 @@ async def run_batch(
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
-    fields = [{"provider": spec.id, "model_id": offer.model_id, **{k: v for k, v in r.__dict__.items() if k != "images"}} for r in requests]
+    fields = [_key_fields(spec.id, offer.model_id, r) for r in requests]
     keys = claim_keys(fields, items)
 
     def update(status: str | None = None) -> None:
@@ -174,6 +185,7 @@ async def run_batch(
             if cached is not None:
                 outcome.status, outcome.images, outcome.files, outcome.text = CACHED, cached.images, cached.files, redact(cached.text)
                 outcome.request_id = cached.meta.get("request_id")
+                _restore_extras(outcome, cached.meta, store)
                 progress.cached += 1
                 update()
                 return outcome
@@ -207,11 +219,16 @@ async def run_batch(
                     store.forget_task(key)
                 result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override, resolved=(spec, offer))
             if store is not None:
+                extras = _extras(result)
                 try:
-                    paths = await asyncio.to_thread(store.save, key, result, provenance)  # on disk before any decoding
+                    paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
                     outcome.files = [store.view_path(p) for p in paths]
+                    for image in result.thought_images:  # paid for too: kept by hash
+                        await asyncio.to_thread(put_blob, store.root, image.data)
                 except OSError as exc:  # the folder is unusable (a planted file in its place): keep the paid images in the graph
                     result.warnings.append(redact(f"Not saved to {store.view_path(store.root)}: {type(exc).__name__}: {exc.strerror or exc}. The images are in this node's output only."))
+            outcome.thought_images, outcome.model_parts = result.thought_images, result.model_parts
+            outcome.sources, outcome.search_queries = result.sources, result.search_queries
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id or outcome.request_id, result.cost, result.cost_unit
             outcome.seconds, outcome.warnings = result.seconds, result.warnings
@@ -258,7 +275,24 @@ def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:
         system_prompt=settings.system_prompt,
         web_search=settings.web_search,
         count=item.count,
+        thinking_level=settings.thinking_level,
+        include_thoughts=settings.include_thoughts,
+        response_modalities=settings.response_modalities,
+        safety=settings.safety,
+        history=settings.history,
     )
+
+
+def _key_fields(provider: str, model_id: str, request: GenerationRequest) -> dict[str, Any]:
+    """What identifies a request for the cache and journal (images are added by digest)."""
+    fields = {
+        "provider": provider,
+        "model_id": model_id,
+        **{k: v for k, v in request.__dict__.items() if k not in ("images", "history") and not _unset_option(k, v)},
+    }
+    if request.history:
+        fields["history"] = request.history_digest()
+    return fields
 
 
 _claims_lock = threading.Lock()
@@ -307,6 +341,39 @@ def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance
     error.hint = f"The provider's bytes are saved as {', '.join(paths)}. {error.hint}"
     error.args = (str(error),)
     return paths
+
+
+def _unset_option(name: str, value: Any) -> bool:
+    """A Gemini option left at "not asked for": kept out of cache keys, so keys from before it existed still match."""
+    return name in FAMILY_GATED and option_rule(name).is_unset(value)
+
+
+def _extras(result: GenerationResult) -> dict[str, Any]:
+    """What a cached answer needs beyond images and text: thoughts (by hash), grounding, the model's turn."""
+    extras: dict[str, Any] = {}
+    if result.thought_images:
+        extras["thought_images"] = [{"sha256": hashlib.sha256(im.data).hexdigest(), "mime": im.mime} for im in result.thought_images]
+    if result.sources or result.search_queries:
+        extras["sources"], extras["search_queries"] = result.sources, result.search_queries
+    if result.model_parts is not None:
+        extras["model_parts"] = result.model_parts
+    return extras
+
+
+def _restore_extras(outcome: ItemOutcome, meta: dict[str, Any], store: ResultStore) -> None:
+    sources, queries, parts = meta.get("sources"), meta.get("search_queries"), meta.get("model_parts")
+    outcome.sources = [s for s in sources if isinstance(s, dict) and isinstance(s.get("uri"), str)] if isinstance(sources, list) else []
+    outcome.search_queries = [q for q in queries if isinstance(q, str)] if isinstance(queries, list) else []
+    images = len(outcome.images)
+    if isinstance(parts, list) and all(isinstance(p, dict) and (("image" in p and isinstance(p["image"], int) and 0 <= p["image"] < images) or isinstance(p.get("text"), str)) for p in parts):
+        outcome.model_parts = parts
+    for entry in meta.get("thought_images") or []:
+        data = read_blob(store.root, entry.get("sha256", "")) if isinstance(entry, dict) else None
+        if data is not None:
+            try:
+                outcome.thought_images.append(inspect_image(data))
+            except ValueError:
+                pass  # a damaged draft is no reason to pay again
 
 
 class BatchFailed(BananaError):

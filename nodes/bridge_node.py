@@ -20,7 +20,8 @@ from ..providers.config import schema_providers
 from ..providers.errors import BananaError
 from ..providers.redaction import redact
 from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
-from .option_specs import SPECS_BY_NAME, resolve_options
+from .conversation import store_folder_of
+from .option_specs import SPECS_BY_NAME, generation_options, resolve_options
 from .options import Options
 from .comfy_glue import NodeProgress, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
@@ -28,6 +29,7 @@ from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, r
 log = logging.getLogger("nano_banana_bridge")
 
 NODE_ID = "NanoBananaBridge"
+Conversation = io.Custom("NANO_BANANA_CONVERSATION")
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 SEED_TOOLTIP = (
@@ -118,12 +120,29 @@ class NanoBananaBridge(io.ComfyNode):
                     default=REFERENCES,
                     tooltip="references: all connected images guide every call. each image: the prompt is applied to each image of image_1 separately (the other slots stay shared references).",
                 ),
+                Conversation.Input(
+                    "conversation",
+                    optional=True,
+                    tooltip="Continue an earlier node's exchange: its prompts, references and images (with their thought signatures) are sent before this prompt. "
+                    "Gemini-native providers; chat-mode providers as messages (best effort); others refuse.",
+                ),
                 Options.Input("options", optional=True, tooltip=OPTIONS_TOOLTIP),
             ],
             outputs=[
                 io.Image.Output("images", tooltip="Every image that arrived, as one batch (sizes follow the options' size_policy). Each is also saved on arrival."),
                 io.String.Output("text", tooltip="The model's words; for a refusal, its explanation."),
                 io.String.Output("report", tooltip="JSON: one row per call with status, reason, request id, seed, cost, seconds and saved files."),
+                # New outputs go last, so links saved in existing workflows keep their indexes.
+                io.Image.Output(
+                    "thought_image",
+                    tooltip="First image of the model's thinking (options: include_thoughts; Pro and Nano Banana 2 on Gemini-native providers). "
+                    "None: an empty 1024x1024 image, as ComfyUI's own Nano Banana 2 node gives.",
+                ),
+                Conversation.Output(
+                    "conversation",
+                    tooltip="This exchange (prompt, references, the model's image and thought signatures) for the next node's 'conversation' input: "
+                    "'now make the sofa blue' keeps everything else. With several results, it continues from the first.",
+                ),
             ],
             hidden=[io.Hidden.unique_id],
             accept_all_inputs=True,  # API prompts written before the options node pass its keys here
@@ -158,11 +177,15 @@ class NanoBananaBridge(io.ComfyNode):
             upload_format=opts["upload_format"],
             use_cache=opts["use_cache"],
             model_id_override=opts["model_id_override"].strip(),
+            **generation_options(opts),
         )
         save_to = opts["save_to"].strip()
-        store_root = (output_dir() / save_to).resolve() if save_to else None
-        if store_root is not None and output_dir().resolve() not in store_root.parents and store_root != output_dir().resolve():
-            raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to}'.", hint="Use a relative folder name such as nano_banana_bridge.")
+        store_root = _store_root(save_to)
+        conversation = _first(kw.get("conversation"))
+        if conversation is not None:
+            inputs.conversation = conversation
+            inputs.conversation_root = _store_root(store_folder_of(conversation) or "")
+        inputs.store_folder = save_to
         progress = NodeProgress(cls.hidden.unique_id, total=1)
         try:
             out = await render(inputs, store_root=store_root, output_root=output_dir(), cancel_check=progress.cancel_requested, progress=progress)
@@ -177,7 +200,17 @@ class NanoBananaBridge(io.ComfyNode):
             # ComfyUI shows the message in /history and logs the chained causes: redact it, and drop the cause.
             log.debug("Nano Banana Bridge: %s", redact(traceback.format_exc()))
             raise BananaError(redact(f"{type(exc).__name__}: {exc}")) from None
-        return io.NodeOutput(out.images, redact(out.text), report_json(out.report))
+        return io.NodeOutput(out.images, redact(out.text), report_json(out.report), out.thought_image, out.conversation)
+
+
+def _store_root(save_to: str):
+    """A save_to folder (or a conversation's) under ComfyUI's output folder; None when empty."""
+    if not save_to:
+        return None
+    root = (output_dir() / save_to).resolve()
+    if output_dir().resolve() not in root.parents and root != output_dir().resolve():
+        raise BananaError(f"save_to must stay inside ComfyUI's output folder, got '{save_to[:200]}'.", hint="Use a relative folder name such as nano_banana_bridge.")
+    return root
 
 
 def _model_choice(kw: dict) -> tuple[str | None, list[dict]]:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from ..providers.client import ProviderCall
-from ..providers.config import KEYS_FILE, api_key_for, config_dir, display_path, env_name, get_provider, schema_providers
+from ..providers.client import provider_call
+from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, get_provider, schema_providers
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, ConfigError
 from ..providers.redaction import redact, register_secret
@@ -52,6 +52,7 @@ FAMILY_PROBES: dict[str, tuple[str, tuple[int, ...]]] = {
     "openai_chat": ("models", ()),
     "async_tasks": ("models", ()),
     "fal_queue": ("fal-ai/nano-banana/requests/00000000-0000-0000-0000-000000000000/status", (404,)),
+    "vertex": ("publishers/google/models/gemini-2.5-flash-image", ()),  # a publisher model's card: free
     "vydra": ("account/rate-limits", ()),
 }
 
@@ -248,7 +249,8 @@ async def try_key(body: Any) -> tuple[int, dict]:
     if not probe or not spec.models:
         return 200, {"ok": None, "status": None, "answer": f"No test call is known for {spec.display_name}; run a generation to check the key."}
     try:
-        call = ProviderCall(engine=get_engine(), ctx=CallContext(), provider=spec, model=spec.models[0], api_key=api_key_for(spec))
+        # provider_call settles the endpoint and the credential (Vertex: a service-account key becomes an access token).
+        call = await asyncio.wait_for(provider_call(spec, spec.models[0], CallContext(), get_engine()), TEST_TIMEOUT)
         response = await asyncio.wait_for(call.get(str(probe), status=f"Testing the key for {spec.display_name}", ok_statuses=tuple(ok_statuses)), TEST_TIMEOUT)
     except BananaError as exc:
         return 200, {"ok": False, "status": exc.status, "answer": redact(str(exc))}

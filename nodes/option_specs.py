@@ -16,10 +16,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ..providers.catalog import HARM_CATEGORIES, RESPONSE_MODALITIES, SAFETY_THRESHOLDS, THINKING_LEVELS
 from ..providers.errors import ConfigError
 from .store import STORE_FOLDER
 
 SOCKET_TYPE = "NANO_BANANA_OPTIONS"  # the custom socket type between the two nodes
+MODEL_DEFAULT = "default"  # a combo value meaning "not sent: the model's own default"
+SAFETY_OPTION_PREFIX = "safety_"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class OptionSpec:
     step: float | None = None
     multiline: bool = False
     max_length: int = 20_000  # strings: a workflow can carry anything
+    optional: bool = False  # added after API prompts were written: an absent value takes the default, not a validation error
 
     @property
     def kind(self) -> str:
@@ -99,6 +103,40 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
     OptionSpec("use_cache", True, "Answer an identical request (same provider, model, prompt, images, settings and seed) from the saved result, even after a restart."),
     OptionSpec("save_to", STORE_FOLDER, "Folder under ComfyUI's output directory for every result and its provenance. Empty: don't save (and no cache).", max_length=500),
     OptionSpec("model_id_override", "", "Send this model id instead of the catalog's (a newer or reseller-specific id); checks are relaxed.", max_length=500),
+    # Gemini generation options: where a provider or model cannot honour one, the result says so
+    # (catalog.GENERATION_OPTIONS holds who honours what).
+    OptionSpec(
+        "thinking_level",
+        MODEL_DEFAULT,
+        "How much Nano Banana 2 thinks before drawing (Gemini API, APIYI native, fal). Pro always thinks; Nano Banana does not. default: not sent (MINIMAL).",
+        choices=(MODEL_DEFAULT,) + THINKING_LEVELS,
+        optional=True,
+    ),
+    OptionSpec(
+        "include_thoughts",
+        False,
+        "Return the model's thinking (Pro and Nano Banana 2, Gemini-native providers): its first interim image goes to the thought_image output, "
+        "which is an empty 1024x1024 image when there is none (thinking_level HIGH and IMAGE+TEXT give the most).",
+        optional=True,
+    ),
+    OptionSpec(
+        "response_modalities",
+        RESPONSE_MODALITIES[0],
+        "IMAGE+TEXT: the model may add words (the text output). IMAGE: ask for the image only (fewer, not always no, words). Gemini-native providers only.",
+        choices=RESPONSE_MODALITIES,
+        optional=True,
+    ),
+    *(
+        OptionSpec(
+            SAFETY_OPTION_PREFIX + category.removeprefix("HARM_CATEGORY_").lower(),
+            MODEL_DEFAULT,
+            f"Block threshold for {category.removeprefix('HARM_CATEGORY_').replace('_', ' ').lower()} (Gemini-native providers only; "
+            "the image-output filter is not configurable). default: not sent.",
+            choices=(MODEL_DEFAULT,) + SAFETY_THRESHOLDS,
+            optional=True,
+        )
+        for category in HARM_CATEGORIES
+    ),
 )
 
 SPECS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in OPTION_SPECS}
@@ -129,3 +167,18 @@ def resolve_options(value: Any, legacy: Mapping[str, Any] | None = None) -> dict
             if spec is not None and raw is not None:
                 resolved[name] = spec.coerce(raw)
     return resolved
+
+
+def generation_options(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved options as GenerationRequest fields (unset ones as "not asked for")."""
+    safety = tuple(
+        (category, opts[SAFETY_OPTION_PREFIX + category.removeprefix("HARM_CATEGORY_").lower()])
+        for category in HARM_CATEGORIES
+        if opts.get(SAFETY_OPTION_PREFIX + category.removeprefix("HARM_CATEGORY_").lower(), MODEL_DEFAULT) != MODEL_DEFAULT
+    )
+    return {
+        "thinking_level": None if opts.get("thinking_level", MODEL_DEFAULT) == MODEL_DEFAULT else opts["thinking_level"],
+        "include_thoughts": bool(opts.get("include_thoughts", False)),
+        "response_modalities": None if opts.get("response_modalities", RESPONSE_MODALITIES[0]) == RESPONSE_MODALITIES[0] else opts["response_modalities"],
+        "safety": safety,
+    }

@@ -18,14 +18,14 @@ Options = io.Custom(SOCKET_TYPE)
 def _widget(spec: OptionSpec) -> io.Input:
     kind = spec.kind
     if kind == "combo":
-        return io.Combo.Input(spec.name, options=list(spec.choices), default=spec.default, tooltip=spec.tooltip)
+        return io.Combo.Input(spec.name, options=list(spec.choices), default=spec.default, tooltip=spec.tooltip, optional=spec.optional)
     if kind == "bool":
-        return io.Boolean.Input(spec.name, default=spec.default, tooltip=spec.tooltip)
+        return io.Boolean.Input(spec.name, default=spec.default, tooltip=spec.tooltip, optional=spec.optional)
     if kind == "int":
-        return io.Int.Input(spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step or 1, tooltip=spec.tooltip)
+        return io.Int.Input(spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step or 1, tooltip=spec.tooltip, optional=spec.optional)
     if kind == "float":
-        return io.Float.Input(spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step, tooltip=spec.tooltip)
-    return io.String.Input(spec.name, default=spec.default, multiline=spec.multiline, tooltip=spec.tooltip)
+        return io.Float.Input(spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step, tooltip=spec.tooltip, optional=spec.optional)
+    return io.String.Input(spec.name, default=spec.default, multiline=spec.multiline, tooltip=spec.tooltip, optional=spec.optional)
 
 
 class NanoBananaOptions(io.ComfyNode):

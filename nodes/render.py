@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from PIL import Image
@@ -23,11 +23,17 @@ from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.outcome import GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .conversation import build_conversation, load_history, unsaved_conversation
 from .housekeeping import tidy_once
 from .store import ResultStore
 from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, decode_images, encode_image
 
 log = logging.getLogger("nano_banana_bridge")
+
+
+def empty_image() -> torch.Tensor:
+    """The thought_image output when there is none: what ComfyUI's own Nano Banana 2 node returns."""
+    return torch.zeros((1, 1024, 1024, 4))
 
 REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
 
@@ -58,6 +64,13 @@ class RenderInputs:
     upload_format: EncodeFormat = "auto"
     use_cache: bool = True
     model_id_override: str = ""
+    thinking_level: str | None = None
+    include_thoughts: bool = False
+    response_modalities: str | None = None
+    safety: tuple[tuple[str, str], ...] = ()
+    conversation: dict[str, Any] | None = None  # a NANO_BANANA_CONVERSATION to continue
+    conversation_root: Path | None = None  # the result store holding its images
+    store_folder: str = ""  # save_to, as the conversation output names it
 
 
 @dataclass
@@ -65,6 +78,8 @@ class RenderOutput:
     images: torch.Tensor
     text: str
     report: dict
+    thought_image: torch.Tensor = field(default_factory=empty_image)
+    conversation: dict[str, Any] = field(default_factory=lambda: unsaved_conversation("nothing was generated"))
 
 
 class ProgressSink(Protocol):
@@ -163,6 +178,7 @@ async def render(
     if inputs.on_failure not in ("fail", "skip", "flag"):
         raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
+    history = await asyncio.to_thread(load_history, inputs.conversation, inputs.conversation_root) if inputs.conversation is not None else ()
     pixel_limit = max_decoded_pixels()
     await asyncio.to_thread(_check_inputs, inputs.images)
 
@@ -189,6 +205,11 @@ async def render(
         system_prompt=inputs.system_prompt.strip() or None,
         web_search=inputs.web_search,
         use_cache=inputs.use_cache,
+        thinking_level=inputs.thinking_level,
+        include_thoughts=inputs.include_thoughts,
+        response_modalities=inputs.response_modalities,
+        safety=tuple(inputs.safety),
+        history=history,
     )
     # Every option the settings carry goes through the catalog's one rule here, once, before any call.
     options = {name: getattr(settings, name) for name in GenerationRequest.__dataclass_fields__ if hasattr(settings, name)}
@@ -237,10 +258,39 @@ async def render(
     if inputs.on_failure == FLAG:
         texts = [f"[item {o.index + 1} {o.status}: {o.reason or ''}] {(o.message or '').splitlines()[0] if o.message else ''}".strip() for o in outcomes if o.status in (REFUSED, FAILED)] + texts
     warnings = sorted({w for outcome in kept for w in outcome.warnings})
+    thought_image = empty_image()
+    first_thought = next((o.thought_images[0] for o in kept if o.thought_images), None)
+    if first_thought is None and inputs.include_thoughts and not any("include thoughts" in w for w in warnings):  # dropped: already said
+        warnings.append("include_thoughts: the model returned no interim image this time, so thought_image is empty.")
+    if first_thought is not None:
+        try:
+            thought_image = await asyncio.to_thread(decode_images, [first_thought.data], size_policy=inputs.size_policy)
+        except ImageDecodeError as exc:
+            warnings.append(f"The thought image could not be decoded: {exc}")
     text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
+    conversation = await asyncio.to_thread(_next_conversation, inputs, kept, items, store)
     if progress is not None:
         progress.text(redact(_summary(report)), force=True)
-    return RenderOutput(images=tensor, text=redact(text), report=redact_data(report))
+    return RenderOutput(images=tensor, text=redact(text), report=redact_data(report), thought_image=thought_image, conversation=conversation)
+
+
+def _next_conversation(inputs: RenderInputs, kept: list, items: list, store: ResultStore | None) -> dict[str, Any]:
+    """The conversation continued by this run's first result (one branch, when a batch made several)."""
+    if store is None:
+        return unsaved_conversation("save_to was empty, so the images a conversation names were not kept; set save_to to continue one.")
+    first = kept[0]
+    return build_conversation(
+        inputs.conversation,
+        store_root=store.root,
+        store_folder=inputs.store_folder,
+        prompt=first.prompt,
+        user_images=items[first.index].images,
+        provider=first.provider or inputs.provider,
+        model_id=first.model_id or "",
+        model_text=first.text,
+        model_parts=first.model_parts,
+        result_images=first.images,
+    )
 
 
 def _summary(report: dict) -> str:

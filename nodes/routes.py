@@ -24,6 +24,7 @@ from ..providers.errors import BananaError, ConfigError
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
+MODELS_ROUTE = "/nano_banana_bridge/models"  # ?provider=<id>[&refresh=1]: which Nano Banana ids the key can use
 _registered = False
 
 
@@ -91,6 +92,16 @@ def catalog_answer() -> dict:
         return {"providers": [], "auto": {}, "error": f"The catalog could not be built ({type(exc).__name__}); see the ComfyUI log."}
 
 
+async def models_summary(provider_id: str, *, refresh: bool = False) -> dict:
+    """The provider's live model list (cached; see providers/model_list.py); never a key, never raises."""
+    from ..providers.model_list import list_models
+
+    try:
+        return await list_models(provider_id, refresh=refresh)
+    except BananaError as exc:
+        return {"provider": provider_id[:100], "listed": False, "error": str(exc).splitlines()[0]}
+
+
 def register_routes() -> None:
     global _registered
     if _registered:
@@ -104,5 +115,9 @@ def register_routes() -> None:
     @PromptServer.instance.routes.get(ROUTE)
     async def catalog(_request):
         return web.json_response(catalog_answer())
+
+    @PromptServer.instance.routes.get(MODELS_ROUTE)
+    async def models(request):
+        return web.json_response(await models_summary(request.query.get("provider", ""), refresh=request.query.get("refresh") in ("1", "true")))
 
     _registered = True

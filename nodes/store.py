@@ -6,6 +6,7 @@ Layout under the store's root (by default `<ComfyUI output>/nano_banana_bridge/`
   .cache/<key>.json                                  cache entry: which files answer a request
   .journal/<key>.json                                an asynchronous job accepted but not yet saved
   reports/<YYYYMMDD-HHMMSS>_<run>.json               the report of each batch run
+  .blobs/<ab>/<sha256>                               conversation images by content hash (put_blob / read_blob)
 
 Every file here is untrusted input: ComfyUI's own upload route (POST /upload/image, type=output)
 writes any file into any subfolder of the output folder. So cache and journal entries carry an
@@ -353,3 +354,34 @@ def _checked_key(key: str) -> str:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:40] or "x"
+
+
+# -- content-addressed images for conversations (nodes/conversation.py) ------------------------------
+# A conversation names its images by SHA-256 only; the bytes live here, under .blobs/. The name is
+# the content's hash, so a read checks the bytes against it: a file swapped in the output folder
+# (which ComfyUI's upload route can write to) is never sent as part of a conversation.
+
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def blob_path(root: str | os.PathLike, digest: str) -> Path:
+    if not _DIGEST.match(digest or ""):
+        raise ValueError("not a SHA-256 hex digest")
+    return Path(root) / ".blobs" / digest[:2] / digest
+
+
+def put_blob(root: str | os.PathLike, data: bytes) -> str:
+    """Keep `data` under its hash (once); return the hash."""
+    digest = hashlib.sha256(data).hexdigest()
+    if read_blob(root, digest) is None:
+        _atomic_write(blob_path(root, digest), data)
+    return digest
+
+
+def read_blob(root: str | os.PathLike, digest: str) -> bytes | None:
+    """The bytes stored under `digest`, or None when missing or not matching their hash."""
+    try:
+        data = blob_path(root, digest).read_bytes()
+    except (OSError, ValueError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == digest else None

@@ -25,8 +25,50 @@ AUTO = "auto"  # let the provider decide (Gemini: follow the last reference imag
 MATCH_INPUT = "match input"  # the supported ratio nearest the first reference image, chosen here
 RESOLUTIONS_ALL = ("0.5K", "1K", "2K", "4K")
 
-FAMILIES = ("gemini", "openai_images", "openai_chat", "fal_queue", "async_tasks", "vydra")
-AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key")
+FAMILIES = ("gemini", "vertex", "openai_images", "openai_chat", "fal_queue", "async_tasks", "vydra")
+GOOGLE_OAUTH = "google-service-account"  # the "key" is a service-account key; calls carry its access token
+AUTH_SCHEMES = ("x-goog-api-key", "bearer", "key", GOOGLE_OAUTH)
+
+# Model ids that were renamed or retired, and their successors: a workflow that still names the old id
+# runs with the new one and a warning naming both (preview-to-GA renames broke other packs' workflows).
+RENAMED_MODEL_IDS: Mapping[str, str] = MappingProxyType(
+    {
+        "gemini-2.5-flash-image-preview": "gemini-2.5-flash-image",  # GA in Oct 2025; the preview id was discontinued 30 Oct 2025
+    }
+)
+
+# How a family lists the models a key can use (providers/model_list.py); absent: it cannot.
+MODEL_LISTS: Mapping[str, str] = MappingProxyType(
+    {"gemini": "gemini", "vertex": "vertex", "openai_chat": "openai", "openai_images": "openai"}
+)
+
+# -- Generation options beyond the basics: their values, and who honours them -----------------------
+
+THINKING_LEVELS = ("MINIMAL", "HIGH")  # Gemini 3.1 Flash Image (Google's image-generation docs)
+RESPONSE_MODALITIES = ("IMAGE+TEXT", "IMAGE")
+HARM_CATEGORIES = ("HARM_CATEGORY_HARASSMENT", "HARM_CATEGORY_HATE_SPEECH", "HARM_CATEGORY_SEXUALLY_EXPLICIT", "HARM_CATEGORY_DANGEROUS_CONTENT")
+SAFETY_THRESHOLDS = ("BLOCK_LOW_AND_ABOVE", "BLOCK_MEDIUM_AND_ABOVE", "BLOCK_ONLY_HIGH", "BLOCK_NONE", "OFF")
+
+
+# Options that depend on the protocol as well as the model (OPTION_RULES rows): the offers of a
+# provider whose protocol cannot carry one lose that capability (ProviderSpec narrows them), so the
+# one rule refuses or notes it like any other option.
+FAMILY_GATED = ("thinking_level", "include_thoughts", "response_modalities", "safety", "history")
+_GEMINI_OPTIONS = frozenset(FAMILY_GATED)
+# What each protocol can carry; a custom gateway narrows it with "honours" in providers.json.
+FAMILY_OPTIONS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "gemini": _GEMINI_OPTIONS,
+        "vertex": _GEMINI_OPTIONS,
+        "openai_chat": frozenset({"history"}),  # earlier turns as messages: sent, but see UNDOCUMENTED
+        "fal_queue": frozenset({"thinking_level"}),  # fal's nano-banana-2 takes thinking_level minimal|high
+        "openai_images": frozenset(),
+        "async_tasks": frozenset(),
+        "vydra": frozenset(),
+    }
+)
+# Options a family sends that its providers do not document: sent, and the result says so.
+UNDOCUMENTED: Mapping[str, frozenset[str]] = MappingProxyType({"openai_chat": frozenset({"history"})})
 
 
 @dataclass(frozen=True)
@@ -50,6 +92,14 @@ class ModelOffer:
     known: bool = True  # False for a free-text id the catalog does not describe
     fixed_resolution: str = "1K"  # the size a model without `resolutions` gives: asking for it is honoured
     best_effort: tuple[str, ...] = ()  # options (OPTION_RULES names) this offer treats as best-effort on top of the global ones
+    renamed_from: str | None = None  # the retired id a workflow asked for (RENAMED_MODEL_IDS), for the warning
+    # Gemini generation options: what the model takes. ProviderSpec narrows them to what its protocol
+    # can carry (FAMILY_OPTIONS), so on a provider that cannot, they read as "not honoured".
+    thinking_levels: tuple[str, ...] = ()  # thinkingLevel values the model accepts; empty: not settable
+    thoughts: bool = False  # can return its thinking (thought parts, interim images) on request
+    response_modalities: tuple[str, ...] = RESPONSE_MODALITIES
+    safety_settings: bool = True  # per-category safetySettings
+    multi_turn: bool = True  # earlier turns of a conversation in the request
 
     def id_for(self, resolution: str | None, editing: bool = False) -> str:
         if editing and self.edit_model_id:
@@ -85,6 +135,7 @@ class OptionRule:
     best_effort: bool = False
     why: str = ""  # for best-effort options: why dropping it is acceptable (README, messages)
     note: bool = True  # best-effort: say in the report that it was not sent
+    turn_off: str = ""  # how to not ask for it, when the node's wording differs from "Leave <option> empty"
 
     def allowed(self, offer: ModelOffer) -> tuple[Any, ...] | None:
         """The values the offer honours; None: any value."""
@@ -116,7 +167,28 @@ OPTION_RULES: tuple[OptionRule, ...] = (
         note=False,
         why="no provider promises identical images for a seed; where it is not sent it still makes ComfyUI run the node again",
     ),
+    OptionRule("thinking_level", "thinking_levels", turn_off="Set thinking_level to default"),
+    OptionRule("include_thoughts", "thoughts", best_effort=True, why="it only adds the thought_image output; the image itself is the same"),
+    OptionRule(
+        "response_modalities",
+        "response_modalities",
+        unset=(None, "", RESPONSE_MODALITIES[0]),
+        best_effort=True,
+        why="IMAGE only asks for fewer words; the image is the same",
+    ),
+    OptionRule("safety", "safety_settings", unset=((),), turn_off="Set every safety_* option to default"),
+    # Continuing without the earlier turns would be another, paid edit: refused, never dropped.
+    OptionRule("history", "multi_turn", unset=((),), turn_off="Disconnect the conversation input (or connect the earlier image to image_1 instead)"),
 )
+
+
+def narrowed(offer: ModelOffer, honoured: frozenset[str]) -> ModelOffer:
+    """The offer without the FAMILY_GATED capabilities its provider's protocol cannot carry."""
+    changes: dict[str, Any] = {}
+    for rule in OPTION_RULES:
+        if rule.option in FAMILY_GATED and rule.option not in honoured:
+            changes[rule.capability] = False if isinstance(getattr(offer, rule.capability), bool) else ()
+    return replace(offer, **changes) if changes else offer
 
 
 def option_rule(option: str) -> OptionRule:
@@ -146,6 +218,14 @@ class ProviderSpec:
     custom: bool = False
     # https hosts besides the base URL's origin that may receive the key ("host" or "*.domain"); see engine/auth.py.
     auth_hosts: tuple[str, ...] = ()
+    honours: frozenset[str] | None = None  # FAMILY_GATED options it carries; None: its family's FAMILY_OPTIONS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "models", tuple(narrowed(offer, self.honoured_options) for offer in self.models))
+
+    @property
+    def honoured_options(self) -> frozenset[str]:
+        return self.honours if self.honours is not None else FAMILY_OPTIONS.get(self.family, frozenset())
 
     @property
     def key_owner(self) -> str:
@@ -183,6 +263,7 @@ GOOGLE_MODELS = (
         resolutions=("1K", "2K", "4K"),
         max_refs=14,
         web_search=True,
+        thoughts=True,  # always thinks; its level is not settable (Google's image-generation docs)
         prices=_freeze({"1K": 0.134, "2K": 0.134, "4K": 0.24}),
     ),
     ModelOffer(
@@ -192,6 +273,8 @@ GOOGLE_MODELS = (
         resolutions=RESOLUTIONS_ALL,
         max_refs=14,
         web_search=True,
+        thinking_levels=THINKING_LEVELS,
+        thoughts=True,
         prices=_freeze({"0.5K": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151}),
     ),
 )
@@ -245,6 +328,27 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
         key_help="https://aistudio.google.com/apikey (image models need billing enabled)",
         concurrency=4,
+    ),
+    ProviderSpec(
+        id="vertex",
+        display_name="Google Vertex AI (service account)",
+        family="vertex",
+        base_url="https://aiplatform.googleapis.com/v1",  # a regional location moves it to {location}-aiplatform...
+        auth=GOOGLE_OAUTH,
+        models=tuple(_offer(m.name, m.model_id) for m in GOOGLE_MODELS),
+        key_env=("GOOGLE_APPLICATION_CREDENTIALS",),
+        key_help="a service-account key file from the Google Cloud console (IAM, Service accounts, Keys); needs the google-auth package",
+        options=_freeze({"project": "", "location": "", "express": False}),
+    ),
+    ProviderSpec(
+        id="vertex_express",
+        display_name="Google Vertex AI (express mode)",
+        family="vertex",
+        base_url="https://aiplatform.googleapis.com/v1",
+        auth="x-goog-api-key",
+        models=tuple(_offer(m.name, m.model_id) for m in GOOGLE_MODELS),
+        key_help="https://console.cloud.google.com/vertex-ai (express mode API key)",
+        options=_freeze({"express": True}),
     ),
     ProviderSpec(
         id="apiyi",
@@ -433,6 +537,12 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
             continue
         changes = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in ModelOffer.__dataclass_fields__ and k not in ("name", "id")}
         models.append(_offer(name, raw["id"], **changes))
+    honours = data.get("honours")
+    if honours is not None:
+        names = set(FAMILY_GATED)
+        if not isinstance(honours, list) or not all(isinstance(h, str) and h in names for h in honours):
+            raise ConfigError(f"Custom provider '{provider_id}': 'honours' must be a list of option names.", hint=f"Use any of: {', '.join(sorted(names))}.")
+        honours = frozenset(honours) & FAMILY_OPTIONS.get(family, frozenset())  # a gateway cannot add what its protocol cannot send
     try:
         limits: dict[str, Any] = dict(concurrency=int(data.get("concurrency", 4)), read_timeout=float(data.get("timeout", 360.0)))
     except (TypeError, ValueError):
@@ -448,6 +558,7 @@ def custom_provider_from_dict(data: Any) -> ProviderSpec:
         key_help=str(data.get("key_help", "")),
         auth_hosts=tuple(str(host) for host in data.get("auth_hosts") or () if isinstance(host, str)),
         custom=True,
+        honours=honours,
         **limits,
     )
 

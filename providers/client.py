@@ -22,7 +22,23 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
-from .catalog import AUTO, MATCH_INPUT, OPTION_RULES, ModelOffer, OptionRule, ProviderSpec, unknown_model
+from .catalog import (
+    AUTO,
+    FAMILY_GATED,
+    GOOGLE_OAUTH,
+    HARM_CATEGORIES,
+    MATCH_INPUT,
+    OPTION_RULES,
+    RENAMED_MODEL_IDS,
+    RESPONSE_MODALITIES,
+    SAFETY_THRESHOLDS,
+    UNDOCUMENTED,
+    ModelOffer,
+    OptionRule,
+    ProviderSpec,
+    narrowed,
+    unknown_model,
+)
 from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key, key_hint
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
@@ -108,6 +124,7 @@ class ProviderCall:
 
     @property
     def credentials(self) -> Credentials:
+        """GOOGLE_OAUTH: api_key is then the service account's access token, sent as a bearer token."""
         spec = self.provider
         return Credentials(provider=spec.id, scheme=spec.auth, key=self.api_key, base_url=spec.base_url, auth_hosts=tuple(spec.auth_hosts))
 
@@ -125,6 +142,7 @@ class ProviderCall:
         status: str | None = None,
         ok_statuses: tuple[int, ...] = (),
         auth: bool = True,
+        max_bytes: int | None = None,
     ) -> Response:
         """One request through the engine, which adds the key (auth=True) only on the provider's origin."""
         return await self.engine.request(
@@ -141,13 +159,14 @@ class ProviderCall:
             policy=policy,
             status=status or f"Generating with {self.provider.display_name}",
             ok_statuses=ok_statuses,
+            max_bytes=max_bytes,
         )
 
     async def post_json(self, path_or_url: str, body: Any, *, policy: RetryPolicy = GENERATE, status: str | None = None) -> Response:
         return await self.send("POST", path_or_url, json_body=body, policy=policy, status=status)
 
-    async def get(self, path_or_url: str, *, status: str | None = None, ok_statuses: tuple[int, ...] = ()) -> Response:
-        return await self.send("GET", path_or_url, policy=IDEMPOTENT, status=status or f"Checking {self.provider.display_name}", ok_statuses=ok_statuses)
+    async def get(self, path_or_url: str, *, status: str | None = None, ok_statuses: tuple[int, ...] = (), max_bytes: int | None = None) -> Response:
+        return await self.send("GET", path_or_url, policy=IDEMPOTENT, status=status or f"Checking {self.provider.display_name}", ok_statuses=ok_statuses, max_bytes=max_bytes)
 
     def error_in_answer(self, body: Any, request_id: str | None = None) -> BananaError:
         """The typed error for a 2xx answer that carries an error envelope instead of a result."""
@@ -275,6 +294,10 @@ def resolve_model(spec: ProviderSpec, model: str, model_id_override: str | None 
     """The provider's offer for a stable model name; a free-text id overrides the catalog."""
     if model_id_override and model_id_override.strip():
         override = check_model_id(model_id_override, spec.id)  # joined into URLs: an id, never an address
+        successor = RENAMED_MODEL_IDS.get(override)
+        if successor:
+            renamed = spec.model(successor) or resolve_model(spec, model, successor)
+            return replace(renamed, renamed_from=override)
         offer = spec.model(override)
         if offer is not None:
             return offer
@@ -316,6 +339,8 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
     """
     warnings: list[str] = []
     where = f"{offer.name} on {spec.display_name}"
+    if offer.renamed_from:
+        warnings.append(f"The model id {offer.renamed_from} was renamed or retired; {offer.model_id} was sent instead. Update model_id_override.")
     if not request.prompt.strip():
         raise InvalidRequest("The prompt is empty.", provider=spec.id, hint="Type what the image should show (or, for an edit, what to change).")
     if len(request.images) > offer.max_refs:
@@ -326,6 +351,8 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
                 hint="Each image in a batch counts as one reference. Remove some, or pick a model that takes more (Nano Banana Pro and Nano Banana 2 take 14).",
             )
         warnings.append(f"{len(request.images)} reference images sent to an unlisted model; the provider may reject them.")
+    check_option_values(spec, offer, request, warnings)
+    offer = narrowed(offer, spec.honoured_options)  # a free-text model id too: its protocol limits it all the same
     dropped: dict[str, Any] = {}
     for rule in OPTION_RULES:
         value = getattr(request, rule.option)
@@ -335,7 +362,8 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
         if allowed is None or value in allowed:
             continue
         shown = _shown(rule.option, value)
-        if not offer.known:
+        protocol_cannot = rule.option in FAMILY_GATED and rule.option not in spec.honoured_options
+        if not offer.known and not protocol_cannot:
             warnings.append(f"{shown} sent to an unlisted model unchecked.")
         elif rule.is_best_effort(offer):
             dropped[rule.option] = rule.unset[0]
@@ -362,12 +390,34 @@ def check_request(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequ
     return normalised, warnings
 
 
+def check_option_values(spec: ProviderSpec, offer: ModelOffer, request: GenerationRequest, warnings: list[str]) -> None:
+    """Values the rule cannot judge by membership (safety pairs, the response modality), checked
+    whatever the provider; and a note where a family sends an option its providers do not document."""
+    if request.response_modalities not in (None, "") and request.response_modalities not in RESPONSE_MODALITIES:
+        raise InvalidRequest(f"Unknown response_modalities '{str(request.response_modalities)[:40]}'.", provider=spec.id, hint=f"Use one of: {', '.join(RESPONSE_MODALITIES)}.")
+    for category, threshold in request.safety:
+        if category not in HARM_CATEGORIES or threshold not in SAFETY_THRESHOLDS:
+            raise InvalidRequest(
+                f"Unknown safety setting {str(category)[:60]}={str(threshold)[:40]}.",
+                provider=spec.id,
+                hint=f"Categories: {', '.join(HARM_CATEGORIES)}; thresholds: {', '.join(SAFETY_THRESHOLDS)}.",
+            )
+    for option in UNDOCUMENTED.get(spec.family, frozenset()) & spec.honoured_options:
+        rule = next(r for r in OPTION_RULES if r.option == option)
+        if not rule.is_unset(getattr(request, option)):
+            warnings.append(f"{spec.display_name} does not document the {_shown(option, getattr(request, option))}; it was sent as best effort.")
+
+
 def _shown(option: str, value: Any) -> str:
     label = option.replace("_", " ")
     if isinstance(value, bool):
         return f"{label} on"
     if option == "system_prompt":
         return "a system prompt"
+    if option == "safety":
+        return "a safety setting"
+    if option == "history":
+        return "a conversation (multi-turn editing)"
     return f"{label} {value}"
 
 
@@ -382,7 +432,7 @@ def _unhonoured(spec: ProviderSpec, offer: ModelOffer, rule: OptionRule, value: 
             if their_allowed is None or value in their_allowed:
                 takers.append(other.id)
     if not allowed:
-        instead = f"Turn {rule.option} off" if isinstance(value, bool) else f"Leave {rule.option} empty"
+        instead = rule.turn_off or (f"Turn {rule.option} off" if isinstance(value, bool) else f"Leave {rule.option} empty")
     elif rule.option == "resolution" and not offer.resolutions:
         instead = f"It has a fixed size: choose {allowed[0]}"
     else:
@@ -419,6 +469,20 @@ def resolve(provider_id: str, model: str, model_id_override: str | None = None) 
     return spec, resolve_model(spec, model, model_id_override)
 
 
+async def provider_call(spec: ProviderSpec, offer: ModelOffer, ctx: CallContext, engine: HttpEngine | None = None, *, max_images: int | None = None) -> ProviderCall:
+    """The ProviderCall for a spec: its endpoint settled, its key (or Vertex access token) found."""
+    module = protocol_module(spec.family)
+    if hasattr(module, "prepare"):
+        spec = module.prepare(spec)  # e.g. Vertex's regional endpoint: settled before a key goes anywhere
+    engine = engine or get_engine()
+    api_key = api_key_for(spec)
+    if spec.auth == GOOGLE_OAUTH:
+        from .vertex_auth import service_account_token
+
+        spec, api_key = await service_account_token(engine, ctx, spec, api_key)
+    return ProviderCall(engine=engine, ctx=ctx, provider=spec, model=offer, api_key=api_key, max_images=max_images)
+
+
 async def generate(
     provider_id: str,
     model: str,
@@ -437,8 +501,8 @@ async def generate(
     ctx = ctx or CallContext()
     spec, offer = resolved or resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
-    call = ProviderCall(engine=engine or get_engine(), ctx=ctx, provider=spec, model=offer, api_key=api_key_for(spec), max_images=request.count)
     module = protocol_module(spec.family)
+    call = await provider_call(spec, offer, ctx, engine, max_images=request.count)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)
     acquiring = asyncio.ensure_future(limiter.acquire())

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .catalog import PRESETS, ProviderSpec, custom_provider_from_dict
+from .catalog import GOOGLE_OAUTH, PRESETS, ProviderSpec, custom_provider_from_dict
 from .errors import ConfigError, MissingKey
 from .redaction import redact, register_secret
 
@@ -162,10 +162,15 @@ def _keys_from_file() -> dict[str, str]:
     return {str(k).lower(): str(v) for k, v in data.items() if isinstance(v, str) and v.strip()}
 
 
-def _checked_key(value: str, owner: str, where: str) -> str:
-    """A key as loaded; refused (without showing it) unless it is printable ASCII without spaces."""
-    register_secret(value)
-    if not all("!" <= ch <= "~" for ch in value):
+def _checked_key(value: str, owner: str, where: str, header: bool = True) -> str:
+    """A key as loaded; refused (without showing it) unless it is printable ASCII without spaces.
+
+    header=False: a credential that never goes into a header itself (a Vertex service-account key's
+    path or JSON, exchanged for a token). A path is not a secret (redacting it would hide every
+    path that shares its prefix); the key file's private key is registered when it is read."""
+    if header or value.lstrip().startswith("{"):
+        register_secret(value)
+    if header and not all("!" <= ch <= "~" for ch in value):
         raise ConfigError(
             f"The API key for '{owner}' in {where} contains a space, a line break or a non-ASCII character.",
             hint="Paste the key again as plain text (editors and web pages sometimes add smart quotes or invisible characters).",
@@ -179,10 +184,10 @@ def api_key_for(spec: ProviderSpec) -> str:
     for name in candidates:
         value = os.environ.get(name, "").strip()
         if value:
-            return _checked_key(value, owner, f"the environment variable {name}")
+            return _checked_key(value, owner, f"the environment variable {name}", header=spec.auth != GOOGLE_OAUTH)
     value = _keys_from_file().get(owner, "").strip()
     if value:
-        return _checked_key(value, owner, display_path(config_dir() / KEYS_FILE))
+        return _checked_key(value, owner, display_path(config_dir() / KEYS_FILE), header=spec.auth != GOOGLE_OAUTH)
     raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
 
 

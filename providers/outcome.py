@@ -49,6 +49,22 @@ class ImageInput:
 
 
 @dataclass(frozen=True)
+class TurnPart:
+    """One part of an earlier turn of a conversation: text or an image, with the signature the model gave it."""
+
+    text: str | None = None
+    image: ImageInput | None = None
+    thought_signature: str | None = None  # opaque; sent back unchanged (Gemini 3 validates it)
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "model"
+    parts: tuple[TurnPart, ...]
+    model: str | None = None  # a model turn: the model id that produced it (its signatures are only valid there)
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One call's worth of work, in the catalog's canonical vocabulary.
 
@@ -65,6 +81,23 @@ class GenerationRequest:
     system_prompt: str | None = None
     web_search: bool = False
     count: int = 1
+    # Generation options (catalog.GENERATION_OPTIONS says who honours each); None/empty: not sent.
+    thinking_level: str | None = None  # "MINIMAL" or "HIGH"
+    include_thoughts: bool = False
+    response_modalities: str | None = None  # "IMAGE" or "IMAGE+TEXT"
+    safety: tuple[tuple[str, str], ...] = ()  # (HARM_CATEGORY_..., BLOCK_...) pairs
+    history: tuple[Turn, ...] = ()  # earlier turns of a conversation, oldest first
+
+    def history_digest(self) -> str | None:
+        """A stable hash of the history (texts, image hashes, signatures), for cache keys."""
+        if not self.history:
+            return None
+        digest = hashlib.sha256()
+        for turn in self.history:
+            digest.update(f"<{turn.role} {turn.model}>".encode())
+            for part in turn.parts:
+                digest.update(repr((part.text, part.image.digest if part.image else None, part.thought_signature)).encode())
+        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -93,6 +126,17 @@ class GenerationResult:
     cost_unit: str | None = None  # "usd" or "credits"
     seconds: float | None = None
     warnings: list[str] = field(default_factory=list)
+    thought_images: list[GeneratedImage] = field(default_factory=list)  # interim drafts (include_thoughts), not results
+    sources: list[dict[str, str]] = field(default_factory=list)  # search grounding: {"title", "uri"}
+    search_queries: list[str] = field(default_factory=list)
+    # The model's turn as a conversation continues it: [{"text"} | {"image": index into images}] each
+    # with its "thought_signature" when the model gave one. None: this protocol has no multi-turn.
+    model_parts: list[dict[str, Any]] | None = None
+
+
+def format_sources(sources: list[dict[str, str]]) -> str:
+    """Search-grounding sources as lines for the text output."""
+    return "Sources:\n" + "\n".join(f"- {s.get('title') or s['uri']}: {s['uri']}" for s in sources)
 
 
 _MAGIC = (
@@ -215,7 +259,12 @@ def final_images(turn: list[Ref], keep_last: bool) -> list[Ref]:
     preset that does sets the option keep_images "last", and only the turn's last image is a
     result. Everywhere, an image sent twice in one turn is one result, at its last position.
     """
+    return [turn[n] for n in final_positions(turn, keep_last)]
+
+
+def final_positions(turn: list[Ref], keep_last: bool) -> list[int]:
+    """The positions in `turn` of its results (see final_images)."""
     if keep_last:
-        return turn[-1:]
+        return [len(turn) - 1] if turn else []
     last_position = {ref: n for n, ref in enumerate(turn)}
-    return [ref for n, ref in enumerate(turn) if last_position[ref] == n]
+    return [n for n, ref in enumerate(turn) if last_position[ref] == n]

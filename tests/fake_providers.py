@@ -32,6 +32,7 @@ from PIL import Image
 from banana_pack.providers.catalog import PRESETS, ProviderSpec
 from banana_pack.providers.config import env_name
 from loopback import LoopbackServer, Recorded, Reply, fixture
+from vertex_fake import TokenEndpoint
 
 PRESET_IDS = [spec.id for spec in PRESETS]
 SPECS = {spec.id: spec for spec in PRESETS}
@@ -60,6 +61,11 @@ def point_presets_at(server: LoopbackServer, setenv) -> None:
             setenv(env_name(spec.id, "POLL_FIRST_DELAY"), "0.02")
             setenv(env_name(spec.id, "POLL_MAX_DELAY"), "0.05")
     setenv(env_name("evolink", "UPLOAD_URL"), f"{server.url}/evolink-files/upload/base64")
+    # Vertex: a service-account key made here, whose token endpoint is this server (vertex_fake.py).
+    from vertex_fake import service_account_json
+
+    setenv(env_name("vertex", "API_KEY"), service_account_json(f"{server.url}/vertex/token"))
+    setenv(env_name("vertex", "LOCATION"), "us-central1")
 
 
 def width_for(refs: int) -> int:
@@ -135,6 +141,8 @@ _VYDRA = Profile(
 )
 PROFILES: dict[str, Profile] = {
     "google": _GOOGLE,
+    "vertex": _GOOGLE,  # Vertex answers errors in the Gemini API's shape (google.rpc.Status)
+    "vertex_express": _GOOGLE,
     "apiyi": _NEW_API,
     "apiyi_chat": _NEW_API,
     "openai_hk": _NEW_API,
@@ -182,7 +190,7 @@ EVOLINK_IDS = {  # providers.md 7.1
 }
 APIMASTER_IDS = {name: Accepts(("auto",) + R10 + ("1:4", "4:1"), ("0.5K", "1K", "2K", "4K"), 14) for name in GEMINI_IDS}  # providers.md 7.2
 ACCEPTS: dict[str, dict[str, Accepts]] = {
-    "google": GEMINI_IDS, "apiyi": GEMINI_IDS, "apiyi_chat": GEMINI_IDS,
+    "google": GEMINI_IDS, "apiyi": GEMINI_IDS, "apiyi_chat": GEMINI_IDS, "vertex": GEMINI_IDS, "vertex_express": GEMINI_IDS,
     "openai_hk": OPENAI_HK_IDS, "openai_hk_chat": OPENAI_HK_IDS,
     "fal": FAL_IDS, "openai_hk_fal": FAL_IDS,
     "evolink": EVOLINK_IDS, "apimaster": APIMASTER_IDS,
@@ -246,6 +254,7 @@ class ProviderFakes:
     pending_polls: int = 1
     running_polls: int = 1
     jobs: dict[str, Job] = field(default_factory=dict)
+    vertex_tokens: TokenEndpoint = field(default_factory=TokenEndpoint)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -260,7 +269,10 @@ class ProviderFakes:
 
     def check_auth(self, req: Recorded, spec: ProviderSpec) -> None:
         expected = key_for(spec.key_owner)
-        if spec.auth == "x-goog-api-key":
+        if spec.auth == "google-service-account":  # Vertex: the access token this fake's token endpoint granted
+            expected, spec = f"Bearer {self.vertex_tokens.token}", SPECS["google"]
+            sent = req.headers.get("authorization")
+        elif spec.auth == "x-goog-api-key":
             sent = req.headers.get("x-goog-api-key")
         else:
             scheme = "Key" if spec.auth == "key" else "Bearer"
@@ -567,6 +579,8 @@ class ProviderFakes:
     def install(self) -> "ProviderFakes":
         route, guarded = self.server.route, self._guarded
         route("POST", r"^/(google|apiyi)(/v1beta)?/models/[^/]+:generateContent$", guarded(self.gemini))
+        route("POST", r"^/(vertex/projects/sa-project/locations/us-central1|vertex_express)/publishers/google/models/[^/]+:generateContent$", guarded(self.gemini))
+        route("POST", r"^/vertex/token$", self.vertex_tokens)
         route("POST", r"^/openai_hk/images/generations$", guarded(self.images_generate))
         route("POST", r"^/openai_hk/images/edits$", guarded(self.images_edit))
         route("POST", r"^/(apiyi_chat|openai_hk_chat)/chat/completions$", guarded(self.chat))

@@ -24,7 +24,10 @@ VALID = {
     "evolink": ("POST", "images/generations", {"model": "gemini-3.1-flash-image-preview", "prompt": "a cat"}),
     "apimaster": ("POST", "images/generations/async", {"model": "gemini-3.1-flash-image-preview", "prompt": "a cat", "size": "4:1"}),
     "vydra": ("POST", "models/nano-banana/edit", {"prompt": "a cat"}),
+    "vertex_express": ("POST", "publishers/google/models/gemini-3-pro-image-preview:generateContent", {"contents": [{"parts": [{"text": "a cat"}]}]}),
 }
+# Vertex with a service account is checked separately: its credential is a token the fake granted.
+KEYED_PRESETS = [p for p in PRESET_IDS if p in VALID]
 WRONG_MODEL = {
     "google": ("POST", "models/gemini-2.0-flash-exp:generateContent", {"contents": [{"parts": [{"text": "a cat"}]}]}, 404, "NOT_FOUND"),
     "apiyi": ("POST", "models/nano-banana:generateContent", {"contents": [{"parts": [{"text": "a cat"}]}]}, 503, "No available channel"),
@@ -36,6 +39,7 @@ WRONG_MODEL = {
     "evolink": ("POST", "images/generations", {"model": "nano-banana", "prompt": "a cat"}, 400, "Invalid model"),
     "apimaster": ("POST", "images/generations/async", {"model": "nano-banana-2", "prompt": "a cat"}, 400, "Unsupported model"),
     "vydra": ("POST", "models/nano-banana-pro/edit", {"prompt": "a cat"}, 404, "MODEL_NOT_FOUND"),
+    "vertex_express": ("POST", "publishers/google/models/gemini-2.0-flash-exp:generateContent", {"contents": [{"parts": [{"text": "a cat"}]}]}, 404, "NOT_FOUND"),
 }
 # The body without its required prompt: the provider's own validation error.
 MISSING_PROMPT = {
@@ -66,24 +70,33 @@ def call(fakes, preset: str, method: str, path: str, body, headers) -> httpx.Res
     return httpx.request(method, f"{fakes.url}/{preset}/{path}", json=body, headers=headers, timeout=10)
 
 
-@pytest.mark.parametrize("preset", PRESET_IDS)
+@pytest.mark.parametrize("preset", KEYED_PRESETS)
 def test_each_fake_accepts_its_providers_request(fakes, preset):
     method, path, body = VALID[preset]
     assert call(fakes, preset, method, path, body, auth_headers(preset)).status_code == 200
 
 
-@pytest.mark.parametrize("preset", PRESET_IDS)
+@pytest.mark.parametrize("preset", KEYED_PRESETS)
 def test_each_fake_refuses_a_wrong_key_and_a_wrong_scheme_with_its_own_error(fakes, preset):
     method, path, body = VALID[preset]
     wrong_key = call(fakes, preset, method, path, body, auth_headers(preset, key="not-the-key-0000"))
     other_scheme = {"x-goog-api-key": "bearer", "bearer": "key", "key": "bearer"}[SPECS[preset].auth]
     wrong_scheme = call(fakes, preset, method, path, body, auth_headers(preset, scheme=other_scheme))
     no_key = call(fakes, preset, method, path, body, {})
-    expected = {"google": 400, "vydra": 401}.get(preset, 401)  # Google answers a bad key with 400 API_KEY_INVALID
+    expected = {"google": 400, "vertex_express": 400, "vydra": 401}.get(preset, 401)  # Google answers a bad key with 400 API_KEY_INVALID
     assert wrong_key.status_code == wrong_scheme.status_code == no_key.status_code == expected
     assert wrong_key.json() == wrong_scheme.json()
     if preset == "google":
         assert wrong_key.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
+
+
+def test_vertex_fake_takes_only_the_token_its_endpoint_granted(fakes):
+    path = "vertex/projects/sa-project/locations/us-central1/publishers/google/models/gemini-3-pro-image-preview:generateContent"
+    body = {"contents": [{"parts": [{"text": "a cat"}]}]}
+    granted = httpx.post(f"{fakes.url}/{path}", json=body, headers={"Authorization": f"Bearer {fakes.vertex_tokens.token}"}, timeout=10)
+    other = httpx.post(f"{fakes.url}/{path}", json=body, headers={"Authorization": "Bearer ya29.someone-elses-token"}, timeout=10)
+    assert granted.status_code == 200
+    assert other.status_code == 400 and other.json()["error"]["details"][0]["reason"] == "API_KEY_INVALID"
 
 
 def test_presets_of_one_reseller_share_one_key(fakes):
@@ -93,7 +106,7 @@ def test_presets_of_one_reseller_share_one_key(fakes):
     assert call(fakes, "openai_hk_chat", method, path, body, {"Authorization": f"Bearer {key_for('openai_hk_chat')}"}).status_code == 401
 
 
-@pytest.mark.parametrize("preset", PRESET_IDS)
+@pytest.mark.parametrize("preset", KEYED_PRESETS)
 def test_each_fake_refuses_an_unknown_model_id_the_way_its_provider_does(fakes, preset):
     method, path, body, status, words = WRONG_MODEL[preset]
     answer = call(fakes, preset, method, path, body, auth_headers(preset))

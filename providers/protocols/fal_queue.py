@@ -41,6 +41,8 @@ def build_body(call, request: GenerationRequest) -> dict[str, Any]:
         body["image_urls"] = [image.data_uri() for image in request.images]
     if request.web_search:
         body["enable_web_search"] = True
+    if request.thinking_level:
+        body["thinking_level"] = request.thinking_level.lower()  # fal: "minimal" | "high" (providers.md 5.4)
     return body
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NoImageReturned, SafetyRejected, SafetyStage
-from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, final_images, image_refs_in_text
+from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, Turn, final_positions, format_sources, image_refs_in_text
 
 # Output withheld by a policy filter: final, rephrase.
 SAFETY_FINISH_REASONS = frozenset(
@@ -22,7 +22,33 @@ SAFETY_FINISH_REASONS = frozenset(
 RESOLUTION_VALUES = {"0.5K": "512"}  # Gemini's names; uppercase K is required for the rest
 
 
-def build_body(request: GenerationRequest) -> dict[str, Any]:
+# Google's documented stand-in for model turns this model did not produce (another model's or
+# provider's, whose signatures it cannot validate): it skips signature validation for that part.
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+
+
+def history_contents(history: tuple[Turn, ...], model_id: str) -> list[dict[str, Any]]:
+    """Earlier turns as contents: the model's own parts with the signature it gave them, unchanged."""
+    contents = []
+    for turn in history:
+        parts: list[dict[str, Any]] = []
+        foreign = turn.role == "model" and turn.model != model_id
+        for part in turn.parts:
+            if part.image is not None:
+                item: dict[str, Any] = {"inline_data": {"mime_type": part.image.mime, "data": part.image.base64()}}
+            else:
+                item = {"text": part.text or ""}
+            if foreign:
+                item["thoughtSignature"] = SKIP_SIGNATURE
+            elif part.thought_signature:
+                item["thoughtSignature"] = part.thought_signature
+            parts.append(item)
+        if parts:
+            contents.append({"role": turn.role, "parts": parts})
+    return contents
+
+
+def build_body(request: GenerationRequest, model_id: str = "") -> dict[str, Any]:
     parts: list[dict[str, Any]] = [{"text": request.prompt}]
     parts += [{"inline_data": {"mime_type": im.mime, "data": im.base64()}} for im in request.images]
     image_config: dict[str, str] = {}
@@ -30,24 +56,33 @@ def build_body(request: GenerationRequest) -> dict[str, Any]:
         image_config["aspectRatio"] = request.aspect_ratio
     if request.resolution:
         image_config["imageSize"] = RESOLUTION_VALUES.get(request.resolution, request.resolution)
-    config: dict[str, Any] = {"responseModalities": ["TEXT", "IMAGE"]}
+    config: dict[str, Any] = {"responseModalities": ["IMAGE"] if request.response_modalities == "IMAGE" else ["TEXT", "IMAGE"]}
+    thinking: dict[str, Any] = {}
+    if request.thinking_level:
+        thinking["thinkingLevel"] = request.thinking_level
+    if request.include_thoughts:
+        thinking["includeThoughts"] = True
+    if thinking:
+        config["thinkingConfig"] = thinking
     if image_config:
         config["imageConfig"] = image_config
     if request.seed is not None:
         config["seed"] = int(request.seed) & 0x7FFFFFFF  # the API takes an int32
     if request.temperature is not None:
         config["temperature"] = float(request.temperature)
-    body: dict[str, Any] = {"contents": [{"role": "user", "parts": parts}], "generationConfig": config}
+    body: dict[str, Any] = {"contents": history_contents(request.history, model_id) + [{"role": "user", "parts": parts}], "generationConfig": config}
     if request.system_prompt:
         body["systemInstruction"] = {"parts": [{"text": request.system_prompt}]}
     if request.web_search:
         body["tools"] = [{"google_search": {}}]
+    if request.safety:
+        body["safetySettings"] = [{"category": category, "threshold": threshold} for category, threshold in request.safety]
     return body
 
 
 async def generate(call, request: GenerationRequest) -> GenerationResult:
     model_id = call.model.id_for(request.resolution)
-    response = await call.post_json(f"models/{model_id}:generateContent", build_body(request))
+    response = await call.post_json(f"models/{model_id}:generateContent", build_body(request, model_id))
     return await parse_response(call, response.json_object())
 
 
@@ -80,40 +115,67 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         raise NoImageReturned("The response had no candidates.", reason="NO_CANDIDATES", candidates_token_count=token_count, request_id=request_id, **common)
 
     refs: list[tuple[str, str | None]] = []  # (payload or URL, declared MIME)
+    thought_refs: list[str] = []
     texts: list[str] = []
+    model_parts: list[dict[str, Any]] = []  # the model's turn, for a conversation to send back
+    sources: list[dict[str, str]] = []
+    queries: list[str] = []
     finish_reasons: list[str] = []
     finish_messages: list[str] = []
     keep_last = call.text_option("keep_images") == "last"
-    for candidate in candidates:
+    for number, candidate in enumerate(candidates):
+        read_grounding(_get(candidate, "groundingMetadata", "grounding_metadata"), sources, queries)
         reason = _get(candidate, "finishReason", "finish_reason")
         if reason:
             finish_reasons.append(str(reason))
         message = _get(candidate, "finishMessage", "finish_message")
         if message:
             finish_messages.append(str(message))
-        turn: list[tuple[str, str | None]] = []
+        turn: list[tuple[str, str | None]] = []  # this candidate's images, before drafts and repeats are dropped
+        parts: list[dict[str, Any]] = []  # its parts for a conversation; "image" indexes `turn`
         for part in (candidate.get("content") or {}).get("parts") or []:
-            if not isinstance(part, dict) or part.get("thought"):
-                continue  # interim "thought" drafts are not results
+            if not isinstance(part, dict):
+                continue
             blob = _get(part, "inlineData", "inline_data")
+            if part.get("thought"):
+                if blob and isinstance(blob.get("data"), str):
+                    thought_refs.append(blob["data"])  # an interim draft: shown as thought_image, never a result
+                continue
+            signature = _get(part, "thoughtSignature", "thought_signature")
+            signed = {"thought_signature": signature} if isinstance(signature, str) and signature else {}
             file_data = _get(part, "fileData", "file_data")
             if blob and blob.get("data"):
                 turn.append((blob["data"], _get(blob, "mimeType", "mime_type")))
+                parts.append({"image": len(turn) - 1, **signed})
             elif file_data and _get(file_data, "fileUri", "file_uri"):
                 turn.append((_get(file_data, "fileUri", "file_uri"), _get(file_data, "mimeType", "mime_type")))
+                parts.append({"image": len(turn) - 1, **signed})
             elif isinstance(part.get("url"), str):
                 turn.append((part["url"], None))
+                parts.append({"image": len(turn) - 1, **signed})
             elif isinstance(part.get("text"), str):
                 found, rest = image_refs_in_text(part["text"])
                 turn += [(ref, None) for ref in found]
+                parts.append({"text": part["text"] if not found else rest, **signed})
+                parts += [{"image": len(turn) - len(found) + n} for n in range(len(found))]
                 if rest:
                     texts.append(rest)
-        refs += final_images(turn, keep_last)
+        # Drafts a gateway sent as ordinary parts and repeated images are not results (final_images).
+        position = {n: len(refs) + k for k, n in enumerate(final_positions(turn, keep_last))}
+        refs += [turn[n] for n in position]
+        if number == 0:  # a conversation continues from the first candidate, with its kept images only
+            model_parts = [({**p, "image": position[p["image"]]} if "image" in p else p) for p in parts if "image" not in p or p["image"] in position]
     text = "\n".join(t.strip() for t in texts if t.strip())
+    if sources:
+        text = "\n\n".join(t for t in (text, format_sources(sources)) if t)
+
     images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs])  # at most the count asked for
     finish = next((r for r in finish_reasons if r != "STOP"), finish_reasons[0] if finish_reasons else None)
     if images:
         result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)
+        result.thought_images = [await call.fetch_image(ref) for ref in thought_refs]
+        kept = [p for p in model_parts if p.get("image", 0) < len(images)]  # extra images beyond the count were dropped
+        result.sources, result.search_queries, result.model_parts = sources, queries, kept
         if finish and finish != "STOP":
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
         return result
@@ -130,3 +192,19 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         # APIYI's "highest priority" signal: nothing was generated, a review-stage rejection.
         raise SafetyRejected("Nothing was generated (candidatesTokenCount is 0): rejected at review.", stage=SafetyStage.OUTPUT_BLOCKED, reason=finish or "STOP", **details)
     raise NoImageReturned("The model finished without an image or any text.", reason=finish or "STOP", **details)
+
+
+def read_grounding(metadata: Any, sources: list[dict[str, str]], queries: list[str]) -> None:
+    """Search grounding: the web pages the answer drew on (groundingChunks[].web) and the queries run."""
+    if not isinstance(metadata, dict):
+        return
+    for chunk in _get(metadata, "groundingChunks", "grounding_chunks") or []:
+        for kind in ("web", "image"):
+            page = chunk.get(kind) if isinstance(chunk, dict) else None
+            if not isinstance(page, dict):
+                continue
+            uri = page.get("uri")
+            if isinstance(uri, str) and uri.startswith(("http://", "https://")) and all(s["uri"] != uri for s in sources):
+                title = page.get("title") or page.get("domain") or ""
+                sources.append({"title": str(title)[:300], "uri": uri[:2000]})
+    queries += [str(q)[:500] for q in _get(metadata, "webSearchQueries", "web_search_queries") or [] if isinstance(q, str) and q not in queries]

@@ -30,6 +30,7 @@ def build_body(call, request: GenerationRequest) -> tuple[dict[str, Any], list[s
     content: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
     content += [{"type": "image_url", "image_url": {"url": im.data_uri()}} for im in request.images]
     messages: list[dict[str, Any]] = [{"role": "system", "content": request.system_prompt}] if request.system_prompt else []
+    messages += history_messages(request)
     messages.append({"role": "user", "content": content})
     body: dict[str, Any] = {"model": call.model.id_for(request.resolution), "stream": False, "modalities": ["image", "text"], "messages": messages}
     image_config: dict[str, str] = {}
@@ -51,6 +52,16 @@ def build_body(call, request: GenerationRequest) -> tuple[dict[str, Any], list[s
     body.update(call.dict_option("extra_fields"))
     sent = controls in SIZE_CONTROLS[:2]
     return body, unsent_warnings(call, request, sent, sent, "chat")
+
+
+def history_messages(request: GenerationRequest) -> list[dict[str, Any]]:
+    """Earlier turns of a conversation as messages, images as data-URL parts (the model's too: gateways
+    that front Gemini map assistant image parts onto its model turn; best effort, see the catalog)."""
+    messages = []
+    for turn in request.history:
+        parts = [{"type": "image_url", "image_url": {"url": p.image.data_uri()}} if p.image is not None else {"type": "text", "text": p.text or ""} for p in turn.parts]
+        messages.append({"role": "assistant" if turn.role == "model" else "user", "content": parts})
+    return messages
 
 
 async def generate(call, request: GenerationRequest) -> GenerationResult:

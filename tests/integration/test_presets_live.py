@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 
 import pytest
 from PIL import Image
@@ -49,9 +50,20 @@ def graph(provider: str, model: str, with_reference: bool) -> dict:
     return nodes
 
 
+def has_google_auth(comfy) -> bool:
+    """Vertex service accounts need the optional google-auth package in ComfyUI's own Python."""
+    probe = subprocess.run([comfy.server.python, "-c", "import google.auth.crypt, google.auth.jwt"], capture_output=True)
+    return probe.returncode == 0
+
+
 @pytest.mark.parametrize("preset", PRESET_IDS)
 def test_preset_text_to_image_and_edit(comfy, preset):
     model = next(s for s in PRESETS if s.id == preset).models[-1].name
+    if preset == "vertex" and not has_google_auth(comfy):
+        entry = comfy.run(graph(preset, model, with_reference=False))
+        message = json.dumps(entry["status"])
+        assert entry["status"]["status_str"] == "error" and "needs the google-auth package" in message and "pip install google-auth" in message
+        return
     for refs in (0, 1):
         entry = comfy.run(graph(preset, model, with_reference=bool(refs)))
         assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]

@@ -1,0 +1,186 @@
+"""Vertex AI as a provider family: endpoints, the service-account token exchange (a key made in the
+test, a token endpoint on loopback that verifies the signed assertion), express mode, refusals."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import pytest
+from banana_pack.providers import (
+    AuthError,
+    ConfigError,
+    GenerationRequest,
+    SafetyRejected,
+    generate,
+)
+from banana_pack.providers.config import get_provider
+from banana_pack.providers.protocols.vertex import prepare
+from banana_pack.providers.vertex_auth import forget_tokens
+from gemini_thinking_fake import ThinkingGemini
+from helpers import run
+from loopback import Reply, fixture
+from vertex_fake import GEN_PATH, TokenEndpoint, service_account_json
+
+TOKEN = "ya29.loopback-access-token-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def fresh_tokens():
+    forget_tokens()
+    yield
+    forget_tokens()
+
+
+@pytest.fixture
+def vertex(server, monkeypatch, tmp_path):
+    server.tokens = TokenEndpoint(TOKEN)
+    server.route("POST", r"^/token$", server.tokens)
+    key_file = tmp_path / "sa.json"
+    key_file.write_text(service_account_json(f"{server.url}/token", project_id="sa-project"))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.setenv("BANANA_VERTEX_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("BANANA_VERTEX_PROJECT", "my-project")
+    monkeypatch.setenv("BANANA_VERTEX_LOCATION", "global")
+    return server
+
+
+def gen(provider="vertex", model="Nano Banana Pro", **kw):
+    return run(generate(provider, model, GenerationRequest(prompt=kw.pop("prompt", "a lighthouse"), **kw)))
+
+
+def test_service_account_token_then_global_endpoint(vertex):
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    result = gen()
+    token_req, gen_req = vertex.requests
+    assert token_req.path == "/token" and "authorization" not in token_req.headers
+    (claims,) = vertex.tokens.claims
+    assert claims["iss"] == "banana@sa-project.iam.gserviceaccount.com" and claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    assert gen_req.path == "/v1/projects/my-project/locations/global/publishers/google/models/gemini-3-pro-image-preview:generateContent"
+    assert gen_req.headers["authorization"] == f"Bearer {TOKEN}" and "x-goog-api-key" not in gen_req.headers
+    assert gen_req.json()["contents"][0]["parts"] == [{"text": "a lighthouse"}]
+    assert len(result.images) == 1 and result.provider == "vertex"
+
+
+def test_the_token_is_reused_until_it_expires(vertex):
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    gen()
+    gen(model="Nano Banana 2")
+    assert vertex.tokens.grants == 1 and len(vertex.hits("POST", GEN_PATH)) == 2
+
+
+def test_project_falls_back_to_the_keys_project(vertex, monkeypatch):
+    monkeypatch.delenv("BANANA_VERTEX_PROJECT")
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    gen()
+    assert vertex.hits("POST", GEN_PATH)[0].path.startswith("/v1/projects/sa-project/locations/global/")
+
+
+def test_regional_location_uses_the_regional_host():
+    spec = get_provider("vertex")
+    regional = prepare(type(spec)(**{**spec.__dict__, "options": {**spec.options, "location": "europe-west4"}}))
+    assert regional.base_url == "https://europe-west4-aiplatform.googleapis.com/v1"
+    assert prepare(spec).base_url == "https://aiplatform.googleapis.com/v1"  # global
+
+
+def test_regional_path_on_a_configured_base_url(vertex, monkeypatch):
+    monkeypatch.setenv("BANANA_VERTEX_LOCATION", "us-central1")
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    gen(model="Nano Banana")
+    assert vertex.hits("POST", GEN_PATH)[0].path == "/v1/projects/my-project/locations/us-central1/publishers/google/models/gemini-2.5-flash-image:generateContent"
+
+
+def test_refusals_read_as_on_the_gemini_api(vertex):
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/finish_image_safety.json")))
+    with pytest.raises(SafetyRejected) as caught:
+        gen()
+    assert caught.value.reason == "IMAGE_SAFETY"
+
+
+def test_generation_options_and_signatures_work_on_vertex(vertex):
+    ThinkingGemini(vertex, GEN_PATH)
+    result = gen(model="Nano Banana 2", thinking_level="HIGH", include_thoughts=True, safety=(("HARM_CATEGORY_HATE_SPEECH", "BLOCK_ONLY_HIGH"),))
+    body = vertex.hits("POST", GEN_PATH)[0].json()
+    assert body["generationConfig"]["thinkingConfig"] == {"thinkingLevel": "HIGH", "includeThoughts": True}
+    assert body["safetySettings"] == [{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_ONLY_HIGH"}]
+    assert result.thought_images and all(p.get("thought_signature") for p in result.model_parts)
+
+
+def test_a_refused_key_is_an_auth_error_without_the_key(vertex):
+    vertex.tokens.refuse = True
+    with pytest.raises(AuthError) as caught:
+        gen()
+    text = str(caught.value) + (caught.value.hint or "")
+    assert "banana@sa-project" in text and "PRIVATE KEY" not in text
+    assert vertex.hits("POST", GEN_PATH) == []
+
+
+def test_a_bad_credential_is_a_clear_config_error(vertex, monkeypatch, tmp_path):
+    (tmp_path / "bad.json").write_text(json.dumps({"type": "authorized_user", "refresh_token": "secret-refresh-token-123"}))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "bad.json"))
+    with pytest.raises(ConfigError, match="not a service-account key") as caught:
+        gen()
+    assert "secret-refresh-token" not in str(caught.value) and "GOOGLE_APPLICATION_CREDENTIALS" in caught.value.hint
+    assert vertex.requests == []
+
+
+def test_missing_google_auth_says_what_to_install(vertex, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_google_auth(name, *args, **kwargs):
+        if name.startswith("google.auth"):
+            raise ImportError("No module named 'google.auth'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_google_auth)
+    with pytest.raises(ConfigError, match="google-auth") as caught:
+        gen()
+    assert "pip install google-auth" in caught.value.hint and "vertex_express" in caught.value.hint
+    assert vertex.requests == []
+
+
+def test_express_mode_uses_the_api_key_and_no_project(server, monkeypatch):
+    monkeypatch.setenv("BANANA_VERTEX_EXPRESS_API_KEY", "AQ.express-key-0123456789")
+    monkeypatch.setenv("BANANA_VERTEX_EXPRESS_BASE_URL", server.url + "/v1")
+    server.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    gen(provider="vertex_express")
+    (req,) = server.requests
+    assert req.path == "/v1/publishers/google/models/gemini-3-pro-image-preview:generateContent"
+    assert req.headers["x-goog-api-key"] == "AQ.express-key-0123456789" and "authorization" not in req.headers
+
+
+def test_no_project_anywhere_is_a_clear_error(vertex, monkeypatch, tmp_path):
+    monkeypatch.delenv("BANANA_VERTEX_PROJECT")
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    info = json.loads(service_account_json(f"{vertex.url}/token"))
+    del info["project_id"]
+    (tmp_path / "noproj.json").write_text(json.dumps(info))
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "noproj.json"))
+    with pytest.raises(ConfigError, match="No Google Cloud project") as caught:
+        gen()
+    assert "BANANA_VERTEX_PROJECT" in caught.value.hint
+    assert vertex.hits("POST", GEN_PATH) == []
+
+
+def test_the_key_test_button_exchanges_the_service_account_for_a_token(vertex):
+    """The keys panel's Test goes through the same token exchange: the key file itself is never sent as a token."""
+    from banana_pack.nodes.key_routes import try_key
+
+    vertex.route("GET", r"/publishers/google/models/", Reply(json={"name": "publishers/google/models/gemini-2.5-flash-image"}))
+    status, answer = run(try_key({"provider": "vertex"}))
+    assert status == 200 and answer["ok"] is True
+    (probe,) = vertex.hits("GET", r"/publishers/google/models/")
+    assert probe.headers["authorization"] == f"Bearer {TOKEN}" and vertex.tokens.grants == 1
+    assert "PRIVATE KEY" not in json.dumps([r.headers for r in vertex.requests])
+
+
+def test_the_key_file_path_is_not_a_secret_but_its_private_key_is(vertex, tmp_path):
+    """Redacting the path would hide every path sharing its prefix (the output folder included)."""
+    from banana_pack.providers.redaction import redact
+
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    gen()
+    key_file = tmp_path / "sa.json"
+    private_key = json.loads(key_file.read_text())["private_key"]
+    assert redact(f"saved in {tmp_path}/output") == f"saved in {tmp_path}/output"
+    assert "PRIVATE KEY" not in redact(f"oops: {private_key}")
