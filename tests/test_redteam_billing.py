@@ -16,6 +16,8 @@ from loopback import Reply
 # The request that costs money, per preset (text to image: no reference uploads).
 PAID = {
     "google": r"^/google/models/[^/]+:generateContent$",
+    "vertex": r"^/vertex/projects/[^/]+/locations/[^/]+/publishers/google/models/[^/]+:generateContent$",
+    "vertex_express": r"^/vertex_express/publishers/google/models/[^/]+:generateContent$",
     "apiyi": r"^/apiyi/models/[^/]+:generateContent$",
     "apiyi_chat": r"^/apiyi_chat/chat/completions$",
     "openai_hk": r"^/openai_hk/images/generations$",
