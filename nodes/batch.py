@@ -17,9 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
-from ..providers.client import generate, resolve
+from ..providers.client import resolve
 from ..providers.engine import CallContext
 from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UnusableImage, UpstreamUnavailable
+from ..providers.failover import generate_with_failover
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
 from ..providers.redaction import redact, redact_data
 from .store import ResultStore, put_blob, read_blob, request_key
@@ -55,6 +56,8 @@ class BatchSettings:
     response_modalities: str | None = None
     safety: tuple[tuple[str, str], ...] = ()
     history: tuple[Turn, ...] = ()
+    fallback: tuple[str, ...] = ()  # providers an item moves to when `provider` is unavailable (providers/failover.py)
+    failover_on_refusal: bool = False
 
 
 @dataclass
@@ -70,6 +73,8 @@ class ItemOutcome:
     request_id: str | None = None
     cost: float | None = None
     cost_unit: str | None = None
+    key_slot: int | None = None  # which of the provider's keys served (1 = the first); never the key
+    failover: list[dict[str, Any]] = field(default_factory=list)  # attempts that moved on: provider, key_slot, error
     seconds: float | None = None
     files: list[str] = field(default_factory=list)
     text: str = ""
@@ -158,10 +163,12 @@ async def run_batch(
     store: ResultStore | None,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
+    on_finished: Callable[[ItemOutcome], None] | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
+    `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order.
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
@@ -202,11 +209,23 @@ async def run_batch(
             resume_task=store.pending_task(key) if store is not None else None,
         )
         outcome.request_id = job_id(ctx.resume_task)
+
+        async def serve(call_ctx: CallContext) -> GenerationResult:
+            """The item's call: on its provider, then its other keys and fallback providers."""
+            result, served = await generate_with_failover(
+                [spec.id, *settings.fallback], settings.model, request, call_ctx,
+                model_id_override=settings.model_id_override, on_refusal=settings.failover_on_refusal, attempts=outcome.failover,
+                resolved=(spec, offer),
+            )
+            outcome.provider, outcome.model_id, outcome.key_slot = served.provider, served.model_id, served.key_slot
+            provenance.update(provider=served.provider, model_id=served.model_id, key_slot=served.key_slot)
+            return result
+
         progress.in_flight += 1
         update()
         try:
             try:
-                result = await generate(spec.id, settings.model, request, ctx, model_id_override=settings.model_id_override, resolved=(spec, offer))
+                result = await serve(ctx)
             except Refusal:
                 if store is not None:
                     store.forget_task(key)  # that job is over; a re-run is a new request
@@ -217,7 +236,7 @@ async def run_batch(
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
                 if store is not None:  # (a resumed task implies a store)
                     store.forget_task(key)
-                result = await generate(spec.id, settings.model, request, replace(ctx, resume_task=None), model_id_override=settings.model_id_override, resolved=(spec, offer))
+                result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 extras = _extras(result)
                 try:
@@ -258,8 +277,14 @@ async def run_batch(
             update()
         return outcome
 
+    async def run_and_hand_over(position: int, item: BatchItem) -> ItemOutcome:
+        outcome = await run_one(position, item)
+        if on_finished is not None:
+            on_finished(outcome)
+        return outcome
+
     try:
-        return list(await asyncio.gather(*(run_one(position, item) for position, item in enumerate(items))))
+        return list(await asyncio.gather(*(run_and_hand_over(position, item) for position, item in enumerate(items))))
     finally:
         release_keys(keys)
 

@@ -20,9 +20,11 @@ from PIL import Image
 
 from ..providers.client import check_request, resolve
 from ..providers.errors import BananaError, ConfigError, InvalidRequest
+from ..providers.failover import failover_on_refusal, fallback_chain
 from ..providers.outcome import GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .assemble import OutputBatch
 from .conversation import build_conversation, load_history, unsaved_conversation
 from .housekeeping import tidy_once
 from .store import ResultStore
@@ -205,6 +207,8 @@ async def render(
         system_prompt=inputs.system_prompt.strip() or None,
         web_search=inputs.web_search,
         use_cache=inputs.use_cache,
+        fallback=tuple(fallback_chain(inputs.provider, spec.id, inputs.model)),
+        failover_on_refusal=failover_on_refusal(),
         thinking_level=inputs.thinking_level,
         include_thoughts=inputs.include_thoughts,
         response_modalities=inputs.response_modalities,
@@ -225,34 +229,38 @@ async def render(
             progress.text(redact(state.line()), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
-    outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
-    report = batch_report(outcomes, settings)
-    report_file = None
-    if store is not None:
-        report["save_folder"] = store.view_path(store.root)
-        try:
-            report_file = await asyncio.to_thread(store.save_report, report)
-            report["report_file"] = store.view_path(report_file)
-        except OSError as exc:  # a planted file in the way: the paid results are saved, the report is in the output
-            log.warning("Nano Banana Bridge: could not write the run's report: %s", redact(exc))
-    if any(o.status == CANCELLED for o in outcomes):
-        raise Interrupted(report)
-    kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
-
-    blobs = [image.data for outcome in kept for image in outcome.images]
-
-    def decode() -> torch.Tensor:
-        _check_decoded_size(blobs, pixel_limit)
-        return decode_images(blobs, size_policy=inputs.size_policy)
-
+    # Results are decoded into the output batch as they arrive, not after the last one.
+    output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
     try:
-        tensor = await asyncio.to_thread(decode)
-    except ImageDecodeError as exc:
-        saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
-        where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
-        if isinstance(exc, DecodeLimitExceeded):
-            raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
-        raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
+        outcomes = await run_batch(
+            items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer),
+            on_finished=lambda outcome: output.add(outcome.index, [image.data for image in outcome.images]),
+        )
+        report = batch_report(outcomes, settings)
+        report_file = None
+        if store is not None:
+            report["save_folder"] = store.view_path(store.root)
+            try:
+                report_file = await asyncio.to_thread(store.save_report, report)
+                report["report_file"] = store.view_path(report_file)
+            except OSError as exc:  # a planted file in the way: the paid results are saved, the report is in the output
+                log.warning("Nano Banana Bridge: could not write the run's report: %s", redact(exc))
+        if any(o.status == CANCELLED for o in outcomes):
+            raise Interrupted(report)
+        kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
+        try:
+            tensor = await output.result(
+                [(o.index, [image.data for image in o.images]) for o in kept],
+                check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
+            )
+        except ImageDecodeError as exc:
+            saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
+            where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
+            if isinstance(exc, DecodeLimitExceeded):
+                raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
+            raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
+    finally:
+        output.close()
 
     texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]
     if inputs.on_failure == FLAG:

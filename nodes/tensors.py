@@ -169,7 +169,7 @@ def decode_images(
         raise ValueError("no images to decode")
     frames, size = None, None
     for index, blob in enumerate(blobs):
-        picture, full_scale = _open(blob)
+        picture, full_scale = open_picture(blob)
         size = size or picture.size
         placement = place(picture.width, picture.height, size, size_policy)  # also validates both
         if frames is None:
@@ -177,7 +177,7 @@ def decode_images(
             # numpy allocates it because numpy asks Linux for huge pages on large arrays: writing
             # a fresh batch then takes a fraction of the page faults of torch.empty's memory.
             frames = np.empty((len(blobs), size[1], size[0], 3), dtype=np.float32)
-        _draw(frames[index], picture, full_scale, placement)
+        draw_picture(frames[index], picture, full_scale, placement)
     return torch.from_numpy(frames)  # shares the memory, no copy
 
 
@@ -192,19 +192,21 @@ def _to_uint8(image: torch.Tensor) -> np.ndarray:
     pixels = np.empty((height, width, channels), dtype=np.uint8)
     rows = max(1, _BLOCK_VALUES // (width * channels))
     scratch = np.empty((min(rows, height), width, channels), dtype=np.float32)
-    # Block by block through a cached float32 scratch: no full-size float copy, and float16,
-    # float64 or strided views are read as they are. numpy rather than torch: torch's
-    # multi-threaded ops stall at every block when other work (a sampler) holds the cores.
+    # numpy has no bfloat16: those blocks go through torch's float(); every other float dtype
+    # and any strides are read in place through one numpy view, without a per-block tensor.
+    source = None if image.dtype == torch.bfloat16 else image.numpy()
+    # Each float is read from memory once; the four passes below run on a block that stays in
+    # cache. numpy rather than torch: torch's multi-threaded ops stall at every block when other
+    # work (a sampler) holds the cores.
     for top in range(0, height, rows):
-        source = image[top : top + rows]
-        if source.dtype == torch.bfloat16:
-            source = source.float()  # numpy has no bfloat16
-        block = scratch[: source.shape[0]]
+        block_source = image[top : top + rows].float().numpy() if source is None else source[top : top + rows]
+        block = scratch[: block_source.shape[0]]
         # float32 scalars keep numpy on its fast float32 loops (np.clip is 2x slower with ints).
-        np.multiply(source.numpy(), np.float32(255), out=block, dtype=np.float32)
+        np.multiply(block_source, np.float32(255), out=block, dtype=np.float32)
         np.add(block, np.float32(0.5), out=block)
         np.clip(block, np.float32(0), np.float32(255), out=block)
-        pixels[top : top + rows] = block  # the cast truncates: after the +0.5 that rounds half up
+        # The cast truncates: after the +0.5 that rounds half up.
+        np.copyto(pixels[top : top + rows], block, casting="unsafe")
     return pixels
 
 
@@ -230,7 +232,7 @@ def _describe(blob: bytes) -> str:
     return f"{len(blob)} bytes starting {blob[:24]!r}" if blob else "0 bytes"
 
 
-def _open(blob: bytes) -> tuple[Image.Image, int]:
+def open_picture(blob: bytes) -> tuple[Image.Image, int]:
     """Decode bytes to an upright L, RGB or I;16 image plus the value that means full intensity."""
     try:
         picture: Image.Image = Image.open(io.BytesIO(blob))
@@ -259,7 +261,7 @@ def _open(blob: bytes) -> tuple[Image.Image, int]:
         raise ImageDecodeError(f"could not decode image from {_describe(blob)}: {exc}") from exc
 
 
-def _draw(frame: np.ndarray, picture: Image.Image, full_scale: int, placement: Placement) -> None:
+def draw_picture(frame: np.ndarray, picture: Image.Image, full_scale: int, placement: Placement) -> None:
     """Write `picture` into the float frame [H, W, 3] at `placement`, scaled to 0..1."""
     if placement.size != picture.size:
         picture = picture.resize(placement.size, Image.Resampling.LANCZOS)

@@ -418,7 +418,8 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_help="https://openai-hk.com (keys start with hk-)",
         result_lifetime=7 * 24 * 3600.0,  # UNVERIFIED for the passthrough: a week, erring long
         # The passthrough answers with fal's queue.fal.run URLs: moved onto the base URL (5.8).
-        options=_freeze({"rewrite_queue_urls": True, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
+        # Polling: fal's cadence (below), but a reseller's rate limits are unknown: half fal's budget.
+        options=_freeze({"rewrite_queue_urls": True, "output_format": "png", "poll_first_delay": 0.25, "poll_max_delay": 2.0, "poll_budget": 60}),
     ),
     ProviderSpec(
         id="fal",
@@ -436,7 +437,8 @@ PRESETS: tuple[ProviderSpec, ...] = (
         concurrency=8,
         result_lifetime=30 * 24 * 3600.0,  # request payloads are kept 30 days (providers.md 5.7)
         auth_hosts=("*.fal.run",),  # the queue's status/result/cancel URLs (queue.fal.run)
-        options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 1.0, "poll_max_delay": 3.0}),
+        # Polling: fal's own client polls its queue every 0.1 s; we back off to 1 s, at most 120 a minute.
+        options=_freeze({"rewrite_queue_urls": False, "output_format": "png", "poll_first_delay": 0.25, "poll_max_delay": 1.0, "poll_budget": 120}),
     ),
     ProviderSpec(
         id="apimaster",
@@ -453,7 +455,8 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_help="https://apimaster.ai (console, API keys)",
         result_lifetime=24 * 3600.0,  # results expire 24 h after completion (expires_at, providers.md section 10)
         # Async endpoint (a journaled task id), not the sync one; references go inline (no upload API).
-        options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution", "cancel_path": None, "poll_first_delay": 3.0, "poll_max_delay": 5.0}),
+        # Polling: no documented cadence; EvoLink's (same task model) is used, at most 30 a minute.
+        options=_freeze({"flavor": "apimart", "ratio_field": "size", "resolution_field": "resolution", "cancel_path": None, "poll_first_delay": 0.25, "poll_max_delay": 3.0, "poll_budget": 30}),
     ),
     ProviderSpec(
         id="evolink",
@@ -481,8 +484,11 @@ PRESETS: tuple[ProviderSpec, ...] = (
                 "upload_url": "https://files-api.evolink.ai/api/v1/files/upload/base64",
                 "file_delete_url": "https://files-api.evolink.ai/api/v1/files/{file_id}",
                 "cancel_path": None,
-                "poll_first_delay": 3.0,
-                "poll_max_delay": 5.0,
+                # Polling: documented "every 3-5 s" (providers.md 7.1); the first polls come sooner
+                # so a finished job returns at once, and a job makes at most 30 polls a minute.
+                "poll_first_delay": 0.25,
+                "poll_max_delay": 3.0,
+                "poll_budget": 30,
             }
         ),
     ),

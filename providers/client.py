@@ -39,8 +39,8 @@ from .catalog import (
     narrowed,
     unknown_model,
 )
-from .config import all_providers, api_key_for, config_dir, display_path, get_provider, has_key, key_hint
-from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
+from .config import all_providers, api_keys_for, config_dir, display_path, get_provider, has_key, key_hint
+from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
 from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey, UnusableImage
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
@@ -185,7 +185,8 @@ class ProviderCall:
             raise
 
     async def poll(self, check: Callable[[], Awaitable[PollState]], *, cancel: tuple[str, str] | None = None, label: str = "") -> Any:
-        """engine.poll paced by the options poll_first_delay / poll_max_delay and the provider's max_wait.
+        """engine.poll at the provider's cadence (options poll_first_delay, poll_max_delay and
+        poll_budget: see PollCadence) and within its max_wait.
 
         cancel: the (method, path or URL) that cancels the remote job when the user stops. Only a
         stop the caller asked for (ctx.cancel_check, ComfyUI's Interrupt) cancels the job. When the
@@ -197,10 +198,20 @@ class ProviderCall:
             self.caller,
             check,
             cancel=self._cancel_if_asked(*cancel, label) if cancel else None,
-            first_delay=self.number_option("poll_first_delay", 1.0),
-            max_delay=self.number_option("poll_max_delay", 5.0),
+            cadence=self.poll_cadence(),
             max_wait=self.provider.max_wait,
             task_label=label,
+        )
+
+    def poll_cadence(self) -> PollCadence:
+        default = PollCadence()
+        budget = self.number_option("poll_budget", default.budget)
+        if budget < 1:
+            raise self._bad_option("poll_budget", "a number of polls per minute, at least 1", budget)
+        return PollCadence(
+            first=max(0.0, self.number_option("poll_first_delay", default.first)),
+            every=max(0.0, self.number_option("poll_max_delay", default.every)),
+            budget=int(budget),
         )
 
     async def cleanup(self, method: str, path_or_url: str, what: str) -> None:
@@ -231,7 +242,9 @@ class ProviderCall:
 
     async def fetch_image(self, ref: str) -> GeneratedImage:
         """A data URI, bare base64, or URL (one starting with "/" is on the provider's base URL)."""
-        return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if ref.startswith("/") else ref)
+        # Bare base64 of a JPEG starts with "/9j/" (FF D8 FF): that is an image, not a path.
+        on_base_url = ref.startswith("/") and not ref.startswith("/9j/")
+        return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
         """fetch_image for each, concurrently, in order; the first failure stops the rest.
@@ -469,13 +482,21 @@ def resolve(provider_id: str, model: str, model_id_override: str | None = None) 
     return spec, resolve_model(spec, model, model_id_override)
 
 
-async def provider_call(spec: ProviderSpec, offer: ModelOffer, ctx: CallContext, engine: HttpEngine | None = None, *, max_images: int | None = None) -> ProviderCall:
-    """The ProviderCall for a spec: its endpoint settled, its key (or Vertex access token) found."""
+async def provider_call(
+    spec: ProviderSpec, offer: ModelOffer, ctx: CallContext, engine: HttpEngine | None = None, *, max_images: int | None = None, key_slot: int = 0
+) -> ProviderCall:
+    """The ProviderCall for a spec: its endpoint settled, its key (or Vertex access token) found.
+
+    key_slot: which of the provider's keys to use (0 = the first; see config.api_keys_for).
+    """
     module = protocol_module(spec.family)
     if hasattr(module, "prepare"):
         spec = module.prepare(spec)  # e.g. Vertex's regional endpoint: settled before a key goes anywhere
     engine = engine or get_engine()
-    api_key = api_key_for(spec)
+    keys = api_keys_for(spec)
+    if not 0 <= key_slot < len(keys):
+        raise ConfigError(f"'{spec.display_name}' has {len(keys)} key(s); there is no key {key_slot + 1}.", provider=spec.id)
+    api_key = keys[key_slot]
     if spec.auth == GOOGLE_OAUTH:
         from .vertex_auth import service_account_token
 
@@ -492,17 +513,19 @@ async def generate(
     model_id_override: str | None = None,
     engine: HttpEngine | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
+    key_slot: int = 0,
 ) -> GenerationResult:
     """Run one generation; raise a BananaError (never return a placeholder) when there is no image.
 
     resolved: the (provider, model) a run resolved once, so every call of a batch uses the same
     provider and settings even if the config files or keys change meanwhile; else resolved here.
+    key_slot: which of the provider's keys to use (0 = the first; see config.api_keys_for).
     """
     ctx = ctx or CallContext()
     spec, offer = resolved or resolve(provider_id, model, model_id_override)
     request, warnings = check_request(spec, offer, request)
     module = protocol_module(spec.family)
-    call = await provider_call(spec, offer, ctx, engine, max_images=request.count)
+    call = await provider_call(spec, offer, ctx, engine, max_images=request.count, key_slot=key_slot)
     started = time.monotonic()
     limiter = limiter_for(spec.id, spec.concurrency)
     acquiring = asyncio.ensure_future(limiter.acquire())

@@ -152,14 +152,21 @@ def ensure_keys_file() -> Path:
     return path
 
 
-def _keys_from_file() -> dict[str, str]:
+def _keys_from_file() -> dict[str, list[str]]:
+    """Each key owner's keys from the keys file: a string, or a list of strings used in turn."""
     path = config_dir() / KEYS_FILE
     data = _read_json(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{display_path(path)} must hold a JSON object like {{\"google\": \"...\"}}.")
-    return {str(k).lower(): str(v) for k, v in data.items() if isinstance(v, str) and v.strip()}
+        raise ConfigError(f"{display_path(path)} must hold a JSON object like {{\"google\": \"...\"}} (or a list of keys: {{\"google\": [\"...\", \"...\"]}}).")
+    keys: dict[str, list[str]] = {}
+    for owner, value in data.items():
+        listed = value if isinstance(value, list) else [value]
+        found = [str(item).strip() for item in listed if isinstance(item, str) and item.strip()]
+        if found:
+            keys[str(owner).lower()] = found
+    return keys
 
 
 def _checked_key(value: str, owner: str, where: str, header: bool = True) -> str:
@@ -178,16 +185,24 @@ def _checked_key(value: str, owner: str, where: str, header: bool = True) -> str
     return value
 
 
-def api_key_for(spec: ProviderSpec) -> str:
+MAX_KEYS = 9  # BANANA_<ID>_API_KEY, then _API_KEY_2 ... _API_KEY_9
+
+
+def api_keys_for(spec: ProviderSpec) -> list[str]:
+    """Every key for the provider, in the order they are used: the first, then the next when one
+    is rate-limited or out of quota. From the environment (BANANA_<ID>_API_KEY, _API_KEY_2, ...,
+    or a conventional name) if any is set there, else from the keys file (a string or a list)."""
     owner = spec.key_owner
-    candidates = [env_name(owner, "API_KEY"), *spec.key_env]
-    for name in candidates:
-        value = os.environ.get(name, "").strip()
-        if value:
-            return _checked_key(value, owner, f"the environment variable {name}", header=spec.auth != GOOGLE_OAUTH)
-    value = _keys_from_file().get(owner, "").strip()
-    if value:
-        return _checked_key(value, owner, display_path(config_dir() / KEYS_FILE), header=spec.auth != GOOGLE_OAUTH)
+    primary = [env_name(owner, "API_KEY"), *spec.key_env]
+    extra = [env_name(owner, f"API_KEY_{n}") for n in range(2, MAX_KEYS + 1)]
+    first = next(((name, os.environ[name].strip()) for name in primary if os.environ.get(name, "").strip()), None)
+    from_env = ([first] if first else []) + [(name, os.environ[name].strip()) for name in extra if os.environ.get(name, "").strip()]
+    if from_env:
+        return [_checked_key(value, owner, f"the environment variable {name}", header=spec.auth != GOOGLE_OAUTH) for name, value in from_env]
+    where = display_path(config_dir() / KEYS_FILE)
+    listed = _keys_from_file().get(owner, [])[:MAX_KEYS]
+    if listed:
+        return [_checked_key(value, owner, where, header=spec.auth != GOOGLE_OAUTH) for value in listed]
     raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
 
 
@@ -205,6 +220,11 @@ def key_hint(spec: ProviderSpec, *, missing: bool = False) -> str:
         f"\"{owner}\": \"<your key>\" to {display_path(config_dir() / KEYS_FILE)}.{help_line} "
         "Keys are never stored in workflows."
     )
+
+
+def api_key_for(spec: ProviderSpec) -> str:
+    """The provider's first key (see api_keys_for)."""
+    return api_keys_for(spec)[0]
 
 
 def has_key(spec: ProviderSpec) -> bool:

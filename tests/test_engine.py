@@ -11,7 +11,7 @@ import pytest
 
 from banana_pack.providers import CallContext, Cancelled, GenerationRequest, InvalidRequest, MalformedResponse, NoImageReturned, generate
 from banana_pack.providers import QuotaOrRateLimited, SafetyRejected, TimedOut, UpstreamUnavailable
-from banana_pack.providers.engine import Caller, HttpEngine, PollState, ProcessLimiter, RetryPolicy, get_engine, parse_error_body, retry_after_header
+from banana_pack.providers.engine import Caller, HttpEngine, PollCadence, PollState, ProcessLimiter, RetryPolicy, get_engine, parse_error_body, retry_after_header
 from helpers import png_bytes, run
 from loopback import Reply, fixture
 
@@ -272,7 +272,7 @@ def test_cancel_is_seen_by_a_loop_of_steps_shorter_than_the_tick():
 
     async def scenario():
         ctx = CallContext(cancel_check=flag.is_set)
-        await engine.poll(ctx, Caller("p"), check, first_delay=0.01, max_delay=0.01, max_wait=5)
+        await engine.poll(ctx, Caller("p"), check, cadence=PollCadence(first=0.01, every=0.01), max_wait=5)
 
     started = time.monotonic()
     with pytest.raises(Cancelled):
@@ -293,7 +293,7 @@ def test_remote_cancel_runs_without_the_cancel_flag(server):
         await engine.request(ctx, Caller("p"), "POST", server.url + "/cancel")
 
     async def scenario():
-        await engine.poll(CallContext(cancel_check=lambda: True), Caller("p"), check, cancel=cancel, first_delay=0.01)
+        await engine.poll(CallContext(cancel_check=lambda: True), Caller("p"), check, cancel=cancel, cadence=PollCadence(first=0.01))
 
     with pytest.raises(Cancelled):
         run(scenario())

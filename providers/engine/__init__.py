@@ -8,7 +8,7 @@ error taxonomy. Protocol modules stay declarative: they build bodies and parse a
 
 Modules by concern: context (CallContext, Caller), policy (retry policies and hints), limiter
 (the process-wide concurrency limit), error_mapping (provider error envelopes onto the
-taxonomy), polling (PollState), transport (HttpEngine, Response, the client lifecycle), auth (where a
+taxonomy), polling (PollState, PollCadence), transport (HttpEngine, Response, the client lifecycle), auth (where a
 key may go: Credentials, the model-id check), bodies (reading answers within limits).
 """
 
@@ -36,7 +36,7 @@ from .policy import (
     RetryPolicy,
     retry_after_header,
 )
-from .polling import PollState
+from .polling import BUDGET_WINDOW, PollCadence, PollClock, PollState
 from .transport import (
     CANCEL_CHECK_INTERVAL,
     CONNECT_TIMEOUT,
@@ -72,6 +72,9 @@ __all__ = [
     "Caller",
     "ErrorEnvelope",
     "HttpEngine",
+    "BUDGET_WINDOW",
+    "PollCadence",
+    "PollClock",
     "PollState",
     "ProcessLimiter",
     "Response",

@@ -48,7 +48,7 @@ from .policy import (
     retry_hint,
     status_outcome,
 )
-from .polling import PollState, _poll_status_text
+from .polling import PollCadence, PollState, _poll_status_text
 
 log = logging.getLogger("nano_banana_bridge")
 # A logger's filter does not see records its children log: httpcore logs response headers (DEBUG)
@@ -400,17 +400,17 @@ class HttpEngine:
         check: Callable[[], Awaitable[PollState]],
         *,
         cancel: Callable[[CallContext], Awaitable[Any]] | None = None,
-        first_delay: float = 1.0,
-        max_delay: float = 5.0,
+        cadence: PollCadence | None = None,
         max_wait: float = 900.0,
         task_label: str = "",
     ) -> Any:
-        """Poll until check() says done; back off from about a second; cancel the remote job on interrupt.
+        """Poll until check() says done, at the provider's cadence and within its poll budget
+        (see PollCadence); cancel the remote job on interrupt.
 
         `cancel` receives a context without the cancel flag (the one given is already cancelled).
         """
-        delay, started = first_delay, time.monotonic()
-        last = "Submitted"
+        clock, started = (cadence or PollCadence()).schedule(), time.monotonic()
+        delay, last = clock.first_delay, "Submitted"
         try:
             while True:
                 await self.sleep(ctx, delay, last)
@@ -426,7 +426,7 @@ class HttpEngine:
                         model=caller.model or None,
                         hint="It may still finish at the provider: queue the same request again to attach to it (its task id is journaled), or raise BANANA_<PROVIDER>_MAX_WAIT.",
                     )
-                delay = min(max_delay, delay * 1.5)
+                delay = clock.next_delay(time.monotonic(), state.retry_after)
         except (Cancelled, asyncio.CancelledError):
             if cancel is not None:
                 await self.courtesy(ctx, caller, cancel, f"cancel the remote job {task_label}")

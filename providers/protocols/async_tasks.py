@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from ..engine import PollState, names_safety
+from ..engine import PollState, names_safety, retry_after_header
 from ..errors import (
     BananaError,
     Cancelled,
@@ -217,7 +217,12 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
             over.append(True)
             return PollState(True, task)
         progress = task.get("progress")
-        return PollState(False, status=status.replace("_", " ") or "waiting", progress=float(progress) if isinstance(progress, (int, float)) else None)
+        return PollState(
+            False,
+            status=status.replace("_", " ") or "waiting",
+            progress=float(progress) if isinstance(progress, (int, float)) else None,
+            retry_after=retry_after_header(response.headers),
+        )
 
     cancel_path = setting(call, "cancel_path")
     cancel = (call.text_option("cancel_method") or "POST", cancel_path.format(id=quote(task_id, safe=""))) if cancel_path else None

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..client import LOST_SUBMIT_HINT
-from ..engine import PollState, error_for_status, parse_error_body
+from ..engine import PollState, error_for_status, parse_error_body, retry_after_header
 from ..errors import ConfigError, MalformedResponse, NoImageReturned, SafetyRejected, SafetyStage
 from ..redaction import clip
 from ..outcome import GenerationRequest, GenerationResult
@@ -106,7 +106,7 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
                 body = response.json_object()
                 status = str(body.get("status") or "").upper()
                 if response.status == 202 or status in PENDING:
-                    return PollState(False, status=status_text(body), queue_position=queue_position(body))
+                    return PollState(False, status=status_text(body), queue_position=queue_position(body), retry_after=retry_after_header(response.headers))
                 if status in FAILED:  # the result GET below carries the verbatim error
                     seen["failure"] = str(body.get("error") or body.get("detail") or status)
                 return PollState(True)
@@ -116,14 +116,14 @@ async def wait(call, handle: dict[str, Any]) -> GenerationResult:
             envelope = parse_error_body(response.content)
             if not any(words in envelope.message.lower() for words in STILL_RUNNING):
                 raise error_for_status(400, envelope, call.caller)
-            return PollState(False, status=clip(envelope.message, 80, ellipsis=""))
+            return PollState(False, status=clip(envelope.message, 80, ellipsis=""), retry_after=retry_after_header(response.headers))
         if response.status == 202:
             body = parse_error_body(response.content).body  # any JSON, or None
             body = body if isinstance(body, dict) else {}
-            return PollState(False, status=status_text(body), queue_position=queue_position(body))
+            return PollState(False, status=status_text(body), queue_position=queue_position(body), retry_after=retry_after_header(response.headers))
         body = response.json_object()
         if str(body.get("status") or "").upper() in PENDING and not body.get("images"):
-            return PollState(False, status=status_text(body), queue_position=queue_position(body))
+            return PollState(False, status=status_text(body), queue_position=queue_position(body), retry_after=retry_after_header(response.headers))
         return PollState(True, body)
 
     cancel = ("PUT", handle["cancel_url"]) if handle.get("cancel_url") else None

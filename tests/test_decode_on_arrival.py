@@ -1,0 +1,127 @@
+"""Decode on arrival (nodes/assemble.py): whatever order results arrive in, the output batch is the
+one decoding every kept result at the end would give: input order, the size policy, the first
+image's frame size. The reference is nodes/tensors.decode_images, which decodes all at once."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import random
+import threading
+
+import pytest
+import torch
+from banana_pack.nodes import assemble
+from banana_pack.nodes.assemble import OutputBatch
+from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.nodes.tensors import ImageDecodeError, decode_images, open_picture
+from helpers import run
+from loopback import Recorded, Reply, fixture
+from PIL import Image
+
+
+def picture(width: int, height: int, seed: int) -> bytes:
+    """A PNG with a different colour per seed and a bright left column, so placement shows."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (width, height), tuple(rng.randrange(256) for _ in range(3)))
+    image.paste((255, 255, 255), (0, 0, 1, height))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+async def assemble_in(order, results, expected, policy):
+    """Feed `results` (item -> blobs, [] = failed) in `order`, yielding between arrivals."""
+    output = OutputBatch(expected, policy)
+    for index in order:
+        output.add(index, results[index])
+        for _ in range(random.Random(index).randrange(3)):
+            await asyncio.sleep(0)  # let some decodes start before the next arrival
+    kept = [(index, results[index]) for index in range(len(expected)) if results[index]]
+    return await output.result(kept)
+
+
+@pytest.mark.parametrize("policy", ["resize", "pad", "crop"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_any_arrival_order_gives_the_batch_of_decoding_at_the_end(policy, seed):
+    rng = random.Random(seed)
+    sizes = [(rng.randrange(8, 40), rng.randrange(8, 40)) for _ in range(7)]
+    results = {i: [picture(*sizes[i], seed * 10 + i)] for i in range(7)}
+    order = list(range(7))
+    rng.shuffle(order)
+    batch = asyncio.run(assemble_in(order, results, [1] * 7, policy))
+    reference = decode_images([results[i][0] for i in range(7)], size_policy=policy)
+    assert batch.shape == reference.shape == (7, sizes[0][1], sizes[0][0], 3)
+    assert torch.equal(batch, reference)
+
+
+def test_failed_items_and_short_answers_are_compacted_out():
+    # Item 0 failed, so item 1 sets the frame size; item 2 asked for three images and got two.
+    results = {0: [], 1: [picture(20, 10, 1)], 2: [picture(9, 9, 2), picture(30, 12, 3)], 3: [], 4: [picture(5, 25, 4)]}
+    batch = asyncio.run(assemble_in([4, 2, 3, 1, 0], results, [1, 1, 3, 1, 1], "pad"))
+    reference = decode_images([blob for i in range(5) for blob in results[i]], size_policy="pad")
+    assert batch.shape == (4, 10, 20, 3) and torch.equal(batch, reference)
+    assert batch.is_contiguous()
+
+
+def test_more_images_than_asked_for_still_come_out_in_order():
+    results = {0: [picture(12, 12, 1), picture(6, 6, 2)], 1: [picture(8, 16, 3)]}
+    batch = asyncio.run(assemble_in([1, 0], results, [1, 1], "crop"))
+    reference = decode_images([results[0][0], results[0][1], results[1][0]], size_policy="crop")
+    assert torch.equal(batch, reference)
+
+
+def test_images_arriving_before_the_first_are_held_within_the_bound(monkeypatch):
+    held = []
+    original = OutputBatch._settle_target
+
+    def watch(self):
+        held.append(len(self._held) + self._opening)
+        original(self)
+
+    monkeypatch.setattr(OutputBatch, "_settle_target", watch)
+    results = {i: [picture(16, 12, i)] for i in range(20)}
+    batch = asyncio.run(assemble_in(list(range(19, -1, -1)), results, [1] * 20, "resize"))
+    assert torch.equal(batch, decode_images([results[i][0] for i in range(20)]))
+    assert max(held) <= int(assemble.HELD_SHARE * 20) + 1  # + the image that sets the frame size
+
+
+def test_a_broken_result_raises_the_decode_error():
+    results = {0: [picture(8, 8, 1)], 1: [b"not an image at all"]}
+    with pytest.raises(ImageDecodeError, match="not an image format"):
+        asyncio.run(assemble_in([1, 0], results, [1, 1], "resize"))
+    with pytest.raises(ImageDecodeError):  # the frame-size image itself is broken
+        asyncio.run(assemble_in([0, 1], {0: [b"junk"], 1: [picture(8, 8, 2)]}, [1, 1], "resize"))
+
+
+def test_render_decodes_out_of_order_results_into_input_order(server, monkeypatch, tmp_path):
+    """Through the node's logic and HTTP: later prompts answer first, with other sizes, and the
+    first prompt is only answered once an earlier answer has been decoded."""
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "arrival-test-key-123")
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    monkeypatch.setenv("BANANA_GOOGLE_CONCURRENCY", "6")
+    blobs = {f"prompt {i}": picture(10 + 3 * i, 20 - i, i) for i in range(6)}
+    decoded = threading.Event()
+    waited = []
+
+    def handler(req: Recorded) -> Reply:
+        prompt = req.json()["contents"][0]["parts"][0]["text"]
+        if prompt == "prompt 0":
+            waited.append(decoded.wait(timeout=30))
+        body = fixture("gemini/success_single.json")
+        body["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] = base64.b64encode(blobs[prompt]).decode()
+        return Reply(json=body, delay=0.05 * (6 - int(prompt.split()[-1])))  # later prompts answer sooner
+
+    def open_and_tell(blob):
+        opened = open_picture(blob)
+        decoded.set()
+        return opened
+
+    server.route("POST", r":generateContent$", handler)
+    monkeypatch.setattr(assemble, "open_picture", open_and_tell)
+    inputs = RenderInputs(prompts=list(blobs), provider="google", model="Nano Banana Pro", size_policy="pad")
+    out = run(render(inputs, store_root=tmp_path))
+    assert waited == [True]  # a result was decoded while the first prompt was still running
+    assert torch.equal(out.images, decode_images(list(blobs.values()), size_policy="pad"))
+    assert [row["index"] for row in out.report["items"]] == list(range(6))
