@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
@@ -59,6 +60,15 @@ class BatchSettings:
     history: tuple[Turn, ...] = ()
     fallback: tuple[str, ...] = ()  # providers an item moves to when `provider` is unavailable (providers/failover.py)
     failover_on_refusal: bool = False
+
+    def request(self, prompt: str, images: tuple[ImageInput, ...] = (), *, seed: int | None = None, count: int = 1) -> GenerationRequest:
+        """One call's GenerationRequest: the settings every call shares (by field name), plus this call's own."""
+        shared = {name: getattr(self, name) for name in _SHARED_WITH_REQUEST}
+        return GenerationRequest(prompt=prompt, images=images, seed=seed, count=count, **shared)
+
+
+# The settings that are also GenerationRequest fields, passed on by name, so no field is restated between the two.
+_SHARED_WITH_REQUEST = tuple(f.name for f in dataclass_fields(GenerationRequest) if f.name in {g.name for g in dataclass_fields(BatchSettings)})
 
 
 @dataclass
@@ -294,22 +304,7 @@ async def run_batch(
 
 
 def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:
-    return GenerationRequest(
-        prompt=item.prompt,
-        images=item.images,
-        aspect_ratio=settings.aspect_ratio,
-        resolution=settings.resolution,
-        seed=item.seed,
-        temperature=settings.temperature,
-        system_prompt=settings.system_prompt,
-        web_search=settings.web_search,
-        count=item.count,
-        thinking_level=settings.thinking_level,
-        include_thoughts=settings.include_thoughts,
-        response_modalities=settings.response_modalities,
-        safety=settings.safety,
-        history=settings.history,
-    )
+    return settings.request(item.prompt, item.images, seed=item.seed, count=item.count)
 
 
 def _key_fields(provider: str, model_id: str, request: GenerationRequest) -> dict[str, Any]:

@@ -229,8 +229,7 @@ async def render(
         history=history,
     )
     # Every option the settings carry goes through the catalog's one rule here, once, before any call.
-    options = {name: getattr(settings, name) for name in GenerationRequest.__dataclass_fields__ if hasattr(settings, name)}
-    check_request(spec, offer, GenerationRequest(**{**options, "prompt": prompts[0], "images": first_refs, "seed": inputs.seed}))
+    check_request(spec, offer, settings.request(prompts[0], first_refs, seed=inputs.seed))
 
     items = expand_items(prompts, references, per_image=per_image, count=inputs.count, seed=inputs.seed, max_count=offer.max_count)
     store = ResultStore(store_root, output_root=output_root) if store_root is not None else None
