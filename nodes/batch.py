@@ -42,8 +42,15 @@ class BatchItem:
     count: int = 1
 
 
-@dataclass(frozen=True)
-class BatchSettings:
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """The node's parameters that every call of a run shares, declared once.
+
+    RenderInputs (the node's whole run request) and BatchSettings (the same settings resolved for
+    one provider) both extend it; the fields that are also GenerationRequest fields reach each
+    call's request by name (BatchSettings.request).
+    """
+
     provider: str
     model: str
     model_id_override: str | None = None
@@ -57,6 +64,12 @@ class BatchSettings:
     include_thoughts: bool = False
     response_modalities: str | None = None
     safety: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchSettings(RunSettings):
+    """RunSettings resolved for the run: the provider's id, the conversation's turns and the failover chain."""
+
     history: tuple[Turn, ...] = ()
     fallback: tuple[str, ...] = ()  # providers an item moves to when `provider` is unavailable (providers/failover.py)
     failover_on_refusal: bool = False

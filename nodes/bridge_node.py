@@ -26,6 +26,8 @@ from .option_specs import SPECS_BY_NAME, generation_options, resolve_options
 from .options import Options
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
 
+RUN_REQUEST_FIELDS = frozenset(RenderInputs.__dataclass_fields__)
+
 log = logging.getLogger("nano_banana_bridge")
 
 NODE_ID = "NanoBananaBridge"
@@ -158,6 +160,9 @@ class NanoBananaBridge(io.ComfyNode):
             )
         legacy = {name: _first(kw[name]) for name in SPECS_BY_NAME if name in kw}
         opts = resolve_options(_first(kw.get("options")), legacy)
+        save_to = opts["save_to"].strip()
+        store_root = _store_root(save_to)
+        conversation = _first(kw.get("conversation"))
         inputs = RenderInputs(
             prompts=[p for p in kw.get("prompt") or [] if isinstance(p, str)],
             provider=_first(kw.get("provider"), AUTO_PROVIDER),
@@ -169,25 +174,11 @@ class NanoBananaBridge(io.ComfyNode):
             prompt_per_line=bool(_first(kw.get("prompt_per_line"), False)),
             seed=int(_first(kw.get("seed"), 0)),
             count=int(_first(kw.get("count"), 1)),
-            on_failure=opts["on_failure"],
-            size_policy=opts["size_policy"],
-            system_prompt=opts["system_prompt"],
-            temperature=_temperature(opts["temperature"]),
-            web_search=opts["web_search"],
-            upload_format=opts["upload_format"],
-            use_cache=opts["use_cache"],
-            model_id_override=opts["model_id_override"].strip(),
-            delivery=opts["delivery"],
-            dry_run=opts["dry_run"],
-            **generation_options(opts),
+            **_request_options(opts),
+            conversation=conversation,
+            conversation_root=_store_root(store_folder_of(conversation) or "") if conversation is not None else None,
+            store_folder=save_to,
         )
-        save_to = opts["save_to"].strip()
-        store_root = _store_root(save_to)
-        conversation = _first(kw.get("conversation"))
-        if conversation is not None:
-            inputs.conversation = conversation
-            inputs.conversation_root = _store_root(store_folder_of(conversation) or "")
-        inputs.store_folder = save_to
         progress = NodeProgress(cls.hidden.unique_id, total=1)
         try:
             out = await render(
@@ -211,6 +202,13 @@ class NanoBananaBridge(io.ComfyNode):
 
             return io.NodeOutput(ExecutionBlocker(None), redact(out.text), report_json(out.report), ExecutionBlocker(None), out.conversation)
         return io.NodeOutput(out.images, redact(out.text), report_json(out.report), out.thought_image, out.conversation)
+
+
+def _request_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """The resolved options as RenderInputs fields: an option named like a field travels as it is; the rest are converted here."""
+    fields = {name: value for name, value in opts.items() if name in RUN_REQUEST_FIELDS}
+    fields.update(generation_options(opts), temperature=_temperature(opts["temperature"]), model_id_override=opts["model_id_override"].strip())
+    return fields
 
 
 def _store_root(save_to: str):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -21,9 +22,9 @@ from PIL import Image
 from ..providers.client import check_request, resolve
 from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.failover import failover_on_refusal, fallback_chain
-from ..providers.outcome import GenerationRequest, ImageInput
+from ..providers.outcome import GenerationRequest, ImageInput, Turn
 from ..providers.redaction import redact, redact_data
-from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, ItemOutcome, batch_report, expand_items, run_batch, settle, split_prompts
+from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, ItemOutcome, RunSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .batch_mode import batch_discount, check_batch_provider, run_batch_mode
 from .dry_run import dry_run_report
 from .guard import money
@@ -51,13 +52,11 @@ MAX_PIXELS_ENV = "BANANA_MAX_DECODED_PIXELS"
 DEFAULT_MAX_PIXELS = 105_000_000
 
 
-@dataclass
-class RenderInputs:
+@dataclass(frozen=True, kw_only=True)
+class RenderInputs(RunSettings):
+    """The node's whole run request: the settings every call shares (RunSettings), and what makes the calls."""
+
     prompts: list[str]
-    provider: str
-    model: str
-    aspect_ratio: str = "auto"
-    resolution: str | None = None
     images: list[list[torch.Tensor]] = field(default_factory=list)  # per reference slot, in order: its IMAGE batches (one per list item)
     image_mode: str = REFERENCES
     prompt_per_line: bool = False
@@ -65,21 +64,18 @@ class RenderInputs:
     count: int = 1
     on_failure: str = "fail"
     size_policy: SizePolicy = "resize"
-    system_prompt: str = ""
-    temperature: float | None = None
-    web_search: bool = False
     upload_format: EncodeFormat = "auto"
-    use_cache: bool = True
-    model_id_override: str = ""
     delivery: str = NOW  # "now" or "batch" (Google's Batch Mode)
     dry_run: bool = False  # send nothing; report the requests and their estimated cost
-    thinking_level: str | None = None
-    include_thoughts: bool = False
-    response_modalities: str | None = None
-    safety: tuple[tuple[str, str], ...] = ()
     conversation: dict[str, Any] | None = None  # a NANO_BANANA_CONVERSATION to continue
     conversation_root: Path | None = None  # the result store holding its images
     store_folder: str = ""  # save_to, as the conversation output names it
+
+    def settings(self, provider_id: str, *, history: tuple[Turn, ...], fallback: tuple[str, ...], failover_on_refusal: bool) -> BatchSettings:
+        """The shared settings resolved for the run's provider (its id, not "auto")."""
+        shared = {f.name: getattr(self, f.name) for f in dataclass_fields(RunSettings)}
+        shared.update(provider=provider_id, model_id_override=self.model_id_override or None, system_prompt=(self.system_prompt or "").strip() or None, safety=tuple(self.safety))
+        return BatchSettings(**shared, history=history, fallback=fallback, failover_on_refusal=failover_on_refusal)
 
 
 @dataclass
@@ -210,23 +206,8 @@ async def render(
     # Check the first call against the catalog now, so a wrong ratio, an option the provider cannot
     # honour or too many references fails at once with the model's limits, instead of once per item.
     first_refs = tuple(([per_image[0]] if per_image else []) + references)
-    settings = BatchSettings(
-        provider=spec.id,
-        model=inputs.model,
-        model_id_override=inputs.model_id_override or None,
-        aspect_ratio=inputs.aspect_ratio,
-        resolution=inputs.resolution,
-        temperature=inputs.temperature,
-        system_prompt=inputs.system_prompt.strip() or None,
-        web_search=inputs.web_search,
-        use_cache=inputs.use_cache,
-        fallback=tuple(fallback_chain(inputs.provider, spec.id, inputs.model)),
-        failover_on_refusal=failover_on_refusal(),
-        thinking_level=inputs.thinking_level,
-        include_thoughts=inputs.include_thoughts,
-        response_modalities=inputs.response_modalities,
-        safety=tuple(inputs.safety),
-        history=history,
+    settings = inputs.settings(
+        spec.id, history=history, fallback=tuple(fallback_chain(inputs.provider, spec.id, inputs.model)), failover_on_refusal=failover_on_refusal()
     )
     # Every option the settings carry goes through the catalog's one rule here, once, before any call.
     check_request(spec, offer, settings.request(prompts[0], first_refs, seed=inputs.seed))
