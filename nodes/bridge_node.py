@@ -22,9 +22,9 @@ from ..providers.redaction import redact
 from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
 from .comfy_glue import NodeProgress, current_prompt_id, output_dir, raise_interrupt
 from .conversation import store_folder_of
-from .option_specs import SPECS_BY_NAME, generation_options, resolve_options
-from .options import Options
-from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
+from .option_specs import MAIN_INPUTS_BY_NAME, MAIN_INPUT_SPECS, SPECS_BY_NAME, generation_options, resolve_options
+from .options import Options, widget
+from .render import Interrupted, RenderInputs, render, report_json
 
 RUN_REQUEST_FIELDS = frozenset(RenderInputs.__dataclass_fields__)
 
@@ -32,13 +32,6 @@ log = logging.getLogger("nano_banana_bridge")
 
 NODE_ID = "NanoBananaBridge"
 Conversation = io.Custom("NANO_BANANA_CONVERSATION")
-SEED_MAX = 0xFFFFFFFFFFFFFFFF
-
-SEED_TOOLTIP = (
-    "Sent to providers that honour a seed (Google, APIYI native, fal); elsewhere it only makes ComfyUI run the node again. "
-    "With count > 1, extra calls use seed+1, seed+2, ..."
-)
-
 
 IMAGE_TOOLTIP = "A reference image (or a batch: each image counts as one reference). Connect one and the next slot appears."
 OPTIONS_TOOLTIP = (
@@ -113,15 +106,7 @@ class NanoBananaBridge(io.ComfyNode):
                         "Nano Banana (2.5) is the oldest, with fixed size output. Aspect ratio and resolution carry over when you switch."
                     ),
                 ),
-                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=SEED_TOOLTIP),
-                io.Int.Input("count", default=1, min=1, max=64, tooltip="Images per prompt: the provider's own n where it has one, else parallel calls."),
-                io.Boolean.Input("prompt_per_line", default=False, tooltip="Each non-empty line of the prompt is its own prompt (a batch)."),
-                io.Combo.Input(
-                    "image_mode",
-                    options=[REFERENCES, EACH_IMAGE],
-                    default=REFERENCES,
-                    tooltip="references: all connected images guide every call. each image: the prompt is applied to each image of image_1 separately (the other slots stay shared references).",
-                ),
+                *(widget(spec) for spec in MAIN_INPUT_SPECS),
                 Conversation.Input(
                     "conversation",
                     optional=True,
@@ -170,10 +155,10 @@ class NanoBananaBridge(io.ComfyNode):
             aspect_ratio=_first(model_values[0].get("aspect_ratio"), AUTO),
             resolution=_first(model_values[0].get("resolution")),
             images=_images(model_values),
-            image_mode=_first(kw.get("image_mode"), REFERENCES),
-            prompt_per_line=bool(_first(kw.get("prompt_per_line"), False)),
-            seed=int(_first(kw.get("seed"), 0)),
-            count=int(_first(kw.get("count"), 1)),
+            image_mode=_main_input(kw, "image_mode"),
+            prompt_per_line=bool(_main_input(kw, "prompt_per_line")),
+            seed=int(_main_input(kw, "seed")),
+            count=int(_main_input(kw, "count")),
             **_request_options(opts),
             conversation=conversation,
             conversation_root=_store_root(store_folder_of(conversation) or "") if conversation is not None else None,
@@ -240,6 +225,11 @@ def _model_choice(kw: dict) -> tuple[str | None, list[dict]]:
         elif key.startswith("model.") and key.count(".") == 1:
             legacy[key.split(".", 1)[1]] = value
     return model_from_choice(first), [legacy]
+
+
+def _main_input(kw: dict, name: str) -> Any:
+    """One of the main node's plain inputs (MAIN_INPUT_SPECS), its declared default when absent."""
+    return _first(kw.get(name), MAIN_INPUTS_BY_NAME[name].default)
 
 
 def _first(value: Any, default: Any = None) -> Any:

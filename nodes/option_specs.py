@@ -23,6 +23,8 @@ from .store import STORE_FOLDER
 SOCKET_TYPE = "NANO_BANANA_OPTIONS"  # the custom socket type between the two nodes
 MODEL_DEFAULT = "default"  # a combo value meaning "not sent: the model's own default"
 SAFETY_OPTION_PREFIX = "safety_"
+REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for (the main node's image_mode)
+SEED_MAX = 0xFFFFFFFFFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class OptionSpec:
     multiline: bool = False
     max_length: int = 20_000  # strings: a workflow can carry anything
     optional: bool = False  # added after API prompts were written: an absent value takes the default, not a validation error
+    control_after_generate: bool = False  # ints: ComfyUI's "control after generate" widget (a seed)
 
     @property
     def kind(self) -> str:
@@ -155,6 +158,29 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
 )
 
 SPECS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in OPTION_SPECS}
+
+# The main node's own plain widgets, as data too: its schema builds them from here and execute()
+# takes their defaults from here. (prompt, provider and model have widgets of their own kinds.)
+MAIN_INPUT_SPECS: tuple[OptionSpec, ...] = (
+    OptionSpec(
+        "seed",
+        0,
+        "Sent to providers that honour a seed (Google, APIYI native, fal); elsewhere it only makes ComfyUI run the node again. "
+        "With count > 1, extra calls use seed+1, seed+2, ...",
+        minimum=0,
+        maximum=SEED_MAX,
+        control_after_generate=True,
+    ),
+    OptionSpec("count", 1, "Images per prompt: the provider's own n where it has one, else parallel calls.", minimum=1, maximum=64),
+    OptionSpec("prompt_per_line", False, "Each non-empty line of the prompt is its own prompt (a batch)."),
+    OptionSpec(
+        "image_mode",
+        REFERENCES,
+        "references: all connected images guide every call. each image: the prompt is applied to each image of image_1 separately (the other slots stay shared references).",
+        choices=(REFERENCES, EACH_IMAGE),
+    ),
+)
+MAIN_INPUTS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in MAIN_INPUT_SPECS}
 
 
 def default_options() -> dict[str, Any]:

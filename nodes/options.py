@@ -15,14 +15,24 @@ NODE_ID = "NanoBananaOptions"
 Options = io.Custom(SOCKET_TYPE)
 
 
-def _widget(spec: OptionSpec) -> io.Input:
+def widget(spec: OptionSpec) -> io.Input:
+    """The ComfyUI widget a spec declares (the options node's, and the main node's plain inputs)."""
     kind = spec.kind
     if kind == "combo":
         return io.Combo.Input(spec.name, options=list(spec.choices), default=spec.default, tooltip=spec.tooltip, optional=spec.optional)
     if kind == "bool":
         return io.Boolean.Input(spec.name, default=spec.default, tooltip=spec.tooltip, optional=spec.optional)
     if kind == "int":
-        return io.Int.Input(spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step or 1, tooltip=spec.tooltip, optional=spec.optional)
+        return io.Int.Input(
+            spec.name,
+            default=spec.default,
+            min=spec.minimum,
+            max=spec.maximum,
+            step=spec.step,
+            control_after_generate=spec.control_after_generate or None,
+            tooltip=spec.tooltip,
+            optional=spec.optional,
+        )
     if kind == "float":
         return io.Float.Input(spec.name, default=spec.default, min=spec.minimum, max=spec.maximum, step=spec.step, tooltip=spec.tooltip, optional=spec.optional)
     return io.String.Input(spec.name, default=spec.default, multiline=spec.multiline, tooltip=spec.tooltip, optional=spec.optional)
@@ -37,7 +47,7 @@ class NanoBananaOptions(io.ComfyNode):
             category="image/Nano Banana Bridge",
             description="Advanced settings for Nano Banana Bridge: connect to its 'options' input. Without it, the node uses these defaults.",
             search_aliases=["nano banana settings", "nano banana advanced"],
-            inputs=[_widget(spec) for spec in OPTION_SPECS],
+            inputs=[widget(spec) for spec in OPTION_SPECS],
             outputs=[Options.Output("options", tooltip="Connect to the 'options' input of a Nano Banana Bridge node.")],
         )
 

@@ -27,6 +27,7 @@ from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, ItemOutcome, RunSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .batch_mode import batch_discount, check_batch_provider, run_batch_mode
 from .dry_run import dry_run_report
+from .option_specs import EACH_IMAGE, REFERENCES
 from .guard import money
 from .assemble import OutputBatch
 from .conversation import build_conversation, load_history, unsaved_conversation
@@ -43,7 +44,6 @@ def empty_image() -> torch.Tensor:
     """The thought_image output when there is none: what ComfyUI's own Nano Banana 2 node returns."""
     return torch.zeros((1, 1024, 1024, 4))
 
-REFERENCES, EACH_IMAGE = "references", "each image"  # what the connected images are for
 
 # Decoded pixels per run (width x height x images of the output batch): a float32 IMAGE takes 12
 # bytes per pixel, so the default (about 1.2 GiB) holds six 4096x4096 results. Checked from the

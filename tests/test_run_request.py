@@ -71,3 +71,13 @@ def test_settings_normalise_what_the_widgets_leave_empty():
         "fal", history=(), fallback=(), failover_on_refusal=False
     )
     assert (settings.provider, settings.system_prompt, settings.model_id_override) == ("fal", None, None)
+
+
+def test_the_main_nodes_plain_inputs_are_declared_once_with_their_saved_names():
+    """Saved workflows and API prompts name these inputs: the names and defaults must not move."""
+    from banana_pack.nodes.option_specs import MAIN_INPUT_SPECS, SPECS_BY_NAME
+
+    assert [(s.name, s.default) for s in MAIN_INPUT_SPECS] == [("seed", 0), ("count", 1), ("prompt_per_line", False), ("image_mode", "references")]
+    assert not {s.name for s in MAIN_INPUT_SPECS} & set(SPECS_BY_NAME)  # a name is a main input or an option, never both
+    request_fields = {f.name for f in fields(RenderInputs)}
+    assert {s.name for s in MAIN_INPUT_SPECS} <= request_fields
