@@ -50,14 +50,19 @@ def hk(base, monkeypatch):
     return base
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def connects(monkeypatch):
-    """Every (host, port) the engine's HTTP stack opens a TCP connection to."""
+    """Every (host, port) the engine's HTTP stack opens a TCP connection to.
+
+    Only loopback is ever really connected: an attempt anywhere else is recorded and fails here, so
+    a regression makes these tests fail without sending a packet off this machine."""
     seen: list[tuple[str, int]] = []
     original = httpcore.AnyIOBackend.connect_tcp
 
     async def recording(self, host, port, *args, **kwargs):
         seen.append((host, port))
+        if host not in ("localhost", "::1") and not str(host).startswith("127."):
+            raise httpcore.ConnectError(f"test guard: no connection to {host} from the test suite")
         return await original(self, host, port, *args, **kwargs)
 
     monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", recording)
