@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
 from ..providers.client import resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, Refusal, UnusableImage, UpstreamUnavailable
+from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UnusableImage, UpstreamUnavailable
 from ..providers.failover import generate_with_failover
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
 from ..providers.redaction import redact, redact_data
@@ -231,18 +231,21 @@ async def run_batch(
                     store.forget_task(key)  # that job is over; a re-run is a new request
                 raise
             except BananaError as exc:
-                if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable)):
-                    raise  # keep the journal: the job may still finish, and a re-run attaches to it
+                if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable, QuotaOrRateLimited)):
+                    raise  # keep the journal: the job may still finish (a busy status endpoint says nothing about it), and a re-run attaches to it
                 # The journaled job expired, failed or was cancelled at the provider: run it anew.
                 if store is not None:  # (a resumed task implies a store)
                     store.forget_task(key)
                 result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 extras = _extras(result)
-                paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
-                outcome.files = [store.view_path(p) for p in paths]
-                for image in result.thought_images:  # paid for too: kept by hash
-                    await asyncio.to_thread(put_blob, store.root, image.data)
+                try:
+                    paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
+                    outcome.files = [store.view_path(p) for p in paths]
+                    for image in result.thought_images:  # paid for too: kept by hash
+                        await asyncio.to_thread(put_blob, store.root, image.data)
+                except OSError as exc:  # the folder is unusable (a planted file in its place): keep the paid images in the graph
+                    result.warnings.append(redact(f"Not saved to {store.view_path(store.root)}: {type(exc).__name__}: {exc.strerror or exc}. The images are in this node's output only."))
             outcome.thought_images, outcome.model_parts = result.thought_images, result.model_parts
             outcome.sources, outcome.search_queries = result.sources, result.search_queries
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)

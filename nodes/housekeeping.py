@@ -36,6 +36,7 @@ from typing import Any
 
 from ..providers.catalog import PRESETS
 from ..providers.errors import BananaError
+from .store import ResultStore
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -100,17 +101,21 @@ def tidy(
     max_age = reports_max_age() if isinstance(report_age, str) else report_age  # "env": read the setting
     done = Tidied()
     longest = max(lifetimes.values(), default=30 * 86400.0)
+    # Only entries this install wrote (their HMAC verifies) are candidates: anyone can upload a file
+    # named like an entry, and housekeeping never deletes what the pack did not write.
+    store = ResultStore(root)
     for path in _candidates(root / ".journal", _ENTRY_NAME):
-        entry, mtime = _read(path)
-        body = _body(entry)
+        body = store.authentic_body(path, "journal")
+        if body is None:
+            continue
+        _, mtime = _read(path)
         provenance = body.get("provenance")
         provenance = provenance if isinstance(provenance, dict) else {}
         lifetime = lifetimes.get(str(provenance.get("provider")), longest)
         if _age(now, mtime, _timestamp(body.get("submitted_at"))) > lifetime:
             _remove(path, done.journal)
     for path in _candidates(root / ".cache", _ENTRY_NAME):
-        entry, _ = _read(path)
-        files = _body(entry).get("files") if entry is not None else None
+        files = (store.authentic_body(path, "cache") or {}).get("files")
         if not isinstance(files, list) or not files:
             continue  # not understood: left alone
         if not any(_still_there(root, f) for f in files):
@@ -183,14 +188,6 @@ def _read(path: Path) -> tuple[Any, float]:
             return None, path.lstat().st_mtime
         except OSError:
             return None, time.time()
-
-
-def _body(entry: Any) -> dict[str, Any]:
-    """An entry's content: {"body": ...} in the authenticated format, the entry itself in the first one."""
-    if not isinstance(entry, dict):
-        return {}
-    body = entry.get("body", entry)
-    return body if isinstance(body, dict) else {}
 
 
 def _timestamp(text: Any, fmt: str | None = None) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,8 @@ from .conversation import build_conversation, load_history, unsaved_conversation
 from .housekeeping import tidy_once
 from .store import ResultStore
 from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, decode_images, encode_image
+
+log = logging.getLogger("nano_banana_bridge")
 
 
 def empty_image() -> torch.Tensor:
@@ -237,8 +240,11 @@ async def render(
         report_file = None
         if store is not None:
             report["save_folder"] = store.view_path(store.root)
-            report_file = await asyncio.to_thread(store.save_report, report)
-            report["report_file"] = store.view_path(report_file)
+            try:
+                report_file = await asyncio.to_thread(store.save_report, report)
+                report["report_file"] = store.view_path(report_file)
+            except OSError as exc:  # a planted file in the way: the paid results are saved, the report is in the output
+                log.warning("Nano Banana Bridge: could not write the run's report: %s", redact(exc))
         if any(o.status == CANCELLED for o in outcomes):
             raise Interrupted(report)
         kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)

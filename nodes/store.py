@@ -150,8 +150,8 @@ class ResultStore:
         entry = {"version": ENTRY_VERSION, "kind": kind, "key": key, "body": body, "mac": _mac(self._key_secret(), kind, key, body)}
         _atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False).encode("utf-8"))
 
-    def _read_entry(self, path: Path, kind: str, key: str) -> dict[str, Any] | None:
-        """The body of an authentic entry of this kind for this key; None (logged once) for anything else."""
+    def _read_entry(self, path: Path, kind: str, key: str, *, quiet: bool = False) -> dict[str, Any] | None:
+        """The body of an authentic entry of this kind for this key; None (logged once, unless quiet) for anything else."""
         try:
             info = path.lstat()
         except FileNotFoundError:
@@ -178,8 +178,16 @@ class ResultStore:
                 raise _Untrusted("authentication failed (tampered, planted, or made with another install's secret)")
             return entry["body"]
         except _Untrusted as exc:
-            _ignore(path, str(exc))
+            if not quiet:
+                _ignore(path, str(exc))
             return None
+
+    def authentic_body(self, path: Path, kind: str) -> dict[str, Any] | None:
+        """The body of the cache ("cache") or journal ("journal") entry file at `path` if this install
+        wrote it (housekeeping removes nothing else); None otherwise."""
+        if kind not in (_CACHE, _JOURNAL) or not _KEY_SHAPE.match(path.stem):
+            return None
+        return self._read_entry(path, kind, path.stem, quiet=True)  # at every load: old entries are not news
 
     def _inside(self, rel: Any) -> Path:
         """The file a cache entry names, which must lie inside this store (symlinks resolved)."""
@@ -208,7 +216,7 @@ class ResultStore:
         saved as .bin because they were paid for).
         """
         now = dt.datetime.now()
-        folder = self.root / now.strftime("%Y-%m-%d")
+        folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
         stem = f"{now:%H%M%S}_{_safe(result.provider)}_{key[:8]}_{uuid.uuid4().hex[:4]}"
         paths: list[Path] = []
         for n, image in enumerate(result.images):
@@ -236,7 +244,11 @@ class ResultStore:
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         if cache:
             files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
-            self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
+            # The images are on disk: bookkeeping that a planted file blocks must not fail the paid result.
+            try:
+                self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
+            except OSError as exc:
+                _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
         self.forget_task(key)
         return paths
 
@@ -281,7 +293,13 @@ class ResultStore:
         return self.root / ".journal" / f"{_checked_key(key)}.json"
 
     def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
-        self._write_entry(self._journal_path(key), _JOURNAL, key, {"handle": handle, "provenance": provenance, "submitted_at": dt.datetime.now().isoformat(timespec="seconds")})
+        """Journal an accepted (paid) job. A write that fails (a planted file or folder in the way) is
+        logged, never raised: the job is running, and failing now would lose its result."""
+        body = {"handle": handle, "provenance": provenance, "submitted_at": dt.datetime.now().isoformat(timespec="seconds")}
+        try:
+            self._write_entry(self._journal_path(key), _JOURNAL, key, body)
+        except OSError as exc:
+            _ignore(self._journal_path(key), f"could not journal the job ({type(exc).__name__}); a re-run cannot attach to it")
 
     def pending_task(self, key: str) -> dict[str, Any] | None:
         """The handle of a job this install journaled for exactly this request; nothing else reaches the engine."""
@@ -296,14 +314,36 @@ class ResultStore:
         return handle
 
     def forget_task(self, key: str) -> None:
-        self._journal_path(key).unlink(missing_ok=True)
+        path = self._journal_path(key)
+        try:
+            if stat.S_ISREG(path.lstat().st_mode):
+                path.unlink()  # never a folder or a link an upload left under the entry's name
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _ignore(path, f"could not remove the journal entry ({type(exc).__name__})")
 
     # -- reports -------------------------------------------------------------------------------
 
     def save_report(self, report: dict[str, Any]) -> Path:
-        path = self.root / "reports" / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
+        path = _own_folder(self.root / "reports") / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
         _atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
         return path
+
+
+def _own_folder(folder: Path) -> Path:
+    """`folder`, or a fresh sibling when something else holds its name (a file an upload planted
+    there, a link): the pack writes paid results only into real folders it can create."""
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        return folder
+    except OSError:
+        info = None
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        return folder
+    _ignore(folder, "not a folder (planted?); writing beside it instead")
+    return folder.with_name(f"{folder.name}_{uuid.uuid4().hex[:6]}")
 
 
 def _checked_key(key: str) -> str:

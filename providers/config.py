@@ -20,8 +20,8 @@ import logging
 import os
 import secrets
 import stat
+import tempfile
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -281,12 +281,18 @@ def all_providers() -> list[ProviderSpec]:
     if not isinstance(entries, list):
         raise ConfigError(f"In {where}, 'providers' must be a list of gateway objects.", hint="See the README, 'Custom gateways', for the format.")
     specs = list(PRESETS)
-    known = {s.id for s in specs}
+    # Ids are compared as their environment variables spell them: a gateway named 'openai-hk' would
+    # otherwise read BANANA_OPENAI_HK_API_KEY, the openai_hk preset's key, and send it to its own URL.
+    known = {env_name(name, ""): name for s in specs for name in (s.id, s.key_owner)}
     for entry in entries:
         spec = _checked_shape(where, lambda entry=entry: custom_provider_from_dict(entry))
-        if spec.id in known:
-            raise ConfigError(f"Custom provider id '{spec.id}' is already taken by a preset.", hint="Pick another id in providers.json.")
-        known.add(spec.id)
+        taken = known.get(env_name(spec.id, ""))
+        if taken is not None:
+            raise ConfigError(
+                f"Custom provider id '{spec.id}' is already taken by '{taken}' (both would use {env_name(spec.id, 'API_KEY')}).",
+                hint="Pick another id in providers.json; a gateway's key is BANANA_<ID>_API_KEY or \"<id>\" in keys.json.",
+            )
+        known[env_name(spec.id, "")] = spec.id
         specs.append(spec)
     specs = [_checked_shape(where, lambda s=s: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
@@ -337,27 +343,44 @@ def store_secret() -> bytes:
     Files in ComfyUI's output folder can be written by anyone who reaches ComfyUI (its upload
     route), so the store trusts only entries carrying an HMAC made with this secret.
     """
-    path = config_dir() / STORE_SECRET_FILE
+    with _secret_lock:
+        return _store_secret(config_dir() / STORE_SECRET_FILE)
+
+
+_secret_lock = threading.Lock()
+
+
+def _store_secret(path: Path) -> bytes:
     try:
         raw = path.read_bytes().strip()
         if len(raw) >= 32:
+            if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                # Whoever reads it can make cache and journal entries this install trusts.
+                warn_once("%s is readable by other users; run: chmod 600 '%s'", path, path)
             return raw
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     value = secrets.token_hex(32).encode()
+    # Written whole under a temporary name, then linked into place: the final name never holds a
+    # half-written secret that another thread (a batch's parallel cache lookups) could read.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".store.secret-")  # mode 600
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        # Another thread or process created it first and may still be writing it: wait for the bytes.
-        for _ in range(100):
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(value + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails if the name exists: the first secret made wins
+        except FileExistsError:
             raw = path.read_bytes().strip()
             if len(raw) >= 32:
                 return raw
-            time.sleep(0.01)
-        raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(value + b"\n")
+            raise ConfigError(f"{display_path(path)} is damaged (too short).", hint="Delete it; a new one is created (cached results made before then run again).") from None
+        except OSError:  # a file system without hard links: atomic all the same (threads are serialised by the lock)
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return value
 
 

@@ -227,17 +227,21 @@ def decode_base64_payload(payload: str, max_bytes: int | None = None) -> bytes:
 
 
 # Markdown images and bare URLs inside model text: gateways put results there instead of inline data.
+# The text is the provider's (or the model's, which a workflow's prompt steers): no part of a pattern
+# may scan past the start of the next candidate, or "![![![..." / "http://http://..." takes
+# quadratic time on the event loop (100 KB of text held ComfyUI for a minute).
 MARKDOWN_IMAGE = re.compile(
-    r"!\[[^\]]*\]\(\s*(data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+|https?://[^)\s]+)\s*\)"
+    r"!\[[^\[\]]{0,1000}\]\(\s*(data:image/[a-zA-Z0-9.+-]+;base64,[A-Za-z0-9+/=\s]+|https?://[^)\[\]\s]+)\s*\)"
 )
 BARE_IMAGE_URL = re.compile(r"https?://[^\s)\"'<>]+\.(?:png|jpe?g|webp)(?:\?[^\s)\"'<>]*)?", re.I)
+_URL_RUN = re.compile(r"https?://[^\s)\"'<>]+", re.IGNORECASE)  # non-overlapping runs: each is tried once, from its start
 
 
 def image_refs_in_text(text: str) -> tuple[list[str], str]:
     """Image references (data URIs or URLs) found in text, and the text with them removed."""
     refs = [m.strip() for m in MARKDOWN_IMAGE.findall(text)]
     rest = MARKDOWN_IMAGE.sub("", text)
-    bare = BARE_IMAGE_URL.findall(rest)
+    bare = [m.group(0) for m in (BARE_IMAGE_URL.match(run.group(0)) for run in _URL_RUN.finditer(rest)) if m]
     refs.extend(bare)
     for url in bare:
         rest = rest.replace(url, "")

@@ -106,8 +106,11 @@ def test_an_entry_with_any_file_left_is_kept(tmp_path):
     first_format = {"files": ["2026-01-01/a.png"], "text": ""}
     import json
 
-    for n, entry in enumerate((half, gone, escaping, first_format)):
-        (root / ".cache" / f"{key_of(n)}.json").write_text(json.dumps(entry))
+    store = ResultStore(root)
+    for n, entry in enumerate((half, gone, escaping)):  # written by this install: authenticated
+        store._write_entry(root / ".cache" / f"{key_of(n)}.json", "cache", key_of(n), entry["body"])
+    # An unauthenticated entry (the first format, or planted) is not this install's: never removed.
+    (root / ".cache" / f"{key_of(3)}.json").write_text(json.dumps(first_format))
     (root / ".cache" / f"{key_of(9)}.json").write_text("not json")  # not understood: left alone
     done = tidy(root, lifetimes=LIFETIMES, report_age=None)
     assert sorted(p.name for p in done.cache) == sorted([f"{key_of(1)}.json", f"{key_of(2)}.json"])

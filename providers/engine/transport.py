@@ -51,7 +51,9 @@ from .policy import (
 from .polling import PollCadence, PollState, _poll_status_text
 
 log = logging.getLogger("nano_banana_bridge")
-install_log_filter("nano_banana_bridge", "httpx", "httpcore")
+# A logger's filter does not see records its children log: httpcore logs response headers (DEBUG)
+# on its own child loggers, so each is named here.
+install_log_filter("nano_banana_bridge", "httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks")
 
 CONNECT_TIMEOUT = 15.0
 CANCEL_CHECK_INTERVAL = 0.2  # how often a cancel flag is looked at: well inside the 1 s promise
