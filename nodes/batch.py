@@ -13,8 +13,9 @@ import asyncio
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
 from ..providers.client import resolve
@@ -73,6 +74,7 @@ class ItemOutcome:
     request_id: str | None = None
     cost: float | None = None
     cost_unit: str | None = None
+    cost_source: str | None = None  # providers/costs.py: provider, tokens or list_price
     key_slot: int | None = None  # which of the provider's keys served (1 = the first); never the key
     failover: list[dict[str, Any]] = field(default_factory=list)  # attempts that moved on: provider, key_slot, error
     seconds: float | None = None
@@ -85,9 +87,10 @@ class ItemOutcome:
     thought_images: list[GeneratedImage] = field(default_factory=list, repr=False)
     model_parts: list[dict[str, Any]] | None = field(default=None, repr=False)  # for the conversation output
     error: BaseException | None = field(default=None, repr=False)
+    usage: dict[str, Any] = field(default_factory=dict, repr=False)  # the provider's token counts, for the ledger
 
     def report(self) -> dict[str, Any]:
-        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error", "thought_images", "model_parts")}
+        row = {k: v for k, v in self.__dict__.items() if k not in ("images", "error", "thought_images", "model_parts", "usage")}
         row["images"] = len(self.images)
         row["thought_images"] = len(self.thought_images)
         if self.seconds is not None:
@@ -250,6 +253,7 @@ async def run_batch(
             outcome.sources, outcome.search_queries = result.sources, result.search_queries
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id or outcome.request_id, result.cost, result.cost_unit
+            outcome.cost_source, outcome.usage = result.cost_source, result.usage
             outcome.seconds, outcome.warnings = result.seconds, result.warnings
             progress.done += 1
         except Cancelled as exc:

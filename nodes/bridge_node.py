@@ -20,10 +20,10 @@ from ..providers.config import schema_providers
 from ..providers.errors import BananaError
 from ..providers.redaction import redact
 from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
+from .comfy_glue import NodeProgress, current_prompt_id, output_dir, raise_interrupt
 from .conversation import store_folder_of
 from .option_specs import SPECS_BY_NAME, generation_options, resolve_options
 from .options import Options
-from .comfy_glue import NodeProgress, output_dir, raise_interrupt
 from .render import EACH_IMAGE, REFERENCES, Interrupted, RenderInputs, render, report_json
 
 log = logging.getLogger("nano_banana_bridge")
@@ -177,6 +177,8 @@ class NanoBananaBridge(io.ComfyNode):
             upload_format=opts["upload_format"],
             use_cache=opts["use_cache"],
             model_id_override=opts["model_id_override"].strip(),
+            delivery=opts["delivery"],
+            dry_run=opts["dry_run"],
             **generation_options(opts),
         )
         save_to = opts["save_to"].strip()
@@ -188,7 +190,9 @@ class NanoBananaBridge(io.ComfyNode):
         inputs.store_folder = save_to
         progress = NodeProgress(cls.hidden.unique_id, total=1)
         try:
-            out = await render(inputs, store_root=store_root, output_root=output_dir(), cancel_check=progress.cancel_requested, progress=progress)
+            out = await render(
+                inputs, store_root=store_root, output_root=output_dir(), cancel_check=progress.cancel_requested, progress=progress, prompt_id=current_prompt_id()
+            )
         except Interrupted:
             raise_interrupt()
         except BananaError as exc:
@@ -200,6 +204,12 @@ class NanoBananaBridge(io.ComfyNode):
             # ComfyUI shows the message in /history and logs the chained causes: redact it, and drop the cause.
             log.debug("Nano Banana Bridge: %s", redact(traceback.format_exc()))
             raise BananaError(redact(f"{type(exc).__name__}: {exc}")) from None
+        if out.images is None:
+            # A dry run made no image. Blocking the image outputs (silently) means nothing downstream runs on
+            # them: no placeholder can be saved or passed on as if it were a result.
+            from comfy_execution.graph_utils import ExecutionBlocker
+
+            return io.NodeOutput(ExecutionBlocker(None), redact(out.text), report_json(out.report), ExecutionBlocker(None), out.conversation)
         return io.NodeOutput(out.images, redact(out.text), report_json(out.report), out.thought_image, out.conversation)
 
 

@@ -124,6 +124,21 @@ class NodeProgress:
         return self.interrupted or interrupt_requested() or interrupts_seen() > self._interrupts_at_start
 
 
+def current_prompt_id() -> str | None:
+    """The id of the queued workflow now executing (the cost ledger's run), or None outside ComfyUI."""
+    try:
+        from comfy_execution.utils import get_executing_context
+
+        context = get_executing_context()
+        if context is not None and context.prompt_id:
+            return str(context.prompt_id)
+        from server import PromptServer  # older ComfyUI: the server remembers the prompt it is running
+
+        return getattr(PromptServer.instance, "last_prompt_id", None)
+    except Exception:  # noqa: BLE001 - no running ComfyUI (tests, scripts)
+        return None
+
+
 def output_dir() -> Path:
     import folder_paths
 

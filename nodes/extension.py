@@ -11,6 +11,7 @@ from ..providers.config import ensure_keys_file, set_comfy_user_dir
 from .bridge_node import NanoBananaBridge
 from .comfy_glue import install_interrupt_observer, output_dir, quiet_http_logs, served_dirs, user_dir
 from .housekeeping import tidy_once
+from .jobs_routes import register_jobs_routes
 from .key_routes import register_key_routes
 from .options import NanoBananaOptions
 from .routes import register_routes
@@ -30,6 +31,7 @@ class BananaBridgeExtension(ComfyExtension):
             log.warning("Nano Banana Bridge: could not prepare the keys file", exc_info=True)
         register_routes()
         register_key_routes()
+        register_jobs_routes()
         install_interrupt_observer()  # tells a user's Interrupt from a neighbour's failure (comfy_glue)
         try:
             # Off the load path: reading many small entries must not delay ComfyUI's start.

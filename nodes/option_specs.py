@@ -137,6 +137,21 @@ OPTION_SPECS: tuple[OptionSpec, ...] = (
         )
         for category in HARM_CATEGORIES
     ),
+    OptionSpec(
+        "delivery",
+        "now",
+        "now: one request per image, answers in seconds. batch: Google's Batch Mode (Gemini API only): the run's items go as one batch job "
+        "at half price, answered within 24 hours (usually minutes); re-queue the same run to collect it after a restart.",
+        choices=("now", "batch"),
+        optional=True,
+    ),
+    OptionSpec(
+        "dry_run",
+        False,
+        "Send nothing: the report and text list, per call, the exact request that would be sent (keys redacted, image bytes summarised) "
+        "and its estimated cost. The images output produces no image, so nothing downstream runs on it.",
+        optional=True,
+    ),
 )
 
 SPECS_BY_NAME: Mapping[str, OptionSpec] = {spec.name: spec for spec in OPTION_SPECS}

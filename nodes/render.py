@@ -23,10 +23,15 @@ from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.failover import failover_on_refusal, fallback_chain
 from ..providers.outcome import GenerationRequest, ImageInput
 from ..providers.redaction import redact, redact_data
-from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, batch_report, expand_items, run_batch, settle, split_prompts
+from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, ItemOutcome, batch_report, expand_items, run_batch, settle, split_prompts
+from .batch_mode import batch_discount, check_batch_provider, run_batch_mode
+from .dry_run import dry_run_report
+from .guard import money
 from .assemble import OutputBatch
 from .conversation import build_conversation, load_history, unsaved_conversation
 from .housekeeping import tidy_once
+from .ledger import BATCH, NOW, Ledger
+from .spend import RunSpend
 from .store import ResultStore
 from .tensors import EncodeFormat, ImageDecodeError, SizePolicy, decode_images, encode_image
 
@@ -66,6 +71,8 @@ class RenderInputs:
     upload_format: EncodeFormat = "auto"
     use_cache: bool = True
     model_id_override: str = ""
+    delivery: str = NOW  # "now" or "batch" (Google's Batch Mode)
+    dry_run: bool = False  # send nothing; report the requests and their estimated cost
     thinking_level: str | None = None
     include_thoughts: bool = False
     response_modalities: str | None = None
@@ -77,7 +84,7 @@ class RenderInputs:
 
 @dataclass
 class RenderOutput:
-    images: torch.Tensor
+    images: torch.Tensor | None  # None after a dry run: there is no image, and the node blocks its consumers
     text: str
     report: dict
     thought_image: torch.Tensor = field(default_factory=empty_image)
@@ -171,6 +178,8 @@ async def render(
     output_root: Path | None = None,
     cancel_check: Callable[[], bool] | None = None,
     progress: ProgressSink | None = None,
+    prompt_id: str | None = None,
+    ledger: Ledger | None = None,
 ) -> RenderOutput:
     """Run the node's work. Report paths are relative to `output_root` (ComfyUI's output folder)."""
     prompts = [p for text in inputs.prompts for p in split_prompts(text or "", inputs.prompt_per_line)]
@@ -179,7 +188,11 @@ async def render(
         raise InvalidRequest("The prompt is empty.", hint="Type what the image should show (or, for an edit, what to change). With 'prompt_per_line' on, each non-empty line is one prompt.")
     if inputs.on_failure not in ("fail", "skip", "flag"):
         raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
+    if inputs.delivery not in (NOW, BATCH):
+        raise InvalidRequest(f"Unknown delivery '{inputs.delivery}'.", hint="Use now or batch.")
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
+    if inputs.delivery == BATCH:
+        check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
     history = await asyncio.to_thread(load_history, inputs.conversation, inputs.conversation_root) if inputs.conversation is not None else ()
     pixel_limit = max_decoded_pixels()
     await asyncio.to_thread(_check_inputs, inputs.images)
@@ -229,14 +242,40 @@ async def render(
             progress.text(redact(state.line()), force=state.in_flight == 0)
             progress.items_finished(state.finished, state.total)
 
+    normalised, _ = check_request(spec, offer, GenerationRequest(prompt=prompts[0], resolution=settings.resolution))
+    spend = RunSpend(
+        spec,
+        offer,
+        normalised.resolution,
+        ledger or Ledger(),
+        prompt_id=prompt_id,
+        delivery=inputs.delivery,
+        discount=batch_discount(spec) if inputs.delivery == BATCH else 1.0,
+    )
+    if inputs.dry_run:
+        report, text = await dry_run_report(items, settings, spec, offer, spend, store)
+        if progress is not None:
+            progress.text(text.splitlines()[0], force=True)
+        return RenderOutput(images=None, text=text, report=report)
+    counts = {item.index: item.count for item in items}
+
     # Results are decoded into the output batch as they arrive, not after the last one.
     output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
+
+    def finished(outcome: ItemOutcome) -> None:
+        spend.record_outcome(outcome, counts[outcome.index])  # the ledger first: it never raises
+        output.add(outcome.index, [image.data for image in outcome.images])
     try:
-        outcomes = await run_batch(
-            items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer),
-            on_finished=lambda outcome: output.add(outcome.index, [image.data for image in outcome.images]),
-        )
+        if inputs.delivery == BATCH:
+            outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
+            for outcome in outcomes:  # a batch's results arrive together (its ledger rows are written as they are saved)
+                output.add(outcome.index, [image.data for image in outcome.images])
+        else:
+            with spend.guarded([item.count for item in items]):
+                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished)
         report = batch_report(outcomes, settings)
+        report["delivery"] = inputs.delivery
+        report["spend"] = await asyncio.to_thread(spend.summary)
         report_file = None
         if store is not None:
             report["save_folder"] = store.view_path(store.root)
@@ -310,6 +349,9 @@ def _summary(report: dict) -> str:
 
     counts = ", ".join(f"{n} {status}{reasons(status)}" for status, n in report["counts"].items())
     cost = f" - about {report['cost']:g} {report['cost_unit'] or ''}".rstrip() if report.get("cost") else ""
+    spend = report.get("spend") or {}
+    if spend.get("run") is not None:
+        cost += f"\nThis run so far: {money(spend['run'], spend.get('unit'))}; today: {money(spend.get('today') or 0.0, spend.get('unit'))}"
     return f"Done: {counts}{cost}"
 
 

@@ -313,6 +313,11 @@ class ResultStore:
             return None
         return handle
 
+    def journal_entry(self, key: str) -> dict[str, Any] | None:
+        """An authentic journal entry as a whole (handle, provenance, submitted_at), for the jobs panel."""
+        body = self._read_entry(self._journal_path(key), _JOURNAL, key)
+        return body if body is not None and isinstance(body.get("handle"), dict) else None
+
     def forget_task(self, key: str) -> None:
         path = self._journal_path(key)
         try:

@@ -87,6 +87,9 @@ class ModelOffer:
     max_count: int = 1  # images one call can return (the provider's own n); more run in parallel
     prices: Mapping[str, float] = field(default_factory=dict)  # resolution ("" when fixed) -> price per image
     price_unit: str = "usd"  # "usd" or "credits"
+    # USD per 1M tokens ("input", "output_text", "output_image"), where the provider bills by
+    # usageMetadata tokens (Google): the ledger computes a call's cost from its tokens with these.
+    token_prices: Mapping[str, float] = field(default_factory=dict)
     ids_by_resolution: Mapping[str, str] = field(default_factory=dict)  # resellers bake the tier into the id
     edit_model_id: str | None = None  # a separate endpoint for edits (fal)
     known: bool = True  # False for a free-text id the catalog does not describe
@@ -255,6 +258,7 @@ GOOGLE_MODELS = (
         aspect_ratios=(AUTO, MATCH_INPUT) + RATIOS_10,
         max_refs=3,
         prices=_freeze({"": 0.039}),
+        token_prices=_freeze({"input": 0.30, "output_text": 2.50, "output_image": 30.0}),
     ),
     ModelOffer(
         name=NANO_BANANA_PRO,
@@ -265,6 +269,7 @@ GOOGLE_MODELS = (
         web_search=True,
         thoughts=True,  # always thinks; its level is not settable (Google's image-generation docs)
         prices=_freeze({"1K": 0.134, "2K": 0.134, "4K": 0.24}),
+        token_prices=_freeze({"input": 2.0, "output_text": 12.0, "output_image": 120.0}),
     ),
     ModelOffer(
         name=NANO_BANANA_2,
@@ -276,16 +281,18 @@ GOOGLE_MODELS = (
         thinking_levels=THINKING_LEVELS,
         thoughts=True,
         prices=_freeze({"0.5K": 0.045, "1K": 0.067, "2K": 0.101, "4K": 0.151}),
+        token_prices=_freeze({"input": 0.50, "output_text": 3.0, "output_image": 60.0}),
     ),
 )
 
 
 def _offer(name: str, model_id: str, **changes: Any) -> ModelOffer:
     base = next(m for m in GOOGLE_MODELS if m.name == name)
-    for key in ("prices", "ids_by_resolution"):
+    for key in ("prices", "ids_by_resolution", "token_prices"):
         if key in changes:
             changes[key] = _freeze(changes[key])
     changes.setdefault("prices", _freeze({}))
+    changes.setdefault("token_prices", _freeze({}))  # resellers bill per image, not by Google's tokens
     return replace(base, model_id=model_id, **changes)
 
 
@@ -328,6 +335,9 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
         key_help="https://aistudio.google.com/apikey (image models need billing enabled)",
         concurrency=4,
+        # Batch Mode (delivery "batch"): half price, up to 24 h (nodes/batch_mode.py). Inline requests
+        # up to Google's 20 MB, a JSONL file through the Files API beyond it.
+        options=_freeze({"batch_mode": True, "batch_discount": 0.5, "batch_inline_bytes": 20_000_000, "batch_max_wait": 3600.0, "poll_first_delay": 5.0, "poll_max_delay": 30.0}),
     ),
     ProviderSpec(
         id="vertex",

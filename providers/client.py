@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable
 
+from . import costs
 from .catalog import (
     AUTO,
     FAMILY_GATED,
@@ -144,7 +145,10 @@ class ProviderCall:
         auth: bool = True,
         max_bytes: int | None = None,
     ) -> Response:
-        """One request through the engine, which adds the key (auth=True) only on the provider's origin."""
+        """One request through the engine, which adds the key (auth=True) only on the provider's origin.
+
+        max_bytes: a larger answer limit than the engine's default (a batch's results hold many images).
+        """
         return await self.engine.request(
             self.ctx,
             self.caller,
@@ -552,8 +556,19 @@ async def generate(
         limiter.release()
     result.seconds = time.monotonic() - started
     result.warnings = warnings + result.warnings
-    if result.cost is None:
-        price = offer.price(request.resolution)
-        if price is not None:
-            result.cost, result.cost_unit = price * len(result.images), offer.price_unit
+    price_result(result, offer, request.resolution)
     return result
+
+
+def price_result(result: GenerationResult, offer: ModelOffer, resolution: str | None, discount: float = 1.0) -> None:
+    """Fill in the cost and its source: the provider's figure, else its tokens, else the list price."""
+    if result.cost is not None:
+        result.cost_source = result.cost_source or costs.PROVIDER
+        return
+    by_tokens = costs.token_cost(offer, result.usage)
+    if by_tokens is not None:
+        result.cost, result.cost_unit, result.cost_source = round(by_tokens * discount, 6), "usd", costs.TOKENS
+        return
+    listed = costs.list_cost(offer, resolution, len(result.images))
+    if listed is not None:
+        result.cost, result.cost_unit, result.cost_source = round(listed * discount, 6), offer.price_unit, costs.LIST_PRICE

@@ -246,6 +246,11 @@ def _custom_file() -> Mapping[str, Any]:
     return data
 
 
+def user_settings() -> Mapping[str, Any]:
+    """providers.json as a whole (custom gateways, per-provider settings, spend limits, ledger options)."""
+    return _custom_file()
+
+
 def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> ProviderSpec:
     changes: dict[str, Any] = {}
     env = os.environ

@@ -222,8 +222,10 @@ class Refusal(BananaError):
         finish_message: str | None = None,
         model_text: str | None = None,
         candidates_token_count: int | None = None,
+        usage: dict | None = None,
         **kwargs,
     ) -> None:
+        self.usage = usage if isinstance(usage, dict) else None  # usageMetadata: a refusal may still be billed by tokens
         self.stage = stage
         self.reason = reason
         self.finish_message = finish_message

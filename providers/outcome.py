@@ -124,6 +124,7 @@ class GenerationResult:
     usage: dict[str, Any] = field(default_factory=dict)
     cost: float | None = None
     cost_unit: str | None = None  # "usd" or "credits"
+    cost_source: str | None = None  # providers/costs.py: "provider", "tokens" or "list_price"
     seconds: float | None = None
     warnings: list[str] = field(default_factory=list)
     thought_images: list[GeneratedImage] = field(default_factory=list)  # interim drafts (include_thoughts), not results

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import json
 import re
 import threading
 import uuid
@@ -47,6 +46,20 @@ def png(width: int, height: int = 32) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (220, 180, 40)).save(buffer, "PNG")
     return buffer.getvalue()
+
+
+# The output tokens Google bills per image (providers.md, model card table): Google's cost is these at
+# the per-token price, which is what its list price per image rounds.
+_IMAGE_TOKENS = {
+    "gemini-2.5-flash-image": {None: 1290},
+    "gemini-3-pro-image-preview": {None: 1120, "1K": 1120, "2K": 1120, "4K": 2000},
+    "gemini-3.1-flash-image-preview": {None: 1120, "512": 747, "1K": 1120, "2K": 1680, "4K": 2520},
+}
+
+
+def _gemini_usage(model_id: str, size: str | None) -> dict[str, Any]:
+    tokens = _IMAGE_TOKENS.get(model_id, {}).get(size, 1290)
+    return {"promptTokenCount": 12, "candidatesTokenCount": tokens, "totalTokenCount": tokens + 12, "candidatesTokensDetails": [{"modality": "IMAGE", "tokenCount": tokens}]}
 
 
 def b64(data: bytes) -> str:
@@ -343,7 +356,7 @@ class ProviderFakes:
         self.require(spec, size is None or size in offer.sizes, "generation_config.image_config.image_size", f"{size!r} is not supported by {model_id}")
         return Reply(json={
             "candidates": [{"content": {"role": "model", "parts": [{"inlineData": {"mimeType": "image/png", "data": b64(png(width_for(refs)))}, "thoughtSignature": "c2lnbmF0dXJl"}]}, "finishReason": "STOP", "index": 0}],
-            "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 1290, "totalTokenCount": 1302},
+            "usageMetadata": _gemini_usage(model_id, size),
             "modelVersion": model_id,
             "responseId": uuid.uuid4().hex[:22],
         })

@@ -7,8 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from banana_pack.nodes.catalog_view import model_capabilities, model_from_choice, model_label
+from banana_pack.nodes.catalog_view import (
+    model_capabilities,
+    model_from_choice,
+    model_label,
+)
 from banana_pack.nodes.option_specs import OPTION_SPECS
 from banana_pack.providers.catalog import PRESETS
 
@@ -20,7 +23,7 @@ CORE_NODES = {"LoadImage", "SaveImage", "PreviewImage", "PreviewAny", "MarkdownN
 
 def test_the_examples_exist_with_thumbnails():
     names = {p.stem for p in WORKFLOWS}
-    assert names == {"nano_banana_text_to_image", "nano_banana_multi_reference_edit", "nano_banana_batch_prompt_list", "nano_banana_edit_each_image", "nano_banana_conversation_edits"}
+    assert names == {"nano_banana_text_to_image", "nano_banana_multi_reference_edit", "nano_banana_batch_prompt_list", "nano_banana_edit_each_image", "nano_banana_conversation_edits", "nano_banana_batch_mode"}
     assert all(p.with_suffix(".jpg").is_file() for p in WORKFLOWS)
 
 
@@ -68,6 +71,17 @@ def test_example_carries_no_key_or_local_address(path):
     assert not re.search(r"AIza[0-9A-Za-z_-]{10,}|\bsk-[0-9A-Za-z]{10,}|\bhk-[0-9A-Za-z]{10,}|127\.0\.0\.1|localhost|/work/|/tmp/", text)
 
 
+def test_batch_mode_example_delivers_through_batch_mode_with_a_fixed_seed():
+    workflow = json.loads((FOLDER / "nano_banana_batch_mode.json").read_text())
+    (options,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"]
+    values = dict(zip([spec.name for spec in OPTION_SPECS], options["widgets_values"]))
+    assert values["delivery"] == "batch" and values["dry_run"] is False and values["save_to"]
+    (ours,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaBridge"]
+    assert ours["widgets_values"][1] == "google"  # Batch Mode is the Gemini API's
+    assert ours["widgets_values"][6] == "fixed"  # a re-queue must be the same run to attach to its batch
+    assert any(link[1] == options["id"] and link[3] == ours["id"] for link in workflow["links"])
+
+
 def test_the_batch_example_flags_failures_through_the_options_node():
     workflow = json.loads((FOLDER / "nano_banana_batch_prompt_list.json").read_text())
     (options,) = [n for n in workflow["nodes"] if n["type"] == "NanoBananaOptions"]
@@ -77,7 +91,7 @@ def test_the_batch_example_flags_failures_through_the_options_node():
 def test_the_readme_api_example_matches_the_nodes():
     readme = (FOLDER.parent / "README.md").read_text()
     section = readme[readme.index("## Headless use"):]
-    prompt = json.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    prompt = json.loads(re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1))
     by_type = {node["class_type"]: node["inputs"] for node in prompt.values()}
     assert by_type["LoadImage"]["image"] == "example.png"  # ships in ComfyUI's input/ folder
     assert set(REQUIRED_OPTIONS) <= set(by_type["NanoBananaOptions"]) <= {spec.name for spec in OPTION_SPECS}

@@ -45,7 +45,8 @@ def test_success_single_image_and_request_shape(google):
     assert result.images[0].mime == "image/png" and (result.images[0].width, result.images[0].height) == (1, 1)
     assert result.request_id == "DrZkaeGZJdeez7IP_Om04A8"
     assert result.usage["candidatesTokenCount"] == 1290
-    assert result.cost == pytest.approx(0.134)
+    # Google bills tokens: 14 prompt tokens at $2/1M, 1290 image tokens at $120/1M (catalog token prices).
+    assert result.cost == pytest.approx((14 * 2.0 + 1290 * 120.0) / 1e6) and result.cost_source == "tokens"
     (req,) = google.requests
     assert req.path == "/v1beta/models/gemini-3-pro-image-preview:generateContent"
     assert req.headers["x-goog-api-key"] == KEY and "authorization" not in req.headers

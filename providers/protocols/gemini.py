@@ -107,6 +107,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
                 reason=str(block_reason),
                 finish_message=_get(feedback, "blockReasonMessage", "block_reason_message"),
                 candidates_token_count=token_count,
+                usage=usage,
                 request_id=request_id,
                 **common,
             )
@@ -180,7 +181,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
         return result
 
-    details = dict(finish_message="\n".join(finish_messages) or None, model_text=text or None, candidates_token_count=token_count, request_id=request_id, **common)
+    details = dict(finish_message="\n".join(finish_messages) or None, model_text=text or None, candidates_token_count=token_count, usage=usage, request_id=request_id, **common)
     policy_reason = next((r for r in finish_reasons if r in SAFETY_FINISH_REASONS), None)
     if policy_reason:
         raise SafetyRejected("The generated image was blocked by the provider's safety filter.", stage=SafetyStage.OUTPUT_BLOCKED, reason=policy_reason, **details)

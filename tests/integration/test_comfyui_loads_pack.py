@@ -30,6 +30,6 @@ def test_example_workflows_are_in_the_template_browser(comfyui_server):
     server = comfyui_server.server
     listing = comfyui_server.get_json("/workflow_templates")
     names = sorted(listing.get(server.pack_name, []))
-    assert names == ["nano_banana_batch_prompt_list", "nano_banana_conversation_edits", "nano_banana_edit_each_image", "nano_banana_multi_reference_edit", "nano_banana_text_to_image"]
+    assert names == ["nano_banana_batch_mode", "nano_banana_batch_prompt_list", "nano_banana_conversation_edits", "nano_banana_edit_each_image", "nano_banana_multi_reference_edit", "nano_banana_text_to_image"]
     served = comfyui_server.get_json(f"/api/workflow_templates/{server.pack_name}/nano_banana_text_to_image.json")
     assert any(node["type"] == "NanoBananaBridge" for node in served["nodes"])

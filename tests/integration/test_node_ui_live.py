@@ -62,7 +62,7 @@ def bridge(prompt: str, seed: int, **inputs) -> dict:
 
 def options_node(**changes) -> dict:
     values = {"on_failure": "fail", "size_policy": "resize", "system_prompt": "", "temperature": 1.0, "web_search": False}
-    values.update(upload_format="auto", use_cache=False, save_to="nano_banana_bridge", model_id_override="")
+    values.update(upload_format="auto", use_cache=False, save_to="nano_banana_bridge", model_id_override="", delivery="now", dry_run=False)
     values.update(changes)
     return {"class_type": OPTIONS, "inputs": values}
 

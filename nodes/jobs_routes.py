@@ -1,0 +1,209 @@
+"""The jobs & spend panel's routes: journaled jobs with their status, spend from the ledger, cancel.
+
+  GET  /nano_banana_bridge/jobs          pending journaled jobs (provider, task id, age, status) and
+                                         spend per day and provider for the last 30 days
+  POST /nano_banana_bridge/jobs/cancel   {"id": "<save folder>/<journal key>"}: cancel that job at the
+                                         provider, where it allows it (Google batches, fal queue jobs)
+
+Journal files live in the output folder, which anyone who can reach ComfyUI can write to: every
+field shown is checked and shortened, a job is only read through the result store, and a cancel
+goes through ProviderCall, so the key is attached only on the provider's own origin whatever URL a
+tampered journal holds. Cancelling keeps the journal entry: a re-queue of the run still collects
+whatever had finished. Cancel, like the key routes, is accepted only from this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from ..providers.client import ProviderCall, resolve_model
+from ..providers.config import api_key_for, get_provider
+from ..providers.engine import IDEMPOTENT, CallContext, get_engine
+from ..providers.errors import BananaError
+from ..providers.protocols import gemini_batch
+from ..providers.redaction import redact
+from .batch_mode import supports_batch
+from .comfy_glue import output_dir
+from .key_routes import MAX_BODY, refuse_write
+from .ledger import Ledger, today
+from .store import ResultStore
+
+log = logging.getLogger("nano_banana_bridge")
+
+ROUTE = "/nano_banana_bridge/jobs"
+CANCEL_ROUTE = "/nano_banana_bridge/jobs/cancel"
+MAX_JOURNAL_BYTES = 256 * 1024
+MAX_JOBS = 200
+STATUS_TIMEOUT = 8.0
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+_FOLDER = re.compile(r"^[^/\\]{1,200}$")
+_registered = False
+
+
+def _text(value: Any, limit: int = 120) -> str | None:
+    return redact(str(value))[:limit] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+
+
+def _journal_files(root: Path) -> list[Path]:
+    folder = root / ".journal"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("*.json") if _KEY.match(p.stem) and p.is_file() and p.stat().st_size <= MAX_JOURNAL_BYTES), key=lambda p: p.stat().st_mtime)
+
+
+def _job(root: Path, path: Path) -> dict[str, Any] | None:
+    entry = ResultStore(root).journal_entry(path.stem)  # only entries this install wrote and signed
+    if entry is None:
+        return None
+    handle: dict[str, Any] = entry["handle"]
+    provenance: dict[str, Any] = entry["provenance"] if isinstance(entry.get("provenance"), dict) else {}
+    submitted = _text(entry.get("submitted_at"))
+    try:
+        age = (dt.datetime.now() - dt.datetime.fromisoformat(submitted)).total_seconds() if submitted else None
+    except ValueError:
+        age = None
+    is_batch = isinstance(handle.get("batch"), str)
+    task_id = handle.get("batch") if is_batch else next((handle[k] for k in ("request_id", "task_id", "id", "display_name") if isinstance(handle.get(k), str)), None)
+    return {
+        "id": f"{root.name}/{path.stem}",
+        "folder": root.name,
+        "provider": _text(provenance.get("provider"), 40),
+        "model": _text(provenance.get("model_id"), 80),
+        "kind": "batch" if is_batch else "job",
+        "items": len(handle["keys"]) if is_batch and isinstance(handle.get("keys"), list) else 1,
+        "task_id": _text(task_id),
+        "submitted_at": submitted,
+        "age_seconds": round(age) if age is not None else None,
+        "status": "journaled: queue the same run again to collect it",
+        "can_cancel": is_batch or isinstance(handle.get("cancel_url"), str),
+    }
+
+
+def _roots(base: Path) -> list[Path]:
+    return [p for p in sorted(base.iterdir()) if p.is_dir() and (p / ".journal").is_dir()][:50] if base.is_dir() else []
+
+
+def _find(job_id: Any, base: Path) -> tuple[Path, str, dict[str, Any], dict[str, Any]] | None:
+    if not isinstance(job_id, str) or job_id.count("/") != 1:
+        return None
+    folder, key = job_id.split("/")
+    if not _FOLDER.match(folder) or folder in (".", "..") or not _KEY.match(key):
+        return None
+    root = base / folder
+    path = root / ".journal" / f"{key}.json"
+    if not path.is_file() or path.stat().st_size > MAX_JOURNAL_BYTES:
+        return None
+    job = _job(root, path)
+    handle = ResultStore(root).pending_task(key)
+    return (root, key, handle, job) if job and isinstance(handle, dict) else None
+
+
+def _call(provider_id: str | None, model_id: str | None) -> ProviderCall:
+    spec = get_provider(str(provider_id or ""))
+    offer = resolve_model(spec, spec.models[0].name, model_id) if model_id else spec.models[0]
+    return ProviderCall(engine=get_engine(), ctx=CallContext(), provider=spec, model=offer, api_key=api_key_for(spec))
+
+
+async def _batch_status(job: dict[str, Any], handle: dict[str, Any]) -> None:
+    try:
+        call = _call(job["provider"], None)
+        if not supports_batch(call.provider):
+            return
+        state = await asyncio.wait_for(gemini_batch.get_state(call, handle["batch"]), STATUS_TIMEOUT)
+        job["status"] = state.line()
+        job["state"] = state.state
+    except (BananaError, asyncio.TimeoutError) as exc:
+        job["status"] = f"status unavailable: {redact(str(exc)).splitlines()[0][:160]}"
+
+
+async def jobs_summary(with_status: bool = True, base: Path | None = None) -> dict[str, Any]:
+    """Pending jobs under every save folder of `base` (ComfyUI's output folder), and the ledger's spend."""
+    jobs: list[dict[str, Any]] = []
+    checks = []
+    for root in await asyncio.to_thread(_roots, base or output_dir()):
+        for path in await asyncio.to_thread(_journal_files, root):
+            if len(jobs) >= MAX_JOBS:
+                break
+            job = await asyncio.to_thread(_job, root, path)
+            if job is None:
+                continue
+            jobs.append(job)
+            handle = ResultStore(root).pending_task(path.stem)
+            if with_status and job["kind"] == "batch" and isinstance(handle, dict):
+                checks.append(_batch_status(job, handle))
+    if checks:
+        await asyncio.gather(*checks)
+    ledger = Ledger()
+    try:
+        days = await asyncio.to_thread(ledger.by_day, 30)
+        error = None
+    except (sqlite3.Error, OSError) as exc:
+        days, error = [], f"The ledger {ledger.path} cannot be read: {exc}"
+    totals: dict[str, float] = {}
+    for row in days:
+        if row["day"] == today():
+            totals[row["unit"]] = round(totals.get(row["unit"], 0.0) + row["cost"], 6)
+    return {"jobs": jobs, "spend": {"days": days, "today": totals, "ledger": str(ledger.path), "error": error}}
+
+
+async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str, Any]]:
+    found = await asyncio.to_thread(_find, body.get("id") if isinstance(body, dict) else None, base or output_dir())
+    if found is None:
+        return 404, {"error": "No such journaled job (it may have finished and been collected)."}
+    _root, _key, handle, job = found
+    try:
+        call = _call(job["provider"], None)
+        if job["kind"] == "batch":
+            if not supports_batch(call.provider):
+                return 400, {"error": f"{call.provider.display_name} has no Batch Mode to cancel."}
+            await gemini_batch.cancel(call, handle["batch"])
+        elif isinstance(handle.get("cancel_url"), str):
+            await call.send("PUT", handle["cancel_url"], policy=IDEMPOTENT, status="Cancelling the job")
+        else:
+            return 400, {"error": f"{call.provider.display_name} offers no way to cancel a job."}
+    except BananaError as exc:
+        return 502, {"error": redact(str(exc))}
+    return 200, {"ok": True, "message": "Cancel requested. The job stays journaled: queue the same run again to collect whatever had finished."}
+
+
+def register_jobs_routes() -> None:
+    global _registered
+    if _registered:
+        return
+    try:
+        from aiohttp import web
+        from server import PromptServer
+    except ImportError:
+        return
+
+    def answer(status: int, body: dict):
+        return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
+
+    routes = PromptServer.instance.routes
+
+    @routes.get(ROUTE)
+    async def jobs(request):
+        return answer(200, await jobs_summary(with_status=request.query.get("status", "1") != "0"))
+
+    @routes.post(CANCEL_ROUTE)
+    async def cancel(request):
+        refused = refuse_write(request.remote, request.headers)
+        if refused:
+            return answer(*refused)
+        raw = await request.content.read(MAX_BODY + 1)
+        try:
+            body = json.loads(raw) if len(raw) <= MAX_BODY else None
+        except ValueError:
+            body = None
+        if body is None:
+            return answer(400, {"error": f"Send a JSON body of at most {MAX_BODY} bytes."})
+        return answer(*(await cancel_job(body)))
+
+    _registered = True
