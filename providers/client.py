@@ -77,7 +77,8 @@ class ProviderCall:
 
     @property
     def caller(self) -> Caller:
-        return Caller(provider=self.provider.id, model=self.model.model_id, read_timeout=self.provider.read_timeout)
+        spec = self.provider
+        return Caller(provider=spec.id, model=self.model.model_id, read_timeout=spec.read_timeout, base_url=spec.base_url, own_hosts=tuple(spec.auth_hosts))
 
     # -- options: catalog values are typed, values from BANANA_<ID>_<OPTION> arrive as strings -------
 

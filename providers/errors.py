@@ -158,7 +158,12 @@ class QuotaOrRateLimited(BananaError):
 
 class InvalidRequest(BananaError):
     kind = "invalid_request"
-    headline_template = "Request rejected by {provider}"
+
+    @property
+    def headline_template(self) -> str:  # type: ignore[override]
+        # Most are checks made here before anything is sent: "rejected by Google" would say Google saw (and may bill) it.
+        return "Request rejected by {provider}" if self.status is not None else ""
+
     default_hint = "The provider rejected the request's parameters; check the model, aspect ratio, resolution and number of reference images."
 
 

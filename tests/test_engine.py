@@ -335,7 +335,7 @@ def test_download_honours_retry_after(server, monkeypatch):
     chosen: list[float] = []
     backoff = HttpEngine._backoff
     monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *args: chosen.append(backoff(*args)) or chosen[-1]))
-    image = run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/img.png"))
+    image = run(get_engine().fetch_image(CallContext(), Caller("p", base_url=server.url), server.url + "/img.png"))
     assert image.width == 2 and len(server.requests) == 2
     # The wait the engine chose (not wall time, which a loaded machine stretches): Retry-After 0 plus
     # at most 0.25 s of jitter, not the 0.5-1 s exponential backoff.
@@ -345,12 +345,12 @@ def test_download_honours_retry_after(server, monkeypatch):
 def test_download_with_a_long_retry_after_is_reported_not_waited(server):
     server.route("GET", r"^/img\.png$", Reply(503, {}, headers={"Retry-After": "600"}))
     with pytest.raises(UpstreamUnavailable):
-        run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/img.png"))
+        run(get_engine().fetch_image(CallContext(), Caller("p", base_url=server.url), server.url + "/img.png"))
     assert len(server.requests) == 1
 
 
 def test_download_over_the_size_limit(server):
     server.route("GET", r"^/big\.png$", Reply(body=png_bytes(64, 64), content_type="image/png"))
     with pytest.raises(MalformedResponse) as info:
-        run(get_engine().fetch_image(CallContext(), Caller("p"), server.url + "/big.png", max_bytes=100))
+        run(get_engine().fetch_image(CallContext(), Caller("p", base_url=server.url), server.url + "/big.png", max_bytes=100))
     assert "100-byte limit" in str(info.value)

@@ -98,7 +98,10 @@ def test_an_api_redirect_to_another_port_is_not_followed(google, other, status):
     assert GOOGLE_KEY not in str(info.value)
 
 
-def test_a_result_download_follows_a_redirect_and_never_carries_a_key(hk, other):
+def test_a_result_download_follows_a_redirect_and_never_carries_a_key(hk, other, monkeypatch):
+    # `other` stands for a CDN on another host; on this machine it is a second loopback port, which a
+    # download may reach only with the switch (tests/test_download_addresses.py: refused without it).
+    monkeypatch.setenv("BANANA_ALLOW_PRIVATE_DOWNLOADS", "1")
     hk.route("POST", r"^/v1/images/generations$", reply(200, {"data": [{"url": hk.url + "/cdn/1.png"}]}))
     hk.route("GET", r"^/cdn/1\.png$", redirect(302, other.url + "/moved/1.png"))
     result = gen("openai_hk", "Nano Banana Pro")

@@ -51,8 +51,11 @@ class CallContext:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, for messages, limits and timeouts."""
+    """Who is calling, for messages, limits and timeouts; base_url and own_hosts (the catalog's
+    allowlist) say which non-public hosts count as the provider's own for downloads (addresses.py)."""
 
     provider: str
     model: str = ""
     read_timeout: float = 360.0
+    base_url: str = ""
+    own_hosts: tuple[str, ...] = ()

@@ -11,6 +11,7 @@ import random
 import re
 import time
 import weakref
+from urllib.parse import urljoin
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -30,7 +31,8 @@ from ..errors import (
 )
 from ..outcome import UNKNOWN_MIME, GeneratedImage, NotAnImage, decode_base64_payload, inspect_image
 from ..redaction import install_log_filter, redact
-from .auth import Credentials, host_of, without_userinfo
+from .addresses import DownloadScope, bind_checks, checked_addresses, download_scope
+from .auth import Credentials, host_of, origin, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
 from .error_mapping import _request_id, error_for_status, parse_error_body
@@ -61,6 +63,8 @@ STATUS_INTERVAL = 1.0
 MAX_DOWNLOAD_BYTES = 80 * 1024 * 1024  # one result image, downloaded or inline base64
 MAX_ANSWER_BYTES = 128 * 1024 * 1024  # one JSON answer, decompressed (inline 4K images run to tens of MB)
 MAX_ERROR_BYTES = 64 * 1024  # an error body: its first 64 KB say enough
+MAX_DOWNLOAD_REDIRECTS = 5  # hops a result download may take, each checked
+_REDIRECTS = (301, 302, 303, 307, 308)
 DEADLINE_FACTOR = 2.0  # an attempt's overall deadline, in read timeouts: a slow drip cannot hold a call forever
 
 
@@ -212,6 +216,7 @@ class HttpEngine:
                 headers={"Accept-Encoding": ACCEPT_ENCODING},  # what bodies.read_limited can decode
                 trust_env=True,  # honour HTTPS_PROXY etc., which users behind firewalls rely on
             )
+            bind_checks(client)  # result downloads connect only to checked addresses (addresses.py)
             self._clients[loop] = client
             closer = _close_at_loop_end(self, loop, client)
             # Start it now, synchronously (it yields at once): starting registers it with the loop's
@@ -447,8 +452,10 @@ class HttpEngine:
 
         Inline base64 has the same size limit as a download. URLs lose any `user:pass@` part and are
         fetched at once, never with a key (they are third-party CDN links that expire), following
-        redirects, through request() (so with its retries and Retry-After handling), with a size
-        limit and magic-byte and pixel-count checks.
+        redirects (each hop checked), through request() (so with its retries and Retry-After handling),
+        with a size limit and magic-byte and pixel-count checks. A URL (or a hop) to a loopback, private,
+        link-local or other non-public address is refused unless it is the provider's own host
+        (addresses.py).
         """
         ref = ref.strip()
         max_bytes = MAX_DOWNLOAD_BYTES if max_bytes is None else max_bytes
@@ -458,8 +465,7 @@ class HttpEngine:
             if not ref.lower().startswith(("http://", "https://")):
                 raise NotAnImage(f"refusing to fetch a result from a non-http(s) address: {ref[:40]}")
             url = without_userinfo(ref)
-            status = f"Downloading the result from {caller.provider}"
-            response = await self.request(ctx, caller, "GET", url, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes, follow_redirects=True)
+            response = await self._download(ctx, caller, url, max_bytes)
             return inspect_image(response.content, source_url=url)
         except NotAnImage as exc:
             message = f"The provider's result is not a usable image: {exc}"
@@ -468,6 +474,31 @@ class HttpEngine:
                 raise MalformedResponse(message, **where) from None
             raw = GeneratedImage(data=exc.data, mime=UNKNOWN_MIME, source_url=without_userinfo(ref) if ref.lower().startswith(("http://", "https://")) else None)
             raise UnusableImage(message, payloads=[raw], **where) from None
+
+
+    async def _download(self, ctx: CallContext, caller: Caller, url: str, max_bytes: int) -> Response:
+        """GET a result URL, following redirects by hand: every hop is checked (addresses.py) before
+        the request, and again at connect time by the client's CheckedBackend, under the download scope."""
+        scope = DownloadScope(provider=caller.provider, model=caller.model, base_url=caller.base_url, hosts=caller.own_hosts)
+        status = f"Downloading the result from {caller.provider}"
+        for _hop in range(MAX_DOWNLOAD_REDIRECTS + 1):
+            target = origin(url)
+            if target is None:
+                raise MalformedResponse(f"The result link points to an unusable address ({host_of(url)}).", provider=caller.provider, model=caller.model or None)
+            await checked_addresses(target[1], target[2], scope)  # a clean refusal before any I/O; through a proxy, the only check
+            with download_scope(scope):
+                response = await self.request(
+                    ctx, caller, "GET", url, policy=IDEMPOTENT, status=status, read_timeout=120.0, max_bytes=max_bytes, ok_statuses=_REDIRECTS,
+                )
+            if response.status not in _REDIRECTS:
+                return response
+            location = response.headers.get("location")
+            if not location:
+                raise MalformedResponse(f"The result download from {host_of(url)} answered HTTP {response.status} without a Location.", provider=caller.provider, model=caller.model or None)
+            url = without_userinfo(urljoin(url, location.strip()))
+        raise MalformedResponse(
+            f"The result download was redirected more than {MAX_DOWNLOAD_REDIRECTS} times (last to {host_of(url)}).", provider=caller.provider, model=caller.model or None
+        )
 
 
 _engine: HttpEngine | None = None
