@@ -83,6 +83,22 @@ def test_regional_location_uses_the_regional_host():
     assert prepare(spec).base_url == "https://aiplatform.googleapis.com/v1"  # global
 
 
+@pytest.mark.parametrize("location", ["evil.example/x#", "us-central1.evil.example", "Us Central", "a/b"])
+def test_a_location_that_is_not_a_region_name_never_becomes_a_host(location):
+    """The location is spliced into the token's destination host: only a region name is accepted."""
+    spec = get_provider("vertex")
+    with pytest.raises(ConfigError, match="not a region name"):
+        prepare(type(spec)(**{**spec.__dict__, "options": {**spec.options, "location": location}}))
+
+
+def test_a_project_that_is_not_a_project_id_is_refused_before_sending(vertex, monkeypatch):
+    monkeypatch.setenv("BANANA_VERTEX_PROJECT", "p/../../other")
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    with pytest.raises(ConfigError, match="not a project id"):
+        gen(model="Nano Banana")
+    assert not vertex.hits("POST", GEN_PATH)
+
+
 def test_regional_path_on_a_configured_base_url(vertex, monkeypatch):
     monkeypatch.setenv("BANANA_VERTEX_LOCATION", "us-central1")
     vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))

@@ -13,6 +13,7 @@ GOOGLE_CLOUD_PROJECT / GOOGLE_CLOUD_LOCATION, else the service-account key's pro
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,10 +23,21 @@ from ..outcome import GenerationRequest, GenerationResult
 from . import gemini
 
 GLOBAL_HOST = "aiplatform.googleapis.com"
+# A location becomes part of the host name the token is sent to: a region name only (us-central1, europe-west4).
+_LOCATION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+# Project ids (and the domain-scoped form example.com:project) go into the path.
+_PROJECT = re.compile(r"[a-z0-9.:-]{1,100}")
 
 
 def location_of(spec: ProviderSpec) -> str:
-    return str(spec.options.get("location") or os.environ.get("GOOGLE_CLOUD_LOCATION") or "global").strip()
+    location = str(spec.options.get("location") or os.environ.get("GOOGLE_CLOUD_LOCATION") or "global").strip()
+    if not _LOCATION.fullmatch(location):
+        raise ConfigError(
+            f"The Vertex AI location {location[:60]!r} for '{spec.display_name}' is not a region name.",
+            provider=spec.id,
+            hint="Set BANANA_VERTEX_LOCATION (or GOOGLE_CLOUD_LOCATION) to a region such as us-central1, or to global.",
+        )
+    return location
 
 
 def prepare(spec: ProviderSpec) -> ProviderSpec:
@@ -41,9 +53,11 @@ def model_path(call, model_id: str) -> str:
     if call.flag_option("express"):
         return f"publishers/google/models/{model_id}:generateContent"
     project = str(call.option("project") or os.environ.get("GOOGLE_CLOUD_PROJECT") or "").strip()
-    if not project:
+    if not _PROJECT.fullmatch(project):
         raise ConfigError(
-            f"No Google Cloud project for '{call.provider.display_name}'.",
+            f"The Google Cloud project {project[:60]!r} for '{call.provider.display_name}' is not a project id."
+            if project
+            else f"No Google Cloud project for '{call.provider.display_name}'.",
             provider=call.provider.id,
             hint="Set BANANA_VERTEX_PROJECT (or GOOGLE_CLOUD_PROJECT), or \"settings\": {\"vertex\": {\"options\": {\"project\": \"...\"}}} in providers.json.",
         )
