@@ -242,7 +242,7 @@ def test_redact_leaves_ordinary_text_alone():
     image = base64.b64encode(png_bytes(64, 48, (10, 200, 90))).decode()
     texts = [
         "The model could not draw a person in a public place. Try again with another prompt.",
-        f"Basic {b64('someone:else-entirely-0123456789')}",
+        f"Basic {b64('someone:Zq7Vx2Kp9Lm4Tn8RbWc3')}",
         image,
         image.lower(),
         json.dumps({"error": {"message": "bad \"key\" / path \\ here & <there>", "url": "https://x.example/a%20b?c=d&e=%2F"}}),
