@@ -21,6 +21,7 @@ from urllib.parse import quote
 
 import pytest
 
+from banana_pack.nodes.key_routes import try_key
 from banana_pack.nodes.render import RenderInputs, render, report_json
 from banana_pack.providers.errors import BananaError
 from banana_pack.providers.redaction import MARKER, redact, redact_data, register_secret
@@ -65,7 +66,7 @@ def echoes(key: str) -> dict[str, tuple[str, str]]:
         # case
         "upper case": (key.upper(), key.upper()),
         "lower case": (key.lower(), key.lower()),
-        # escaping the pack's own list did not have
+        # escapes beyond quote, quote_plus and plain JSON
         "percent-encoded twice": (quote(quote(key, safe=""), safe=""),) * 2,
         "JSON, PHP's \\/": (json.dumps(key)[1:-1].replace("/", "\\/"),) * 2,
         "JSON, Go's \\u0026": (go_json(key),) * 2,
@@ -180,6 +181,22 @@ def test_an_echoed_key_reaches_no_exception(name, prompt, server, monkeypatch, t
     assert_clean("the log", "\n".join(record.getMessage() for record in every_log_line.records), evidence)
 
 
+@pytest.mark.parametrize("name", list(ECHOES))
+@pytest.mark.parametrize("status", [200, 401])
+def test_the_keys_tab_test_button_shows_the_gateways_words_without_the_key(name, status, server, monkeypatch, every_log_line):
+    """The Test button answers the browser with the provider's own words, accepted or not."""
+    echo, evidence = ECHOES[name]
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url + "/v1beta")
+    said = f"Request headers: Authorization: {echo}"
+    answer_body = {"models": [], "debug": said} if status == 200 else {"error": {"code": status, "message": said, "status": "UNAUTHENTICATED"}}
+    server.route("GET", r"/v1beta/models", Reply(status, json=answer_body))
+    code, answer = run(try_key({"provider": "google"}))
+    assert code == 200 and answer["status"] == status and "Request headers" in answer["answer"]
+    assert_clean("the Test button's answer", f"{answer['answer']} {answer.get('url')}", evidence)  # as the browser shows it
+    assert_clean("the log", "\n".join(record.getMessage() for record in every_log_line.records), evidence)
+
+
 def test_a_basic_header_cut_by_the_error_summary_leaves_no_part_of_the_key(server, monkeypatch, tmp_path):
     """The engine keeps 300 characters of a non-JSON error body: the cut falls inside the base64."""
     monkeypatch.setenv("BANANA_GOOGLE_API_KEY", KEY)
@@ -234,7 +251,8 @@ def test_redact_covers_every_echoed_form_and_alignment():
     # Cut pieces of the raw key and of its escaped forms still go from 8 characters.
     for piece in (UNIT_KEY[:8], UNIT_KEY[-8:], quote(UNIT_KEY, safe="")[:14], json.dumps(UNIT_KEY)[1:-1].upper()[-12:]):
         assert redact(f"cut: {piece}") == f"cut: {MARKER}", piece
-    assert redact_data({"h": [f"Basic {b64('u:' + UNIT_KEY)}"]}) != {"h": [f"Basic {b64('u:' + UNIT_KEY)}"]}
+    shown = redact_data({"h": [f"Basic {b64('u:' + UNIT_KEY)}"], "n": 1})
+    assert shown["n"] == 1 and MARKER in shown["h"][0] and leaked(shown["h"][0], b64("u:" + UNIT_KEY)[5:-4]) is None
 
 
 def test_redact_leaves_ordinary_text_alone():
