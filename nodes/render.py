@@ -242,9 +242,16 @@ async def render(
     # Results are decoded into the output batch as they arrive, not after the last one.
     output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
 
-    def finished(outcome: ItemOutcome) -> None:
-        spend.record_outcome(outcome, counts[outcome.index])  # the ledger first: it never raises
-        output.add(outcome.index, [image.data for image in outcome.images])
+    handed: set[int] = set()  # items whose images went to the output batch the moment they were saved
+
+    def images_saved(index: int, blobs: list[bytes]) -> None:
+        handed.add(index)
+        output.add(index, blobs)
+
+    async def finished(outcome: ItemOutcome) -> None:
+        if outcome.index not in handed:  # cached, failed, or not saved (no save_to)
+            output.add(outcome.index, [image.data for image in outcome.images])
+        await asyncio.to_thread(spend.record_outcome, outcome, counts[outcome.index])  # never raises; SQLite off the loop
     try:
         if inputs.delivery == BATCH:
             outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
@@ -252,7 +259,7 @@ async def render(
                 output.add(outcome.index, [image.data for image in outcome.images])
         else:
             with spend.guarded([item.count for item in items]):
-                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished)
+                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished, on_images=images_saved)
         report = batch_report(outcomes, settings)
         report["delivery"] = inputs.delivery
         report["spend"] = await asyncio.to_thread(spend.summary)
@@ -267,17 +274,23 @@ async def render(
         if any(o.status == CANCELLED for o in outcomes):
             raise Interrupted(report)
         kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
+        # The conversation's blobs are written while the last images decode, not after.
+        conversation_saved = asyncio.ensure_future(asyncio.to_thread(_next_conversation, inputs, kept, items, store))
         try:
-            tensor = await output.result(
-                [(o.index, [image.data for image in o.images]) for o in kept],
-                check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
-            )
-        except ImageDecodeError as exc:
-            saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
-            where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
-            if isinstance(exc, DecodeLimitExceeded):
-                raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
-            raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
+            try:
+                tensor = await output.result(
+                    [(o.index, [image.data for image in o.images]) for o in kept],
+                    check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
+                )
+            except ImageDecodeError as exc:
+                saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
+                where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
+                if isinstance(exc, DecodeLimitExceeded):
+                    raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
+                raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
+        except BaseException:
+            conversation_saved.cancel()  # the run failed: nobody reads it (its thread finishes alone)
+            raise
     finally:
         output.close()
 
@@ -295,7 +308,7 @@ async def render(
         except ImageDecodeError as exc:
             warnings.append(f"The thought image could not be decoded: {exc}")
     text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
-    conversation = await asyncio.to_thread(_next_conversation, inputs, kept, items, store)
+    conversation = await conversation_saved
     if progress is not None:
         progress.text(redact(_summary(report)), force=True)
     return RenderOutput(images=tensor, text=redact(text), report=redact_data(report), thought_image=thought_image, conversation=conversation)

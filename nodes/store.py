@@ -40,7 +40,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..providers.config import store_secret, warn_once
 from ..providers.engine.auth import without_userinfo
@@ -209,11 +210,14 @@ class ResultStore:
 
     # -- saving on arrival ---------------------------------------------------------------------
 
-    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
+    def save(
+        self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True, on_images: Callable[[], None] | None = None
+    ) -> list[Path]:
         """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths.
 
         cache=False: keep the bytes without answering later requests from them (unusable results,
-        saved as .bin because they were paid for).
+        saved as .bin because they were paid for). `on_images` is called (in this thread) the
+        moment the images are on disk, before the bookkeeping: decoding may start then.
         """
         now = dt.datetime.now()
         folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
@@ -223,6 +227,8 @@ class ResultStore:
             path = folder / f"{stem}_{n}.{image.extension}"
             _atomic_write(path, image.data)
             paths.append(path)
+        if on_images is not None:
+            on_images()
         sidecar = {
             **provenance,
             "provider": result.provider,

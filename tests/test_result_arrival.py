@@ -1,0 +1,150 @@
+"""What happens the moment a result arrives: its base64 is decoded, its image bytes reach disk,
+and only then is it handed to the output batch for decoding (before its sidecar and ledger row)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from banana_pack.nodes import tensors
+from banana_pack.nodes.assemble import OutputBatch
+from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.nodes.store import ResultStore
+from banana_pack.providers.engine import get_engine
+from banana_pack.providers.outcome import GeneratedImage, GenerationResult, NotAnImage, decode_base64_payload
+from loopback import LoopbackServer, Reply, fixture
+
+
+def png(width: int, height: int, colour=(10, 200, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+PAYLOAD = png(9, 7)
+TEXT = base64.b64encode(PAYLOAD).decode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        TEXT,
+        f"data:image/png;base64,{TEXT}",
+        f"  {TEXT}\n",
+        "\n".join(TEXT[i : i + 76] for i in range(0, len(TEXT), 76)),  # MIME line breaks
+        TEXT.rstrip("="),  # padding dropped
+        f"data:image/png;base64,{TEXT[:40]}\r\n{TEXT[40:]}",
+    ],
+)
+def test_base64_payloads_in_every_shape_decode_to_the_same_bytes(payload):
+    assert decode_base64_payload(payload) == PAYLOAD
+
+
+@pytest.mark.parametrize("payload", [TEXT[:20] + "*" + TEXT[21:], TEXT + "=A", "AAAAA"])
+def test_bad_base64_is_not_an_image(payload):
+    with pytest.raises(NotAnImage, match="invalid base64"):
+        decode_base64_payload(payload)
+
+
+def test_the_size_limit_counts_the_payload_without_its_whitespace():
+    spaced = " \n".join(TEXT[i : i + 4] for i in range(0, len(TEXT), 4))
+    assert decode_base64_payload(spaced, max_bytes=len(PAYLOAD) + 2) == PAYLOAD  # the estimate counts padding
+    with pytest.raises(NotAnImage, match="limit"):
+        decode_base64_payload(spaced, max_bytes=len(PAYLOAD) - 3)
+
+
+def result_with(*images: bytes) -> GenerationResult:
+    return GenerationResult(images=[GeneratedImage(data=data, mime="image/png") for data in images], provider="google", model="m")
+
+
+def test_save_hands_over_when_the_images_are_on_disk_before_any_bookkeeping(tmp_path):
+    store = ResultStore(tmp_path)
+    seen: list[tuple[list[bytes], list[str]]] = []
+
+    def on_images() -> None:
+        files = sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        seen.append(([p.read_bytes() for p in files if p.suffix == ".png"], [p.name for p in files if p.suffix == ".json"]))
+
+    first, second = png(4, 4), png(5, 5)
+    paths = store.save("a" * 64, result_with(first, second), {"prompt": "p"}, on_images=on_images)
+    assert len(seen) == 1
+    images_then, sidecars_then = seen[0]
+    assert sorted(images_then) == sorted([first, second])  # both images whole, on disk
+    assert sidecars_then == []  # no sidecar yet: decoding is not held up by them
+    assert [p.with_suffix(".json").exists() for p in paths] == [True, True]  # written afterwards
+
+
+def serve_gemini(server: LoopbackServer, image: bytes) -> None:
+    body = fixture("gemini/success_single.json")
+    body["candidates"][0]["content"]["parts"][0]["inlineData"] = {"mimeType": "image/png", "data": base64.b64encode(image).decode()}
+    server.route("POST", r":generateContent$", Reply(json=body))
+
+
+def test_a_run_decodes_each_result_once_from_the_saved_bytes(tmp_path, monkeypatch):
+    """The output batch gets each fresh item's images once (at save), cached ones once (at the
+    end); the run's output and files are the provider's images either way."""
+    image = png(12, 8, (250, 10, 10))
+    server = LoopbackServer().start()
+    try:
+        serve_gemini(server, image)
+        monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "test-key-not-secret")
+        monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+        monkeypatch.setenv("BANANA_CONFIG_DIR", str(tmp_path / "config"))
+        added: list[int] = []
+        original = OutputBatch.add
+
+        def counting(self, index, blobs):
+            added.append(index)
+            return original(self, index, blobs)
+
+        monkeypatch.setattr(OutputBatch, "add", counting)
+        inputs = RenderInputs(prompts=["one", "two", "three"], provider="google", model="Nano Banana Pro", resolution="1K")
+
+        async def run_twice():
+            try:
+                return await render(inputs, store_root=tmp_path / "out"), await render(inputs, store_root=tmp_path / "out")
+            finally:
+                await get_engine().aclose()
+
+        fresh, cached = asyncio.run(run_twice())
+    finally:
+        server.stop()
+    assert sorted(added[:3]) == [0, 1, 2] and sorted(added[3:]) == [0, 1, 2]  # once per item per run
+    assert [row["status"] for row in cached.report["items"]] == ["cached"] * 3
+    expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), dtype=np.float32) / 255)
+    for output in (fresh, cached):
+        assert output.images.shape == (3, 8, 12, 3)
+        assert all(torch.equal(frame, expected) for frame in output.images)
+    saved = sorted((tmp_path / "out").rglob("*.png"))
+    assert len(saved) == 3 and all(p.read_bytes() == image for p in saved)
+    sidecar = json.loads(saved[0].with_suffix(".json").read_text())
+    assert sidecar["provider"] == "google"
+
+
+@pytest.mark.parametrize("policy", ["resize", "pad", "crop"])
+def test_a_frame_drawn_in_two_bands_equals_one_drawn_whole(policy):
+    rng = np.random.default_rng(3)
+    picture = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    placement = tensors.place(picture.width, picture.height, (41, 29), policy)
+    whole = np.full((29, 41, 3), 7.0, dtype=np.float32)
+    tensors.draw_picture(whole, picture, 255, placement)
+    banded = np.full((29, 41, 3), 7.0, dtype=np.float32)
+    fitted = tensors.fitted(picture, placement)
+    for band in ((0, 11), (11, 29)):
+        tensors.draw_picture(banded, fitted, 255, placement, band)
+    assert np.array_equal(whole, banded)
+    assert not (banded == 7.0).any()  # every row written, bars included
+
+
+def test_a_band_needs_a_fitted_picture():
+    picture = Image.new("RGB", (10, 10))
+    placement = tensors.place(10, 10, (20, 20), "resize")
+    with pytest.raises(ValueError, match="fitted"):
+        tensors.draw_picture(np.zeros((20, 20, 3), np.float32), picture, 255, placement, (0, 10))
