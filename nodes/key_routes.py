@@ -133,7 +133,8 @@ def names_this_machine(host: str | None) -> bool:
     if not host:
         return False
     name = urlsplit(f"//{host.strip()}").hostname or ""
-    return name == "localhost" or name.endswith(".localhost") or is_loopback(name)
+    # 0.0.0.0 in a browser's address bar reaches this machine too (Linux); no site can be named so.
+    return name in ("localhost", "0.0.0.0", "::") or name.endswith(".localhost") or is_loopback(name)
 
 
 def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, dict] | None:

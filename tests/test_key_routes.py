@@ -91,7 +91,7 @@ def test_remote_clients_may_not_write_unless_allowed(remote, monkeypatch):
     assert refuse_write(remote, JSON) is None
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:8188", "localhost:8188", "LOCALHOST", "[::1]:8188", "127.0.0.2", "comfy.localhost:8188"])
+@pytest.mark.parametrize("host", ["127.0.0.1:8188", "localhost:8188", "LOCALHOST", "[::1]:8188", "127.0.0.2", "comfy.localhost:8188", "0.0.0.0:8188"])
 def test_a_loopback_request_naming_this_machine_may_write(host):
     assert refuse_write("127.0.0.1", {**JSON, "Host": host, "Origin": f"http://{host}"}) is None
 
