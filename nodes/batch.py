@@ -197,7 +197,7 @@ async def run_batch(
 
     `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order,
     and may be a coroutine function. `on_images(index, images)` is called on the event loop the
-    moment a new result's image files are written, before its sidecar, cache entry and ledger
+    moment a new result's image files and cache entry are written, before its sidecars and ledger
     row: decoding can start while those are written (an item handed over this way may still end
     failed; its outcome says so).
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.

@@ -1,5 +1,6 @@
-"""What happens the moment a result arrives: its base64 is decoded, its image bytes reach disk,
-and only then is it handed to the output batch for decoding (before its sidecar and ledger row)."""
+"""What happens the moment a result arrives: its base64 is decoded, its image bytes and cache entry
+reach disk, and only then is it handed to the output batch for decoding (before its sidecars and
+ledger row)."""
 
 from __future__ import annotations
 
@@ -64,20 +65,26 @@ def result_with(*images: bytes) -> GenerationResult:
     return GenerationResult(images=[GeneratedImage(data=data, mime="image/png") for data in images], provider="google", model="m")
 
 
-def test_save_hands_over_when_the_images_are_on_disk_before_any_bookkeeping(tmp_path):
+def test_save_hands_over_once_the_images_and_the_cache_entry_are_on_disk(tmp_path):
+    """Decoding may start at the hand-over: a crash while decoding (the OOM killer, a codec fault)
+    must neither lose a paid image nor make a re-run pay again, but the sidecars need not wait."""
     store = ResultStore(tmp_path)
-    seen: list[tuple[list[bytes], list[str]]] = []
+    key = "a" * 64
+    seen: list[tuple[list[bytes], bool, list[str]]] = []
 
     def on_images() -> None:
-        files = sorted(p for p in tmp_path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        seen.append(([p.read_bytes() for p in files if p.suffix == ".png"], [p.name for p in files if p.suffix == ".json"]))
+        dated = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        files = sorted(p for folder in dated for p in folder.iterdir() if not p.name.startswith("."))
+        cached = store.lookup(key) is not None  # what a re-run would find now
+        seen.append(([p.read_bytes() for p in files if p.suffix == ".png"], cached, [p.name for p in files if p.suffix == ".json"]))
 
     first, second = png(4, 4), png(5, 5)
-    paths = store.save("a" * 64, result_with(first, second), {"prompt": "p"}, on_images=on_images)
+    paths = store.save(key, result_with(first, second), {"prompt": "p"}, on_images=on_images)
     assert len(seen) == 1
-    images_then, sidecars_then = seen[0]
+    images_then, cached_then, sidecars_then = seen[0]
     assert sorted(images_then) == sorted([first, second])  # both images whole, on disk
-    assert sidecars_then == []  # no sidecar yet: decoding is not held up by them
+    assert cached_then  # a re-run would be answered from them, not paid again
+    assert sidecars_then == []  # decoding is not held up by the sidecars
     assert [p.with_suffix(".json").exists() for p in paths] == [True, True]  # written afterwards
 
 
