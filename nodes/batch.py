@@ -190,19 +190,14 @@ async def run_batch(
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
     on_finished: Callable[[ItemOutcome], Awaitable[None] | None] | None = None,
-    on_images: Callable[[int, list[bytes]], None] | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
     `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order,
-    and may be a coroutine function. `on_images(index, images)` is called on the event loop the
-    moment a new result's image files and cache entry are written, before its sidecars and ledger
-    row: decoding can start while those are written (an item handed over this way may still end
-    failed; its outcome says so).
+    and may be a coroutine function.
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
-    loop = asyncio.get_running_loop()
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
@@ -272,8 +267,7 @@ async def run_batch(
             if store is not None:
                 extras = _extras(result)
                 try:
-                    images_on_disk = None if on_images is None else _hand_over(loop, on_images, item.index, [image.data for image in result.images])
-                    paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras}, on_images=images_on_disk)  # on disk before any decoding
+                    paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
                     outcome.files = [store.view_path(p) for p in paths]
                     for image in result.thought_images:  # paid for too: kept by hash
                         await asyncio.to_thread(put_blob, store.root, image.data)
@@ -323,15 +317,6 @@ async def run_batch(
         return list(await asyncio.gather(*(run_and_hand_over(position, item) for position, item in enumerate(items))))
     finally:
         release_keys(keys)
-
-
-def _hand_over(loop: asyncio.AbstractEventLoop, on_images: Callable[[int, list[bytes]], None], index: int, blobs: list[bytes]) -> Callable[[], None]:
-    """store.save's on_images, called in its thread: pass the saved images to the loop's callback."""
-
-    def saved() -> None:
-        loop.call_soon_threadsafe(on_images, index, blobs)
-
-    return saved
 
 
 def _request(item: BatchItem, settings: BatchSettings) -> GenerationRequest:

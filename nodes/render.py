@@ -242,16 +242,11 @@ async def render(
     # Results are decoded into the output batch as they arrive, not after the last one.
     output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
 
-    handed: set[int] = set()  # items whose images went to the output batch the moment they were saved
-
-    def images_saved(index: int, blobs: list[bytes]) -> None:
-        handed.add(index)
-        output.add(index, blobs)
-
     async def finished(outcome: ItemOutcome) -> None:
-        if outcome.index not in handed:  # cached, failed, or not saved (no save_to)
-            output.add(outcome.index, [image.data for image in outcome.images])
-        await asyncio.to_thread(spend.record_outcome, outcome, counts[outcome.index])  # never raises; SQLite off the loop
+        # The ledger row first (it never raises; SQLite, so off the loop): the images are saved and
+        # cached already, so a crash while decoding (the OOM killer) neither pays twice nor hides a cost.
+        await asyncio.to_thread(spend.record_outcome, outcome, counts[outcome.index])
+        output.add(outcome.index, [image.data for image in outcome.images])
     try:
         if inputs.delivery == BATCH:
             outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
@@ -259,7 +254,7 @@ async def render(
                 output.add(outcome.index, [image.data for image in outcome.images])
         else:
             with spend.guarded([item.count for item in items]):
-                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished, on_images=images_saved)
+                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished)
         report = batch_report(outcomes, settings)
         report["delivery"] = inputs.delivery
         report["spend"] = await asyncio.to_thread(spend.summary)

@@ -40,8 +40,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Iterable
 
 from ..providers.config import store_secret, warn_once
 from ..providers.engine.auth import without_userinfo
@@ -210,14 +209,12 @@ class ResultStore:
 
     # -- saving on arrival ---------------------------------------------------------------------
 
-    def save(
-        self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True, on_images: Callable[[], None] | None = None
-    ) -> list[Path]:
+    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
         """Write every image's original bytes, then the cache entry, then each sidecar; return the image paths.
 
         cache=False: keep the bytes without answering later requests from them (unusable results,
-        saved as .bin because they were paid for). `on_images` is called (in this thread) once the
-        images and the cache entry are on disk, before the sidecars: decoding may start then.
+        saved as .bin because they were paid for). The cache entry comes before the sidecars: once
+        the images are on disk, what keeps a re-run from paying for them again follows first.
         """
         now = dt.datetime.now()
         folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
@@ -249,10 +246,6 @@ class ResultStore:
                 self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
             except OSError as exc:
                 _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
-        # Decoding may start now: the images and the entry that keeps a re-run from paying for them
-        # again are on disk (a crash while decoding, even the kernel's OOM killer, costs nothing twice).
-        if on_images is not None:
-            on_images()
         for n, path in enumerate(paths):
             image = result.images[n]
             details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}

@@ -1,21 +1,21 @@
-"""What happens the moment a result arrives: its base64 is decoded, its image bytes and cache entry
-reach disk, and only then is it handed to the output batch for decoding (before its sidecars and
-ledger row)."""
+"""What happens the moment a result arrives: its base64 is decoded; its image bytes, cache entry,
+sidecars and ledger row are written; and only then is it handed to the output batch for decoding."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from banana_pack.nodes import store as store_module
 from banana_pack.nodes import tensors
 from banana_pack.nodes.assemble import OutputBatch
+from banana_pack.nodes.ledger import LEDGER_FILE, Ledger
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.store import ResultStore
 from banana_pack.providers.engine import get_engine
@@ -65,27 +65,21 @@ def result_with(*images: bytes) -> GenerationResult:
     return GenerationResult(images=[GeneratedImage(data=data, mime="image/png") for data in images], provider="google", model="m")
 
 
-def test_save_hands_over_once_the_images_and_the_cache_entry_are_on_disk(tmp_path):
-    """Decoding may start at the hand-over: a crash while decoding (the OOM killer, a codec fault)
-    must neither lose a paid image nor make a re-run pay again, but the sidecars need not wait."""
+def test_save_writes_the_cache_entry_before_the_sidecars(tmp_path, monkeypatch):
+    """Once the images are on disk, what keeps a re-run from paying for them again comes next."""
     store = ResultStore(tmp_path)
     key = "a" * 64
-    seen: list[tuple[list[bytes], bool, list[str]]] = []
+    order: list[str] = []
+    write = store_module._atomic_write
 
-    def on_images() -> None:
-        dated = [p for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        files = sorted(p for folder in dated for p in folder.iterdir() if not p.name.startswith("."))
-        cached = store.lookup(key) is not None  # what a re-run would find now
-        seen.append(([p.read_bytes() for p in files if p.suffix == ".png"], cached, [p.name for p in files if p.suffix == ".json"]))
+    def recording(path, data):
+        order.append("cache" if path.parent.name == ".cache" else path.suffix)
+        return write(path, data)
 
-    first, second = png(4, 4), png(5, 5)
-    paths = store.save(key, result_with(first, second), {"prompt": "p"}, on_images=on_images)
-    assert len(seen) == 1
-    images_then, cached_then, sidecars_then = seen[0]
-    assert sorted(images_then) == sorted([first, second])  # both images whole, on disk
-    assert cached_then  # a re-run would be answered from them, not paid again
-    assert sidecars_then == []  # decoding is not held up by the sidecars
-    assert [p.with_suffix(".json").exists() for p in paths] == [True, True]  # written afterwards
+    monkeypatch.setattr(store_module, "_atomic_write", recording)
+    store.save(key, result_with(png(4, 4), png(5, 5)), {"prompt": "p"})
+    assert order == [".png", ".png", "cache", ".json", ".json"]
+    assert store.lookup(key) is not None
 
 
 def serve_gemini(server: LoopbackServer, image: bytes) -> None:
@@ -94,24 +88,27 @@ def serve_gemini(server: LoopbackServer, image: bytes) -> None:
     server.route("POST", r":generateContent$", Reply(json=body))
 
 
-def test_a_run_decodes_each_result_once_from_the_saved_bytes(tmp_path, monkeypatch):
-    """The output batch gets each fresh item's images once (at save), cached ones once (at the
-    end); the run's output and files are the provider's images either way."""
+def test_each_result_is_saved_cached_and_in_the_ledger_before_it_is_decoded(tmp_path, monkeypatch):
+    """Decoding starts as each item ends, not after the last; by then a crash while decoding (the
+    OOM killer on a large batch) can neither lose the image, nor make a re-run pay for it again,
+    nor hide its cost. Cached items are handed over too, and every output is the provider's image."""
     image = png(12, 8, (250, 10, 10))
     server = LoopbackServer().start()
     try:
         serve_gemini(server, image)
         monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "test-key-not-secret")
         monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
-        monkeypatch.setenv("BANANA_CONFIG_DIR", str(tmp_path / "config"))
-        added: list[int] = []
+        config = tmp_path / "config"
+        monkeypatch.setenv("BANANA_CONFIG_DIR", str(config))
+        handed: list[tuple[int, int, int]] = []  # (item, ledger rows, saved images) when handed over
         original = OutputBatch.add
 
-        def counting(self, index, blobs):
-            added.append(index)
+        def checking(self, index, blobs):
+            saved = [p for p in (tmp_path / "out").rglob("*.png") if p.read_bytes() == image]
+            handed.append((index, len(list(Ledger(config / LEDGER_FILE).entries())), len(saved)))
             return original(self, index, blobs)
 
-        monkeypatch.setattr(OutputBatch, "add", counting)
+        monkeypatch.setattr(OutputBatch, "add", checking)
         inputs = RenderInputs(prompts=["one", "two", "three"], provider="google", model="Nano Banana Pro", resolution="1K")
 
         async def run_twice():
@@ -123,7 +120,11 @@ def test_a_run_decodes_each_result_once_from_the_saved_bytes(tmp_path, monkeypat
         fresh, cached = asyncio.run(run_twice())
     finally:
         server.stop()
-    assert sorted(added[:3]) == [0, 1, 2] and sorted(added[3:]) == [0, 1, 2]  # once per item per run
+    first_run = sorted(handed[:3])
+    assert [index for index, _, _ in first_run] == [0, 1, 2]  # once per item
+    # The n-th hand-over found at least n ledger rows and n saved images: its own were there.
+    assert all(rows >= n and saved >= n for n, (_, rows, saved) in enumerate(handed[:3], start=1)), handed
+    assert sorted(index for index, _, _ in handed[3:]) == [0, 1, 2]
     assert [row["status"] for row in cached.report["items"]] == ["cached"] * 3
     expected = torch.from_numpy(np.asarray(Image.open(io.BytesIO(image)).convert("RGB"), dtype=np.float32) / 255)
     for output in (fresh, cached):
@@ -131,8 +132,6 @@ def test_a_run_decodes_each_result_once_from_the_saved_bytes(tmp_path, monkeypat
         assert all(torch.equal(frame, expected) for frame in output.images)
     saved = sorted((tmp_path / "out").rglob("*.png"))
     assert len(saved) == 3 and all(p.read_bytes() == image for p in saved)
-    sidecar = json.loads(saved[0].with_suffix(".json").read_text())
-    assert sidecar["provider"] == "google"
 
 
 @pytest.mark.parametrize("policy", ["resize", "pad", "crop"])
