@@ -31,7 +31,7 @@ from ..providers.client import provider_call
 from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, get_provider, schema_providers
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, ConfigError
-from ..providers.redaction import redact, register_secret
+from ..providers.redaction import redact, redact_data, register_secret
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -240,8 +240,8 @@ def _owner_status(owner: str, message: str) -> dict:
 
 def _excerpt(content: bytes) -> str:
     text = content.decode("utf-8", "replace")
-    try:
-        text = json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    try:  # strings redacted before serialising: escaping them again could hide a key escaped twice already
+        text = json.dumps(redact_data(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         text = " ".join(text.split())
     text = redact(text)
