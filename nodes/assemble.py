@@ -32,6 +32,7 @@ from .tensors import (
     SizePolicy,
     decode_images,
     draw_picture,
+    fitted,
     open_picture,
     place,
 )
@@ -144,8 +145,9 @@ class OutputBatch:
                 return
             try:
                 if self._target is not None:
+                    picture, full_scale = await asyncio.to_thread(open_picture, blob)
                     await self._unfaulted(slot)
-                    await asyncio.to_thread(self._decode_into, slot, blob)
+                    await self._draw_now(slot, picture, full_scale)
                     return
                 self._opening += 1
                 try:
@@ -193,7 +195,23 @@ class OutputBatch:
     async def _draw(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
         async with self._lanes:
             await self._unfaulted(slot)
-            await asyncio.to_thread(self._place, slot, picture, full_scale)
+            await self._draw_now(slot, picture, full_scale)
+
+    async def _draw_now(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
+        """Draw into the slot's frame, holding a lane. When the other lane is idle (the last
+        answers of a batch), it draws half the rows: the node returns that much sooner."""
+        assert self._frames is not None and self._target is not None
+        placement = place(picture.width, picture.height, self._target, self._policy)
+        frame = self._frames[self._offsets[slot[0]] + slot[1]]
+        if self._lanes.locked():
+            await asyncio.to_thread(draw_picture, frame, picture, full_scale, placement)
+        else:
+            async with self._lanes:  # free, so taken at once
+                picture = await asyncio.to_thread(fitted, picture, placement)
+                middle = len(frame) // 2
+                halves = ((0, middle), (middle, len(frame)))
+                await asyncio.gather(*(asyncio.to_thread(draw_picture, frame, picture, full_scale, placement, band) for band in halves))
+        self._drawn.add(slot)
 
     # -- worker threads ----------------------------------------------------------------------------
 
@@ -206,16 +224,6 @@ class OutputBatch:
                 return picture.width * picture.height <= self._pixel_limit
         except Exception:  # noqa: BLE001 - not an image: decoding reports it with the details
             return True
-
-    def _decode_into(self, slot: Slot, blob: bytes) -> None:
-        picture, full_scale = open_picture(blob)
-        self._place(slot, picture, full_scale)
-
-    def _place(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
-        assert self._frames is not None and self._target is not None
-        placement = place(picture.width, picture.height, self._target, self._policy)
-        draw_picture(self._frames[self._offsets[slot[0]] + slot[1]], picture, full_scale, placement)
-        self._drawn.add(slot)
 
     # -- the end ---------------------------------------------------------------------------------
 

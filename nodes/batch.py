@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 from typing import Any
@@ -189,12 +189,13 @@ async def run_batch(
     store: ResultStore | None,
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
-    on_finished: Callable[[ItemOutcome], None] | None = None,
+    on_finished: Callable[[ItemOutcome], Awaitable[None] | None] | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
-    `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order.
+    `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order,
+    and may be a coroutine function.
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
@@ -307,7 +308,9 @@ async def run_batch(
     async def run_and_hand_over(position: int, item: BatchItem) -> ItemOutcome:
         outcome = await run_one(position, item)
         if on_finished is not None:
-            on_finished(outcome)
+            finishing = on_finished(outcome)
+            if finishing is not None:
+                await finishing
         return outcome
 
     try:

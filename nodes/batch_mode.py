@@ -260,7 +260,7 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
                 ended = state.state if state else "unknown"
                 why = gemini_batch.item_error(call, state.error) if state is not None and state.error else BananaError(f"The batch {name} ended ({ended}) without an answer for this item.", provider=call.provider.id)
                 _fail(outcome, progress, why)
-            spend.record_outcome(outcome, item.count)
+            await asyncio.to_thread(spend.record_outcome, outcome, item.count)
             continue
         try:
             result = await gemini_batch.parse_answer(call, row)
@@ -280,7 +280,7 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
             progress.refused += 1
         except BananaError as exc:
             _fail(outcome, progress, exc)
-        spend.record_outcome(outcome, item.count)
+        await asyncio.to_thread(spend.record_outcome, outcome, item.count)  # SQLite: off the event loop
     progress.in_flight = 0
     update()
     if state is not None and state.done:

@@ -27,6 +27,7 @@ from ..providers.outcome import (
     TurnPart,
     inspect_image,
 )
+from ..providers.redaction import redact
 from .store import put_blob, read_blob
 
 KIND = "nano_banana_conversation"
@@ -63,7 +64,7 @@ def build_conversation(
             image = result_images[int(part["image"])]
             entry: dict[str, Any] = {"image": put_blob(store_root, image.data), "mime": image.mime}
         else:
-            entry = {"text": str(part.get("text") or "")}
+            entry = {"text": redact(str(part.get("text") or ""))}  # the model's words may echo a key: the output is shown
         if part.get("thought_signature"):
             entry["thought_signature"] = str(part["thought_signature"])
         parts.append(entry)

@@ -6,8 +6,9 @@
 
 No route ever returns a key. Keys go to keys.json (mode 600) in the config folder, never into
 ComfyUI's settings (served by /userdata). Writes and tests are accepted only from a loopback
-client, unless BANANA_ALLOW_REMOTE_KEY_WRITES=1, and only as JSON from the same origin (a web page
-on another site cannot send those without the browser asking first).
+client that names this machine in its Host header (localhost or a loopback address: a page using DNS
+rebinding names its own site), unless BANANA_ALLOW_REMOTE_KEY_WRITES=1, and only as JSON from the
+same origin (a web page on another site cannot send those without the browser asking first).
 
 The handlers take plain values and return (HTTP status, JSON body), so they are tested without
 a server; register_key_routes() adapts them to ComfyUI's aiohttp routes.
@@ -30,7 +31,7 @@ from ..providers.client import provider_call
 from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, get_provider, schema_providers
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, ConfigError
-from ..providers.redaction import redact, register_secret
+from ..providers.redaction import redact, redact_data, register_secret
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -127,11 +128,25 @@ def is_loopback(remote: str | None) -> bool:
     return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
+def names_this_machine(host: str | None) -> bool:
+    """Whether a Host header names this machine: localhost or a loopback address, any port."""
+    if not host:
+        return False
+    name = urlsplit(f"//{host.strip()}").hostname or ""
+    # 0.0.0.0 in a browser's address bar reaches this machine too (Linux); no site can be named so.
+    return name in ("localhost", "0.0.0.0", "::") or name.endswith(".localhost") or is_loopback(name)
+
+
 def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, dict] | None:
     """Why this request may not write or test keys, or None when it may."""
-    if not is_loopback(remote) and not remote_writes_allowed():
+    remote_allowed = remote_writes_allowed()
+    if not is_loopback(remote) and not remote_allowed:
         return 403, {"error": f"Keys can be set only from this machine (the request came from {remote or 'an unknown address'}). Set {REMOTE_WRITES_ENV}=1 to allow it."}
     lowered = {k.lower(): v for k, v in headers.items()}
+    if not remote_allowed and not names_this_machine(lowered.get("host")):
+        # DNS rebinding: a web page whose own name now resolves to 127.0.0.1 reaches this server
+        # from loopback, as its own origin (so Origin equals Host); only the name gives it away.
+        return 403, {"error": f"Keys can be set only at a localhost or loopback address (this request named '{lowered.get('host') or 'no host'}'). Behind a proxy, set {REMOTE_WRITES_ENV}=1."}
     if lowered.get("sec-fetch-site", "") == "cross-site":
         return 403, {"error": "Refused a request from another web site."}
     origin, host = lowered.get("origin"), lowered.get("host")
@@ -225,8 +240,8 @@ def _owner_status(owner: str, message: str) -> dict:
 
 def _excerpt(content: bytes) -> str:
     text = content.decode("utf-8", "replace")
-    try:
-        text = json.dumps(json.loads(text), ensure_ascii=False, separators=(",", ":"))
+    try:  # strings redacted before serialising: escaping them again could hide a key escaped twice already
+        text = json.dumps(redact_data(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         text = " ".join(text.split())
     text = redact(text)

@@ -242,8 +242,10 @@ async def render(
     # Results are decoded into the output batch as they arrive, not after the last one.
     output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
 
-    def finished(outcome: ItemOutcome) -> None:
-        spend.record_outcome(outcome, counts[outcome.index])  # the ledger first: it never raises
+    async def finished(outcome: ItemOutcome) -> None:
+        # The ledger row first (it never raises; SQLite, so off the loop): the images are saved and
+        # cached already, so a crash while decoding (the OOM killer) neither pays twice nor hides a cost.
+        await asyncio.to_thread(spend.record_outcome, outcome, counts[outcome.index])
         output.add(outcome.index, [image.data for image in outcome.images])
     try:
         if inputs.delivery == BATCH:
@@ -267,17 +269,23 @@ async def render(
         if any(o.status == CANCELLED for o in outcomes):
             raise Interrupted(report)
         kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
+        # The conversation's blobs are written while the last images decode, not after.
+        conversation_saved = asyncio.ensure_future(asyncio.to_thread(_next_conversation, inputs, kept, items, store))
         try:
-            tensor = await output.result(
-                [(o.index, [image.data for image in o.images]) for o in kept],
-                check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
-            )
-        except ImageDecodeError as exc:
-            saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
-            where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
-            if isinstance(exc, DecodeLimitExceeded):
-                raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
-            raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
+            try:
+                tensor = await output.result(
+                    [(o.index, [image.data for image in o.images]) for o in kept],
+                    check=lambda blobs: _check_decoded_size(blobs, pixel_limit),
+                )
+            except ImageDecodeError as exc:
+                saved = [str(store.output_root / f) for outcome in kept for f in outcome.files] if store else []
+                where = f"The provider's original files are saved: {', '.join(saved)}" if saved else "Turn saving on (save_to) to keep the provider's original bytes."
+                if isinstance(exc, DecodeLimitExceeded):
+                    raise BananaError(str(exc), provider=spec.id, hint=f"{where}\nTo decode them here, set {MAX_PIXELS_ENV} higher before starting ComfyUI, or ask for fewer or smaller images.") from None
+                raise BananaError(f"A result could not be decoded: {exc}", provider=spec.id, hint=where) from None
+        except BaseException:
+            conversation_saved.cancel()  # the run failed: nobody reads it (its thread finishes alone)
+            raise
     finally:
         output.close()
 
@@ -295,7 +303,7 @@ async def render(
         except ImageDecodeError as exc:
             warnings.append(f"The thought image could not be decoded: {exc}")
     text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
-    conversation = await asyncio.to_thread(_next_conversation, inputs, kept, items, store)
+    conversation = await conversation_saved
     if progress is not None:
         progress.text(redact(_summary(report)), force=True)
     return RenderOutput(images=tensor, text=redact(text), report=redact_data(report), thought_image=thought_image, conversation=conversation)

@@ -21,6 +21,7 @@ from ..providers.config import (
     schema_providers,
 )
 from ..providers.errors import BananaError, ConfigError
+from .batch_mode import batch_discount, supports_batch
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
@@ -59,6 +60,7 @@ def catalog_summary() -> dict:
                 "has_key": key_configured,
                 "key_owner": spec.key_owner,
                 "key_env": [env_name(spec.key_owner, "API_KEY"), *spec.key_env],
+                "batch_discount": batch_discount(spec) if supports_batch(spec) else None,  # delivery "batch": x list price
                 "models": {
                     offer.name: {
                         "aspect_ratios": list(offer.aspect_ratios),

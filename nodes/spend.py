@@ -7,6 +7,7 @@ batch's per-item callback, `summary()` for the report and the node's status line
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ class RunSpend:
     run_id: str = ""
     recorded: float = 0.0  # this node's recorded cost, in `unit`
     _reserved: Reserved | None = field(default=None, repr=False)
+    _recording: threading.Lock = field(default_factory=threading.Lock, repr=False)  # record() runs in worker threads
 
     def __post_init__(self) -> None:
         self.run_id = self.run_id or self.prompt_id or f"local-{uuid.uuid4().hex[:12]}"
@@ -102,13 +104,16 @@ class RunSpend:
         )
 
     def record(self, entry: LedgerEntry | None, count: int = 1) -> None:
+        """Write the call's row, then release its share of the estimate; safe from any thread.
+
+        The row comes first, so a guard checking meanwhile counts the call twice, never not at all."""
+        if entry is not None:
+            self.ledger.record(entry)
         if self._reserved is not None:
             self._reserved.settle(self.per_call(count) or 0.0)
-        if entry is None:
-            return
-        self.ledger.record(entry)
-        if entry.cost is not None and entry.unit == self.unit:
-            self.recorded = round(self.recorded + max(0.0, entry.cost), 6)
+        if entry is not None and entry.cost is not None and entry.unit == self.unit:
+            with self._recording:
+                self.recorded = round(self.recorded + max(0.0, entry.cost), 6)
 
     def record_outcome(self, outcome: Any, count: int = 1) -> None:
         """The batch runner's per-item callback (an ItemOutcome; cached items cost nothing)."""

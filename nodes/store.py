@@ -210,10 +210,11 @@ class ResultStore:
     # -- saving on arrival ---------------------------------------------------------------------
 
     def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
-        """Write every image's original bytes, then its sidecar, then the cache entry; return the image paths.
+        """Write every image's original bytes, then the cache entry, then each sidecar; return the image paths.
 
         cache=False: keep the bytes without answering later requests from them (unusable results,
-        saved as .bin because they were paid for).
+        saved as .bin because they were paid for). The cache entry comes before the sidecars: once
+        the images are on disk, what keeps a re-run from paying for them again follows first.
         """
         now = dt.datetime.now()
         folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
@@ -238,10 +239,6 @@ class ResultStore:
             "saved_at": now.isoformat(timespec="seconds"),
             "cache_key": key,
         }
-        for n, path in enumerate(paths):
-            image = result.images[n]
-            details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
-            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         if cache:
             files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
             # The images are on disk: bookkeeping that a planted file blocks must not fail the paid result.
@@ -249,6 +246,10 @@ class ResultStore:
                 self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
             except OSError as exc:
                 _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
+        for n, path in enumerate(paths):
+            image = result.images[n]
+            details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
+            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         self.forget_task(key)
         return paths
 

@@ -78,3 +78,25 @@ def test_no_key_and_unknown_price_are_said(monkeypatch, tmp_path):
     assert badge(providerId="auto", model=model_label("Nano Banana Pro"), count=1, promptText="x")["text"] == "no key"
     monkeypatch.setenv("FAL_KEY", "fal-id:secret")
     assert badge(providerId="google", model=model_label("Nano Banana Pro"), resolution="1K", count=1, promptText="x")["text"].startswith("no key · ~$")
+
+
+def test_batch_mode_badge_is_the_estimate_the_spend_guard_holds(server, monkeypatch, isolated_config, tmp_path):
+    """delivery "batch" on the options node: the badge shows Batch Mode's price, and a run limit just
+    under that figure stops the run before anything is sent, while one just over lets it go."""
+    from banana_pack.nodes.guard import SpendLimitReached
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "badge-test-key-1234567890")
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    settings = dict(providerId="google", model=model_label("Nano Banana 2"), resolution="2K", count=1, promptText="a\nb\nc", promptPerLine=True, imageMode="references")
+    now, batch = badge(**settings), badge(**settings, delivery="batch")
+    assert batch["total"] == pytest.approx(now["total"] / 2) and batch["text"].endswith("for 3 images · Batch Mode")
+    assert badge(**{**settings, "providerId": "fal"}, delivery="batch")["text"] == "fal.ai has no Batch Mode"
+    run_inputs = RenderInputs(prompts=["a\nb\nc"], provider="google", model="Nano Banana 2", resolution="2K", prompt_per_line=True, delivery="batch", use_cache=False)
+    monkeypatch.setenv("BANANA_SPEND_LIMIT_RUN", str(batch["total"] * 0.999))
+    with pytest.raises(SpendLimitReached):
+        run(render(run_inputs, store_root=tmp_path))
+    assert server.requests == []
+    monkeypatch.setenv("BANANA_SPEND_LIMIT_RUN", str(batch["total"] * 1.001))
+    with pytest.raises(Exception) as passed_the_guard:  # no Batch Mode server here: the create call fails
+        run(render(run_inputs, store_root=tmp_path))
+    assert not isinstance(passed_the_guard.value, SpendLimitReached) and len(server.requests) >= 1

@@ -91,11 +91,26 @@ def test_remote_clients_may_not_write_unless_allowed(remote, monkeypatch):
     assert refuse_write(remote, JSON) is None
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:8188", "localhost:8188", "LOCALHOST", "[::1]:8188", "127.0.0.2", "comfy.localhost:8188", "0.0.0.0:8188"])
+def test_a_loopback_request_naming_this_machine_may_write(host):
+    assert refuse_write("127.0.0.1", {**JSON, "Host": host, "Origin": f"http://{host}"}) is None
+
+
+@pytest.mark.parametrize("host", ["evil.example:8188", "192.168.1.20:8188", "127.0.0.1.evil.example", "localhost.evil.example", "", None])
+def test_dns_rebinding_is_refused_even_from_loopback_as_the_same_origin(host, monkeypatch):
+    """A page on evil.example whose name was re-pointed at 127.0.0.1: loopback peer, Origin == Host."""
+    headers = {"Content-Type": "application/json", **({"Host": host, "Origin": f"http://{host}"} if host is not None else {})}
+    status, body = refuse_write("127.0.0.1", headers)
+    assert status == 403 and "localhost or loopback" in body["error"]
+    monkeypatch.setenv("BANANA_ALLOW_REMOTE_KEY_WRITES", "1")  # the documented way behind a reverse proxy
+    assert refuse_write("127.0.0.1", headers) is None
+
+
 def test_cross_site_and_non_json_requests_are_refused():
     assert refuse_write("127.0.0.1", {**JSON, "Sec-Fetch-Site": "cross-site"})[0] == 403
     assert refuse_write("127.0.0.1", {**JSON, "Origin": "https://evil.example"})[0] == 403
     assert refuse_write("127.0.0.1", {**JSON, "Origin": "http://127.0.0.1:8188"}) is None
-    assert refuse_write("127.0.0.1", {"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+    assert refuse_write("127.0.0.1", {**JSON, "Content-Type": "application/x-www-form-urlencoded"})[0] == 415
 
 
 def test_the_status_route_never_carries_a_key(isolated_config, monkeypatch):

@@ -87,6 +87,7 @@ def test_outputs_reports_sidecars_and_status_carry_no_form_of_the_key(echoing, t
     assert_clean("the report output", report_json(out.report))
     assert_clean("the report rows", repr(out.report["items"]))
     assert_clean("the status text", "\n".join(sink.lines))
+    assert_clean("the conversation output", json.dumps(out.conversation))  # it carries the model's words
     files = [p for p in (tmp_path / "store").rglob("*") if p.is_file() and p.suffix == ".json"]
     assert len(files) == 5  # two sidecars, two cache entries, one report
     for path in files:

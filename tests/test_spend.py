@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
 
 import pytest
 from banana_pack.nodes.guard import SpendLimitReached
@@ -17,7 +18,7 @@ from banana_pack.nodes.ledger import (
     LedgerEntry,
     today,
 )
-from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.nodes.render import Interrupted, RenderInputs, render
 from banana_pack.providers.errors import ConfigError
 from fake_providers import point_presets_at, script_all
 from helpers import png_bytes, run
@@ -240,3 +241,28 @@ def test_dry_run_of_every_preset_makes_zero_requests(server, tmp_path, monkeypat
         shown = json.dumps(out.report) + out.text
         assert "PRIVATE KEY" not in shown and "key-for-" not in shown, provider  # no key, no service-account secret
     assert server.requests == []
+
+
+def test_a_stop_while_the_provider_works_is_recorded_as_maybe_billed(google, tmp_path, isolated_config):
+    """The request reached the provider, which generates (and bills) it whether or not we wait."""
+    arrived = threading.Event()
+
+    def slow(req: Recorded) -> Reply:
+        arrived.set()
+        return Reply(json=fixture("gemini/success_single.json"), delay=20)
+
+    google.route("POST", GEN_PATH, slow)
+    with pytest.raises(Interrupted) as info:
+        run(render(inputs(["stopped mid-call"]), store_root=tmp_path / "out", cancel_check=arrived.is_set))
+    (row,) = rows(isolated_config)
+    assert row["outcome"] == MAYBE_BILLED and row["cost"] == pytest.approx(PRO_1K) and row["cost_source"] == "list_price"
+    (item,) = info.value.report["items"]
+    assert item["status"] == "cancelled" and "may have been processed and billed" in item["message"]
+    assert len(google.hits("POST", GEN_PATH)) == 1
+
+
+def test_a_stop_before_sending_costs_nothing(google, tmp_path, isolated_config):
+    google.route("POST", GEN_PATH, answer)
+    with pytest.raises(Interrupted):
+        run(render(inputs(["never sent"]), store_root=tmp_path / "out", cancel_check=lambda: True))
+    assert google.hits("POST", GEN_PATH) == [] and rows(isolated_config) == []

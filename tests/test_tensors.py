@@ -112,9 +112,19 @@ def test_grey_one_channel_input():
 
 
 def test_values_outside_0_1_are_clamped_and_rounded():
-    image = torch.tensor([[[-0.5, 1.7, 0.5], [0.2 / 255, 0.6 / 255, 254.5 / 255]]])
+    # 127.5 and 254.5 are exact ties in float32: rounded to even, as torch.round does.
+    image = torch.tensor([[[-0.5, 1.7, 0.5], [0.2 / 255, 0.6 / 255, 254.5 / 255], [253.5 / 255, -0.0, 1e30]]])
     pixels = np.asarray(open_bytes(encode_image(image, max_pixels=None, fmt="png").data))
-    assert pixels.tolist() == [[[0, 255, 128], [0, 1, 255]]]
+    assert pixels.tolist() == [[[0, 255, 128], [0, 1, 254], [254, 0, 255]]]
+    extremes = torch.tensor([[[float("inf"), float("-inf"), -1e30]]])
+    assert np.asarray(open_bytes(encode_image(extremes, max_pixels=None, fmt="png").data)).tolist() == [[[255, 0, 0]]]
+
+
+def test_conversion_matches_torch_round_and_clamp():
+    generator = torch.Generator().manual_seed(7)
+    image = torch.rand(1500, 257, 3, generator=generator) * 1.4 - 0.2  # two blocks; a seventh out of range either side
+    expected = (image * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    assert np.array_equal(tensors._to_uint8(image), expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])

@@ -245,14 +245,20 @@ class HttpEngine:
     # -- waiting, cancellation and status --------------------------------------------------------
 
     async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str) -> Any:
-        """Await while checking for cancellation and reporting status once a second."""
+        """Await while checking for cancellation and reporting status once a second.
+
+        A stop raises Cancelled; its `sent` is False when the awaitable never got to run."""
         task = asyncio.ensure_future(awaitable)
         next_status = 0.0
+        started = False
         try:
             while True:
                 # Before every wait, not only after a tick: a loop of short steps must see the flag too.
                 if ctx.cancelled():
-                    raise Cancelled("Stopped by the user.")
+                    stopped = Cancelled("Stopped by the user.")
+                    stopped.sent = started
+                    raise stopped
+                started = True
                 done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_INTERVAL)
                 if done:
                     return task.result()
@@ -322,7 +328,12 @@ class HttpEngine:
                     deadline, caller, method, url, limit, ok_statuses,
                     headers=headers, data=data, files=files, content=content, timeout=timeout, follow_redirects=follow_redirects,
                 )
-                response: Response = await self.watch(ctx, exchange, status)
+                try:
+                    response: Response = await self.watch(ctx, exchange, status)
+                except Cancelled as stopped:
+                    if policy.paid and stopped.sent:  # stopped mid-exchange: the provider may be generating it now
+                        _mark_maybe_billed(stopped, None)
+                    raise
                 response.paid = policy.paid
                 if 200 <= response.status < 300 or response.status in ok_statuses:
                     return response

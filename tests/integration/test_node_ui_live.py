@@ -45,8 +45,8 @@ def comfy(comfyui_server_factory, provider):
     client.close()
 
 
-def post(comfy, path: str, body, content_type: str = "application/json") -> tuple[int, dict]:
-    req = urllib.request.Request(comfy.server.base_url + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": content_type})
+def post(comfy, path: str, body, content_type: str = "application/json", headers: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(comfy.server.base_url + path, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": content_type, **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as res:
             return res.status, json.loads(res.read())
@@ -122,6 +122,10 @@ def test_keys_route_is_write_only_and_mode_600_and_the_key_works_at_once(comfy, 
     listing = comfy.get_json("/nano_banana_bridge/keys")
     assert KEY not in json.dumps(listing) and next(o for o in listing["owners"] if o["owner"] == "google")["source"] == "file"
     assert post(comfy, "/nano_banana_bridge/keys", {"provider": "google", "key": KEY}, content_type="text/plain")[0] == 415
+    # DNS rebinding: a page on another site whose name now points at 127.0.0.1, sending as its own origin.
+    rebound = {"Host": "evil.example:8188", "Origin": "http://evil.example:8188"}
+    assert post(comfy, "/nano_banana_bridge/keys", {"provider": "google", "key": ""}, headers=rebound)[0] == 403
+    assert json.loads(path.read_text())["google"] == KEY
     status, answer = post(comfy, "/nano_banana_bridge/keys/test", {"provider": "google"})
     assert status == 200 and answer["ok"] is True and "gemini-3-pro-image-preview" in answer["answer"]
     # The run right after uses the new key (no restart).

@@ -31,13 +31,24 @@ def png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+BASIC = base64.b64encode(f":{GOOGLE_KEY}".encode()).decode()  # an echoed `Authorization: Basic` header, empty user
+
+
 def echo(req: Recorded) -> Reply:
+    if "echo in an error" in req.body.decode():  # a gateway that echoes the request's headers when it refuses it
+        said = f"Invalid credentials. Headers: Authorization: Basic {BASIC}; X-Key: {GOOGLE_KEY.upper()}"
+        return Reply(401, json={"error": {"code": 401, "message": said, "status": "UNAUTHENTICATED"}}, headers={"x-echo": f"Basic {BASIC}"})
     body = fixture("gemini/success_single.json")
     body["candidates"][0]["content"]["parts"] = [
         {"text": f"your key is {GOOGLE_KEY}, or {quote(GOOGLE_KEY, safe='')} in a URL, and it starts {GOOGLE_KEY[:14]}"},
+        {"text": f"A proxy saw Authorization: Basic {BASIC}, and {GOOGLE_KEY.lower()} in lower case"},
         {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png(16, 12)).decode()}},
     ]
     return Reply(json=body)
+
+
+# Every form of the key the fakes echo: the key-only middle of its base64 (the edges also hold the user name's bits).
+ECHOED_FORMS = (GOOGLE_KEY, quote(GOOGLE_KEY, safe=""), GOOGLE_KEY[:14], GOOGLE_KEY.upper(), GOOGLE_KEY.lower(), BASIC[3:-3])
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +142,28 @@ def test_broken_providers_file_keeps_the_node_and_says_where(comfy):
 
 def test_echoed_key_never_reaches_history_or_files(comfy, provider):
     (comfy.config_dir / "providers.json").unlink(missing_ok=True)
-    entry = comfy.run(graph("echo the key", "google", 2))
+    prompt = graph("echo the key", "google", 2)
+    prompt["4"] = {"class_type": "PreviewAny", "inputs": {"source": ["1", 4]}}  # the conversation output, with the model's words
+    entry = comfy.run(prompt)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
     shown = json.dumps(entry["outputs"])
-    assert "your key is ***" in shown  # the text output reached the preview, redacted
+    assert "your key is ***" in shown and "Basic" in shown  # the text output reached the preview, redacted
+    assert "A proxy saw" in json.dumps(entry["outputs"]["4"])  # so did the conversation
     everything = json.dumps(comfy.history()) + "".join(p.read_text(errors="ignore") for p in comfy.server.output_dir.rglob("*.json"))
-    for form in (GOOGLE_KEY, quote(GOOGLE_KEY, safe=""), GOOGLE_KEY[:14]):
+    for form in ECHOED_FORMS:
         assert form not in everything
+
+
+def test_a_key_echoed_in_an_error_never_reaches_history_or_the_log(comfy, provider):
+    (comfy.config_dir / "providers.json").unlink(missing_ok=True)
+    entry = comfy.run(graph("echo in an error", "google", 5))
+    error = status_message(entry, "execution_error")
+    assert error is not None and "Invalid credentials" in error["exception_message"], json.dumps(entry["status"])[:2000]
+    # /history keeps the message and traceback; ComfyUI's log has the message and the formatted exception.
+    everything = json.dumps(entry) + comfy.server.log_text()
+    assert "Invalid credentials" in comfy.server.log_text()  # the log holds the error: the search looks at the right lines
+    for form in ECHOED_FORMS:
+        assert form not in everything, form
 
 
 def test_planted_cache_and_journal_files_are_ignored(comfy, provider, foreign, tmp_path):

@@ -145,3 +145,14 @@ test("a node saved before the options node: its last nine values are the old adv
   assert.equal(legacyOptions(withResolution).save_to, "mine");
   assert.equal(legacyOptions(["a cat", "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)", "auto", "1K", 0, "randomize", 1, false, "references"]), null); // the new layout
 });
+
+test("Batch Mode (delivery batch on the options node): the provider's share of the price, said on the badge", () => {
+  const withBatch = { ...catalog, providers: catalog.providers.map((p) => (p.id === "google" ? { ...p, batch_discount: 0.5 } : p)) };
+  const badge = badgeFor({ ...base, catalog: withBatch, delivery: "batch", promptText: "a\nb", promptPerLine: true, resolution: "4K" });
+  assert.equal(badge.text, "~$0.24 for 2 images · Batch Mode");
+  assert.ok(Math.abs(badge.total - 2 * 0.24 * 0.5) < 1e-9);
+  assert.deepEqual(badgeFor({ ...base, catalog: withBatch, delivery: "now" }), badgeFor(base));
+  const fal = badgeFor({ ...base, catalog: withBatch, providerId: "fal", delivery: "batch" });
+  assert.equal(fal.level, "error");
+  assert.equal(fal.text, "fal.ai has no Batch Mode");
+});

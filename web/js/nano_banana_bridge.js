@@ -37,8 +37,16 @@ function toast(severity, summary, detail) {
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 
+// A setting of the options node connected to this node's `options` input (undefined without one).
+function optionValue(node, name) {
+  const slot = node.inputs?.findIndex((input) => input.name === "options") ?? -1;
+  const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+  return source && (source.comfyClass ?? source.type) === OPTIONS_ID ? widget(source, name)?.value : undefined;
+}
+
 function badgeState(node) {
   return badgeFor({
+    delivery: optionValue(node, "delivery"),
     catalog: catalog.data,
     providerId: widget(node, "provider")?.value,
     model: widget(node, "model")?.value,

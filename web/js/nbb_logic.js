@@ -35,8 +35,10 @@ export function effectiveProvider(catalog, providerId, model) {
 //   images = prompts x count (x each input image in "each image" mode, which the badge cannot count
 //   before the run, so it says "per input image"); price = list price per image at the resolution,
 //   the same figure the run's report multiplies by the images that arrive.
+//   With delivery "batch" (Google Batch Mode, set on a connected options node) the price is the
+//   provider's Batch Mode share of it (half, on Google), as the run's ledger records it.
 // Returns {text, level: "ok" | "warn" | "error", images, total, unit}.
-export function badgeFor({ catalog, providerId, model, resolution, count, promptText, promptPerLine, imageMode }) {
+export function badgeFor({ catalog, providerId, model, resolution, count, promptText, promptPerLine, imageMode, delivery }) {
   if (!catalog) return null;
   const name = stableModel(model);
   const images = promptCount(promptText, promptPerLine) * Math.max(1, Number(count) || 1);
@@ -49,6 +51,10 @@ export function badgeFor({ catalog, providerId, model, resolution, count, prompt
   }
   const offer = provider.models?.[name];
   if (!offer) return { text: `${provider.display_name} does not offer ${name}`, level: "error", images, total: null, unit: null };
+  const batch = delivery === "batch";
+  if (batch && (provider.batch_discount === undefined || provider.batch_discount === null)) {
+    return { text: `${provider.display_name} has no Batch Mode`, level: "error", images, total: null, unit: null };
+  }
   const noKey = provider.has_key ? "" : "no key · ";
   // As the server prices a call: the chosen resolution, else the model's default one ("" when fixed).
   const fallback = offer.resolutions?.length ? (offer.resolutions.includes("1K") ? "1K" : offer.resolutions[0]) : "";
@@ -57,8 +63,9 @@ export function badgeFor({ catalog, providerId, model, resolution, count, prompt
     const what = `${images > 1 ? ` · ${images} images` : ""}${perImage ? " per input image" : ""}`;
     return { text: `${noKey}price unknown${what}`, level: noKey ? "error" : "warn", images, total: null, unit: null };
   }
-  const total = price * images;
-  return { text: `${noKey}${formatAmount(total, offer.price_unit)}${scope}`, level: noKey ? "error" : "ok", images, total, unit: offer.price_unit };
+  const total = price * images * (batch ? provider.batch_discount : 1);
+  const mode = batch ? " · Batch Mode" : "";
+  return { text: `${noKey}${formatAmount(total, offer.price_unit)}${scope}${mode}`, level: noKey ? "error" : "ok", images, total, unit: offer.price_unit };
 }
 
 // Switching model rebuilds its sub-widgets with their defaults. Given the values the old ones held
