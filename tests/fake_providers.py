@@ -74,6 +74,8 @@ def point_presets_at(server: LoopbackServer, setenv) -> None:
             setenv(env_name(spec.id, "POLL_FIRST_DELAY"), "0.02")
             setenv(env_name(spec.id, "POLL_MAX_DELAY"), "0.05")
     setenv(env_name("evolink", "UPLOAD_URL"), f"{server.url}/evolink-files/upload/base64")
+    # The uploads' deletion too (else it went to the real files-api.evolink.ai: retried for 5 s per run, off loopback).
+    setenv(env_name("evolink", "FILE_DELETE_URL"), f"{server.url}/evolink-files/files/{{file_id}}")
     # Vertex: a service-account key made here, whose token endpoint is this server (vertex_fake.py).
     from vertex_fake import service_account_json
 

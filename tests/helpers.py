@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import threading
+import time
+from typing import Any, Awaitable
 
+import pytest
 from PIL import Image
 
 from banana_pack.providers.engine import get_engine
+from loopback import Handler, Recorded, Reply
 
 YELLOW_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4f4IBAASRAcjyuzl2AAAAAElFTkSuQmCC"
 BLUE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGOQm/AfAAJ9Aa5x8yHNAAAAAElFTkSuQmCC"
@@ -32,3 +37,51 @@ def run(coro):
             await get_engine().aclose()
 
     return asyncio.run(wrapper())
+
+
+class UserStop:
+    """A user who presses stop at a known moment: when the loopback server receives a chosen request.
+
+    The call is then provably under way (a timer started by the test races with the call's own
+    setup on a loaded machine), and "stops within a second" is timed from the press itself, to the
+    moment the call raises in its own event loop (not to the end of the test's teardown).
+    """
+
+    def __init__(self) -> None:
+        self.pressed = threading.Event()
+        self.at: float | None = None
+
+    def press(self) -> None:
+        if not self.pressed.is_set():
+            self.at = time.monotonic()
+            self.pressed.set()
+
+    def presses_while_answering(self, reply: Reply) -> Handler:
+        """A route handler that presses stop as its request arrives, then answers with `reply`
+        (give it a long delay: the call must notice the press while it waits, not after the answer)."""
+
+        def handler(_req: Recorded) -> Reply:
+            self.press()
+            return reply
+
+        return handler
+
+    async def seconds_until(self, error: type[BaseException], call: Awaitable[Any]) -> float:
+        """Await the call, which must raise `error`; return the seconds from the press to the raise."""
+        with pytest.raises(error):
+            await call
+        assert self.at is not None, "the call ended before the user pressed stop"
+        return time.monotonic() - self.at
+
+
+def held_until(released: threading.Event, reply: Reply) -> Handler:
+    """A route handler whose answer comes only once `released` is set (the test sets it when the call
+    is over, in a finally): slower than any timeout under test however loaded the machine, where a
+    fixed delay can be outlasted by a starved client. Gives up after 30 s (a broken timeout then
+    receives `reply` and the test fails)."""
+
+    def handler(_req: Recorded) -> Reply:
+        released.wait(30)
+        return reply
+
+    return handler

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import threading
 
 import pytest
 
@@ -22,7 +22,7 @@ from banana_pack.providers import (
     UpstreamUnavailable,
     generate,
 )
-from helpers import BLUE_PNG, YELLOW_PNG, YELLOW_PNG_B64, png_bytes, run
+from helpers import BLUE_PNG, YELLOW_PNG, YELLOW_PNG_B64, UserStop, held_until, png_bytes, run
 from loopback import Reply, fixture
 
 KEYS = {"evolink": "sk-evolink-test-key-0123", "apimaster": "sk-apimaster-test-key-4567"}
@@ -202,17 +202,11 @@ def test_handle_is_journaled_before_the_first_poll_and_resume_skips_submit(setup
 
 @BOTH
 def test_cancel_stops_within_a_second(setup, provider):
-    script(setup, provider, task=Reply(json=fixture(RUNNING[provider])))
-    flipped: list[float] = []
-
-    def stop_once_running() -> bool:  # the user stops while the job runs (not on a timer that a loaded machine outruns)
-        if not flipped and setup.hits("GET", TASK):
-            flipped.append(time.monotonic())
-        return bool(flipped)
-
-    with pytest.raises(Cancelled):
-        gen(provider, images=(REF,), ctx=CallContext(cancel_check=stop_once_running))
-    assert time.monotonic() - flipped[0] < 1.0
+    stop = UserStop()
+    # The user stops while a poll is in flight (its answer is slow): the call notices the press while it waits.
+    script(setup, provider, task=stop.presses_while_answering(Reply(json=fixture(RUNNING[provider]), delay=20)))
+    call = generate(provider, "Nano Banana 2", GenerationRequest(prompt="a lighthouse in fog", images=(REF,)), CallContext(cancel_check=stop.pressed.is_set))
+    assert run(stop.seconds_until(Cancelled, call)) < 1.0
     # No documented cancel endpoint: nothing else is sent, and the job's references are kept.
     assert [r.method for r in setup.requests if r.method != "GET"] == (["POST", "POST"] if provider == "evolink" else ["POST"])
 
@@ -249,10 +243,14 @@ def test_lost_submit_answer_is_not_resent(setup, provider):
 
 @BOTH
 def test_submit_slower_than_the_timeout_is_not_resent(setup, provider, monkeypatch):
-    monkeypatch.setenv(f"BANANA_{provider.upper()}_TIMEOUT", "0.3")
-    script(setup, provider, created=Reply(json=fixture(CREATED[provider]), delay=1.5))
-    with pytest.raises(TimedOut):
-        gen(provider)
+    monkeypatch.setenv(f"BANANA_{provider.upper()}_TIMEOUT", "0.5")
+    call_over = threading.Event()
+    script(setup, provider, created=held_until(call_over, Reply(json=fixture(CREATED[provider]))))
+    try:
+        with pytest.raises(TimedOut):
+            gen(provider)
+    finally:
+        call_over.set()
     assert len(submits(setup, provider)) == 1
 
 

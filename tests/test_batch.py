@@ -73,7 +73,18 @@ def test_expand_items_prompts_count_and_per_image():
 def test_outputs_keep_input_order_whatever_order_they_finish(google, tmp_path):
     rng = random.Random(7)
     delays = {f"prompt {i}": rng.uniform(0, 0.4) for i in range(12)}
-    google.route("POST", GEN_PATH, image_reply_for_prompt(delay_of_prompt=lambda p: delays[p]))
+    answer = image_reply_for_prompt(delay_of_prompt=lambda p: delays[p])
+    overlapping = threading.Event()
+
+    def once_two_run_at_once(req: Recorded) -> Reply:
+        # Answers wait until two calls are in flight (a starved client could otherwise send each one
+        # after the last was answered), then come in the shuffled order of their delays.
+        if google.max_concurrent > 1:
+            overlapping.set()
+        overlapping.wait(5)
+        return answer(req)
+
+    google.route("POST", GEN_PATH, once_two_run_at_once)
     items = expand_items(list(delays), [])
     outcomes = run(run_batch(items, SETTINGS, store=ResultStore(tmp_path)))
     assert [o.images[0].width for o in outcomes] == [i + 1 for i in range(12)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from banana_pack.providers import CallContext, Cancelled, GenerationRequest, InvalidRequest, MalformedResponse, NoImageReturned, generate
 from banana_pack.providers import QuotaOrRateLimited, SafetyRejected, TimedOut, UpstreamUnavailable
 from banana_pack.providers.engine import Caller, HttpEngine, PollCadence, PollState, ProcessLimiter, RetryPolicy, get_engine, parse_error_body, retry_after_header
-from helpers import png_bytes, run
+from helpers import UserStop, held_until, png_bytes, run
 from loopback import Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -31,31 +32,31 @@ def request(prompt="p"):
 
 def test_slow_server_hits_the_read_timeout_and_is_not_resent(google, monkeypatch):
     monkeypatch.setenv("BANANA_GOOGLE_TIMEOUT", "0.5")
-    google.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json"), delay=3))
-    started = time.monotonic()
-    with pytest.raises(TimedOut) as info:
-        run(generate("google", "Nano Banana", request()))
-    assert time.monotonic() - started < 2.5
+    test_over = threading.Event()
+    # The answer comes once the call is over: without its read timeout the call would end with this success.
+    google.route("POST", GEN_PATH, held_until(test_over, Reply(json=fixture("gemini/success_single.json"))))
+    try:
+        with pytest.raises(TimedOut) as info:
+            run(generate("google", "Nano Banana", request()))
+    finally:
+        test_over.set()
     assert "timeout" in str(info.value).lower()
     assert len(google.requests) == 1  # a generation that may still be billed is never resent
 
 
 def test_cancel_check_stops_the_request_within_a_second(google):
-    google.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json"), delay=20))
-    flag = threading.Event()
-    threading.Timer(0.5, flag.set).start()
-    started = time.monotonic()
-    with pytest.raises(Cancelled):
-        run(generate("google", "Nano Banana", request(), CallContext(cancel_check=flag.is_set)))
-    assert time.monotonic() - started < 1.5
+    stop = UserStop()
+    google.route("POST", GEN_PATH, stop.presses_while_answering(Reply(json=fixture("gemini/success_single.json"), delay=20)))
+    assert run(stop.seconds_until(Cancelled, generate("google", "Nano Banana", request(), CallContext(cancel_check=stop.pressed.is_set)))) < 1.0
 
 
 def test_cancelled_asyncio_task_stops_the_request(google):
-    google.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json"), delay=20))
+    sent = threading.Event()
+    google.route("POST", GEN_PATH, lambda _req: (sent.set(), Reply(json=fixture("gemini/success_single.json"), delay=20))[1])
 
     async def scenario():
         task = asyncio.create_task(generate("google", "Nano Banana", request()))
-        await asyncio.sleep(0.4)
+        assert await asyncio.to_thread(sent.wait, 30)  # cancelled while the request is in flight, not before it left
         task.cancel()
         started = time.monotonic()
         with pytest.raises(asyncio.CancelledError):
@@ -67,7 +68,17 @@ def test_cancelled_asyncio_task_stops_the_request(google):
 
 def test_concurrency_limit_is_shared_by_every_call(google, monkeypatch):
     monkeypatch.setenv("BANANA_GOOGLE_CONCURRENCY", "3")
-    google.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json"), delay=0.3))
+    limit_reached = threading.Event()
+
+    def held(_req):
+        # Each answer waits until the limit's worth of calls is in flight (a fixed delay can end before a
+        # loaded machine sends the third), then a little longer, so a call past the limit would overlap.
+        if google.max_concurrent >= 3:
+            limit_reached.set()
+        limit_reached.wait(10)
+        return Reply(json=fixture("gemini/success_single.json"), delay=0.3)
+
+    google.route("POST", GEN_PATH, held)
 
     async def scenario():
         return await asyncio.gather(*(generate("google", "Nano Banana", request(f"p{i}")) for i in range(10)))
@@ -122,11 +133,24 @@ def test_cancelled_waiter_does_not_leak_a_slot():
 
 
 def test_status_text_about_once_a_second(google):
-    google.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json"), delay=2.2))
     lines: list[str] = []
-    run(generate("google", "Nano Banana", request(), CallContext(on_status=lines.append)))
-    assert 2 <= len(lines) <= 4
-    assert lines[0].startswith("Generating with Google Gemini API") and lines[-1].endswith("(2s)")
+    two_seconds = threading.Event()
+
+    def on_status(line: str) -> None:
+        lines.append(line)
+        if line.endswith("(2s)"):
+            two_seconds.set()
+
+    def answer_once_two_seconds_were_reported(_req):  # not a fixed delay that a loaded machine stretches past 3 s
+        two_seconds.wait(30)
+        return Reply(json=fixture("gemini/success_single.json"))
+
+    google.route("POST", GEN_PATH, answer_once_two_seconds_were_reported)
+    run(generate("google", "Nano Banana", request(), CallContext(on_status=on_status)))
+    assert all(line.startswith("Generating with Google Gemini API") for line in lines)
+    seconds = [int(re.search(r"\((\d+)s\)$", line).group(1)) for line in lines]
+    # Once a second, on whole seconds: never two lines for one second (a line per 0.2 s tick would repeat).
+    assert 2 in seconds and seconds == sorted(set(seconds)), lines
 
 
 def test_retry_after_http_date_and_seconds():
@@ -263,21 +287,21 @@ def test_declared_generation_failure_is_no_image_and_not_retried(google):
 def test_cancel_is_seen_by_a_loop_of_steps_shorter_than_the_tick():
     engine = get_engine()
     flag = threading.Event()
-    threading.Timer(0.15, flag.set).start()
     polls: list[float] = []
 
     async def check():
         polls.append(time.monotonic())
+        if len(polls) == 4:
+            flag.set()  # the user stops between two steps (each much shorter than the cancel tick)
         return PollState(False)
 
     async def scenario():
         ctx = CallContext(cancel_check=flag.is_set)
         await engine.poll(ctx, Caller("p"), check, cadence=PollCadence(first=0.01, every=0.01), max_wait=5)
 
-    started = time.monotonic()
-    with pytest.raises(Cancelled):
+    with pytest.raises(Cancelled):  # unseen, the loop would run on to max_wait's TimedOut
         run(scenario())
-    assert time.monotonic() - started < 1.0 and len(polls) > 3
+    assert len(polls) == 4  # seen before the next step, not after some later tick
 
 
 def test_remote_cancel_runs_without_the_cancel_flag(server):

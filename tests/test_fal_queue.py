@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -22,7 +21,7 @@ from banana_pack.providers import (
     UpstreamUnavailable,
     generate,
 )
-from helpers import BLUE_PNG, YELLOW_PNG, YELLOW_PNG_B64, png_bytes, run
+from helpers import BLUE_PNG, YELLOW_PNG, YELLOW_PNG_B64, UserStop, held_until, png_bytes, run
 from loopback import Reply, fixture
 
 KEY = "fal-key-id-0123:fal-key-secret-4567"
@@ -174,18 +173,13 @@ def test_handle_is_journaled_before_the_first_poll_and_resume_skips_submit(fal):
 
 
 def test_cancel_stops_within_a_second_and_cancels_the_remote_job(fal):
-    script(fal, status=Reply(202, fixture("fal/status_in_queue.json")))
+    stop = UserStop()
+    # The user stops while a status poll is in flight (its answer is slow): the call notices the press
+    # while it waits, and cancelling the remote job is part of stopping.
+    script(fal, status=stop.presses_while_answering(Reply(202, fixture("fal/status_in_queue.json"), delay=20)))
     fal.route("PUT", rf"/requests/{RID}/cancel$", Reply(json={"status": "CANCELLATION_REQUESTED"}))
-    flipped: list[float] = []
-
-    def stop_once_queued() -> bool:  # the user stops while the job is queued (not on a timer that a loaded machine outruns)
-        if not flipped and fal.hits("GET", r"/status$"):
-            flipped.append(time.monotonic())
-        return bool(flipped)
-
-    with pytest.raises(Cancelled):
-        gen(ctx=CallContext(cancel_check=stop_once_queued))
-    assert time.monotonic() - flipped[0] < 1.0
+    call = generate("fal", "Nano Banana", GenerationRequest(prompt="a banana on the moon"), CallContext(cancel_check=stop.pressed.is_set))
+    assert run(stop.seconds_until(Cancelled, call)) < 1.0
     (cancel,) = fal.hits("PUT", r"/cancel$")
     assert cancel.path == f"/fal-ai/nano-banana/requests/{RID}/cancel" and cancel.headers["authorization"] == f"Key {KEY}"
     assert len(submits(fal)) == 1
@@ -213,11 +207,15 @@ def test_lost_submit_answer_is_not_resent(fal):
 
 
 def test_submit_slower_than_the_timeout_is_not_resent(fal, monkeypatch):
-    monkeypatch.setenv("BANANA_FAL_TIMEOUT", "0.3")
+    monkeypatch.setenv("BANANA_FAL_TIMEOUT", "0.5")
     script(fal)
-    fal.route("POST", r"^/fal-ai/nano-banana$", Reply(json=submit_body(fal.url), delay=1.5))
-    with pytest.raises(TimedOut) as info:
-        gen()
+    call_over = threading.Event()
+    fal.route("POST", r"^/fal-ai/nano-banana$", held_until(call_over, Reply(json=submit_body(fal.url))))
+    try:
+        with pytest.raises(TimedOut) as info:
+            gen()
+    finally:
+        call_over.set()
     assert len(submits(fal)) == 1 and "NOT sent again" in str(info.value)
 
 

@@ -100,7 +100,7 @@ def fal(server, monkeypatch):
 
 def run_prompt(store: ResultStore, tmp_path, while_pending) -> list:
     """Our node as ComfyUI runs it: a task created by the executor, which returns (and asyncio.run
-    cancels what is left) once `while_pending` has run, i.e. once the neighbour has failed."""
+    cancels what is left) once `while_pending(node task)` has run, i.e. once the neighbour has failed."""
     holder: list = []
 
     async def execute_async():
@@ -109,7 +109,7 @@ def run_prompt(store: ResultStore, tmp_path, while_pending) -> list:
         node.add_done_callback(holder.append)
         while not list((tmp_path / ".journal").glob("*.json")):
             await asyncio.sleep(0.02)
-        await while_pending()
+        await while_pending(node)
 
     asyncio.run(execute_async())
     return holder
@@ -118,7 +118,7 @@ def run_prompt(store: ResultStore, tmp_path, while_pending) -> list:
 def test_neighbour_failure_leaves_the_job_running_and_journaled(comfy, fal, tmp_path):
     store = ResultStore(tmp_path)
 
-    async def neighbour_fails():
+    async def neighbour_fails(_node):
         pass  # execute() returned FAILURE for another node: the executor returns, nothing sets the flag
 
     (task,) = run_prompt(store, tmp_path, neighbour_fails)
@@ -139,7 +139,7 @@ def test_neighbour_failure_leaves_the_job_running_and_journaled(comfy, fal, tmp_
 
 
 def test_user_interrupt_taken_by_a_blocking_neighbour_still_cancels(comfy, fal, tmp_path):
-    async def sampler_interrupted():
+    async def sampler_interrupted(_node):
         # A synchronous sampler runs (no await: the loop is blocked); the user presses Interrupt;
         # the sampler's progress hook clears the flag as it raises; the executor returns.
         user_presses_interrupt(comfy)
@@ -154,11 +154,11 @@ def test_user_interrupt_taken_by_a_blocking_neighbour_still_cancels(comfy, fal, 
 
 
 def test_user_interrupt_while_our_node_runs_alone_cancels(comfy, fal, tmp_path):
-    async def interrupt_and_wait():
+    async def interrupt_and_wait(node):
         user_presses_interrupt(comfy)  # the loop is free: our node sees the flag itself
-        while not fal.hits("PUT", r"/cancel$"):
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.1)
+        # Until our node has finished (not a fixed pause after its cancel request, which a loaded machine
+        # outlasts, so asyncio.run cancelled the node before it could return its outcome).
+        await asyncio.wait({node}, timeout=30)
 
     (task,) = run_prompt(ResultStore(tmp_path), tmp_path, interrupt_and_wait)
     (outcome,) = task.result()
@@ -173,7 +173,7 @@ def test_an_interrupt_of_an_earlier_prompt_does_not_count(comfy, fal, tmp_path):
     user_presses_interrupt(comfy)
     comfy.interrupt_current_processing(False)
 
-    async def neighbour_fails():
+    async def neighbour_fails(_node):
         pass
 
     run_prompt(ResultStore(tmp_path), tmp_path, neighbour_fails)

@@ -226,11 +226,17 @@ def test_repeated_async_items_never_share_or_delete_one_journal_entry(fal, tmp_p
     fal.route("POST", rf"^/{FAL_APP}$", lambda _req: Reply(json=next(jobs), delay=0.0))
     store_root = tmp_path / "store"
 
+    async def polled(rid: str) -> None:
+        while not fal.hits("GET", rf"/requests/{rid}/status$"):
+            await asyncio.sleep(0.02)
+
     async def crash_while_second_runs():
         finished = asyncio.Event()
         task = asyncio.create_task(run_batch(items, FAL, store=ResultStore(store_root), on_update=lambda p: p.done and finished.set()))
         await asyncio.wait_for(finished.wait(), 30)
-        await asyncio.sleep(0.2)
+        # The second job is journaled before its first poll: wait for that poll (a fixed pause let a
+        # loaded machine cancel the item before its job was even submitted).
+        await asyncio.wait_for(polled("job-2"), 30)
         task.cancel()  # ComfyUI dies while the second job is still running at fal
         await asyncio.gather(task, return_exceptions=True)
 
