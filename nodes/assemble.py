@@ -95,6 +95,8 @@ class OutputBatch:
         task = asyncio.ensure_future(self._working(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled (close()) before it started never runs `work`: close it, unawaited.
+        task.add_done_callback(lambda done: work.close() if done.cancelled() else None)
 
     def _frontier(self) -> int | None:
         """The item whose first image sets the frame size, once every item before it produced none."""

@@ -125,3 +125,22 @@ def test_render_decodes_out_of_order_results_into_input_order(server, monkeypatc
     assert waited == [True]  # a result was decoded while the first prompt was still running
     assert torch.equal(out.images, decode_images(list(blobs.values()), size_policy="pad"))
     assert [row["index"] for row in out.report["items"]] == list(range(6))
+
+
+def test_close_before_the_decodes_start_leaves_no_coroutine_unawaited():
+    """A run that fails at once (its neighbour's error) closes the batch before its decodes ran."""
+    import gc
+    import warnings
+
+    async def scenario():
+        batch = OutputBatch([1, 1, 1], "resize")
+        for index in range(3):
+            batch.add(index, [picture(6, 4, index)])
+        batch.close()  # before the loop ran any of the spawned tasks
+        await asyncio.sleep(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run(scenario())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
