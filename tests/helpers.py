@@ -27,6 +27,19 @@ def png_bytes(width: int, height: int, color=(200, 30, 30)) -> bytes:
     return buf.getvalue()
 
 
+class ProgressLines:
+    """A render() progress sink that keeps every status line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def text(self, text: str, *, force: bool = False) -> None:
+        self.lines.append(text)
+
+    def items_finished(self, finished: int, total: int) -> None:
+        pass
+
+
 def run(coro):
     """Run a coroutine on a fresh loop and close the engine's client for that loop afterwards."""
 

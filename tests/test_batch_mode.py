@@ -15,7 +15,7 @@ from fake_gemini_batch import CANCELLED as STATE_CANCELLED
 from fake_gemini_batch import EXPIRED, PENDING, RUNNING, SUCCEEDED, FakeBatchMode
 from fake_gemini_batch import FAILED as STATE_FAILED
 from fake_providers import point_presets_at
-from helpers import run
+from helpers import ProgressLines, run
 from loopback import Reply
 
 CREATE = r":batchGenerateContent$"
@@ -40,15 +40,6 @@ def inputs(prompts: list[str], **kw) -> RenderInputs:
     return RenderInputs(prompts=["\n".join(prompts)], prompt_per_line=True, delivery="batch", **kw)
 
 
-class Progress:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def text(self, text: str, *, force: bool = False) -> None:
-        self.lines.append(text)
-
-    def items_finished(self, finished: int, total: int) -> None:
-        pass
 
 
 def ledger_rows(config_dir) -> list[dict]:
@@ -57,7 +48,7 @@ def ledger_rows(config_dir) -> list[dict]:
 
 def test_one_inline_batch_mixed_answers_saved_and_billed_at_half_price(google, tmp_path, isolated_config):
     fake = FakeBatchMode(google, states=[PENDING, RUNNING, RUNNING, SUCCEEDED]).install()
-    progress = Progress()
+    progress = ProgressLines()
     out = run(render(inputs(["cat 4", "refuse this", "error here", "dog 7"]), store_root=tmp_path, progress=progress, prompt_id="p-1"))
     (create,) = google.hits("POST", CREATE)
     assert create.path == "/models/gemini-3.1-flash-image-preview:batchGenerateContent"

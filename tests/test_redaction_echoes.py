@@ -25,7 +25,7 @@ from banana_pack.nodes.key_routes import try_key
 from banana_pack.nodes.render import RenderInputs, render, report_json
 from banana_pack.providers.errors import BananaError
 from banana_pack.providers.redaction import MARKER, redact, redact_data, register_secret
-from helpers import png_bytes, run
+from helpers import ProgressLines, png_bytes, run
 from loopback import Recorded, Reply, fixture
 
 # Printable ASCII with the characters that URL, JSON, HTML and repr escaping rewrite.
@@ -113,15 +113,6 @@ def gateway_reply(echo: str):
     return handler
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def text(self, text: str, *, force: bool = False) -> None:
-        self.lines.append(text)
-
-    def items_finished(self, finished: int, total: int) -> None:
-        pass
 
 
 @pytest.fixture
@@ -147,7 +138,7 @@ def inputs(prompts: str, on_failure: str = "fail") -> RenderInputs:
 def test_an_echoed_key_reaches_no_output_report_sidecar_status_or_log(name, server, monkeypatch, tmp_path, every_log_line):
     echo, evidence = ECHOES[name]
     google(server, monkeypatch, echo)
-    sink = Sink()
+    sink = ProgressLines()
     out = run(render(inputs("draw a cat\njson error please\nplain error please", "flag"), store_root=tmp_path / "store", progress=sink))
     assert out.report["counts"] == {"ok": 1, "failed": 2}
     assert "The gateway saw" in out.text and "Invalid credentials" in report_json(out.report) and "Bad request" in report_json(out.report)

@@ -18,7 +18,7 @@ import pytest
 from banana_pack.nodes.render import RenderInputs, render, report_json
 from banana_pack.providers.errors import BananaError
 from banana_pack.providers.redaction import MARKER, clip, redact, redact_data, register_secret
-from helpers import png_bytes, run
+from helpers import ProgressLines, png_bytes, run
 from loopback import Recorded, Reply, fixture
 
 # Printable ASCII with the characters that encoders and JSON rewrite.
@@ -67,19 +67,10 @@ def echoing(server, monkeypatch):
     return server
 
 
-class Sink:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def text(self, text: str, *, force: bool = False) -> None:
-        self.lines.append(text)
-
-    def items_finished(self, finished: int, total: int) -> None:
-        pass
 
 
 def test_outputs_reports_sidecars_and_status_carry_no_form_of_the_key(echoing, tmp_path):
-    sink = Sink()
+    sink = ProgressLines()
     inputs = RenderInputs(prompts=["draw 1\nrefuse 2\ndraw 3"], prompt_per_line=True, provider="google", model="Nano Banana Pro", resolution="1K", on_failure="flag")
     out = run(render(inputs, store_root=tmp_path / "store", progress=sink))
     assert MARKER in out.text and out.report["counts"] == {"ok": 2, "refused": 1}
