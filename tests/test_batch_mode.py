@@ -40,8 +40,6 @@ def inputs(prompts: list[str], **kw) -> RenderInputs:
     return RenderInputs(prompts=["\n".join(prompts)], prompt_per_line=True, delivery="batch", **kw)
 
 
-
-
 def ledger_rows(config_dir) -> list[dict]:
     return list(Ledger(config_dir / LEDGER_FILE).entries())
 

@@ -113,8 +113,6 @@ def gateway_reply(echo: str):
     return handler
 
 
-
-
 @pytest.fixture
 def every_log_line(caplog, monkeypatch):
     """Every record at DEBUG, httpcore's header lines included (as ComfyUI --verbose DEBUG logs them)."""

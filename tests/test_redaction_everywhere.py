@@ -67,8 +67,6 @@ def echoing(server, monkeypatch):
     return server
 
 
-
-
 def test_outputs_reports_sidecars_and_status_carry_no_form_of_the_key(echoing, tmp_path):
     sink = ProgressLines()
     inputs = RenderInputs(prompts=["draw 1\nrefuse 2\ndraw 3"], prompt_per_line=True, provider="google", model="Nano Banana Pro", resolution="1K", on_failure="flag")
