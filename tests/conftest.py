@@ -29,7 +29,10 @@ _load_pack()
 sys.path.insert(0, str(PACK_DIR / "tests"))
 
 
+import errno  # noqa: E402
+import ipaddress  # noqa: E402
 import os  # noqa: E402
+import socket  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -52,3 +55,55 @@ def isolated_config(tmp_path, monkeypatch):
     config_dir = tmp_path / "banana_config"
     monkeypatch.setenv("BANANA_CONFIG_DIR", str(config_dir))
     return config_dir
+
+
+def _on_this_machine(address) -> bool:
+    if isinstance(address, (str, bytes)):
+        return True  # a Unix socket
+    host = str(address[0]).split("%", 1)[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch):
+    """Nothing the suite runs reaches past this machine: a connection anywhere else, or a DNS
+    lookup of any name but localhost, is refused before a packet leaves, and the test fails even if
+    the code under test swallowed the error (a fake left pointing at a real provider once sent its
+    test key there on every run)."""
+    refused: list = []
+    connect, connect_ex, getaddrinfo = socket.socket.connect, socket.socket.connect_ex, socket.getaddrinfo
+
+    def check(address) -> None:
+        if not _on_this_machine(address):
+            refused.append(address)
+            raise OSError(errno.ENETUNREACH, f"test guard: no connection to {address!r} from the test suite")
+
+    def guarded_connect(self, address):
+        check(address)
+        return connect(self, address)
+
+    def guarded_connect_ex(self, address):
+        check(address)
+        return connect_ex(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        # A name is never looked up either: where DNS works, that is a packet past this machine.
+        name = host.decode() if isinstance(host, bytes) else host
+        if name is not None and name != "localhost" and not name.endswith(".localhost"):
+            try:
+                ipaddress.ip_address(str(name).split("%", 1)[0])
+            except ValueError:
+                refused.append((name,))
+                raise socket.gaierror(socket.EAI_NONAME, f"test guard: no lookup of {name!r} from the test suite") from None
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", guarded_connect_ex)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield refused
+    assert not refused, f"the test tried to connect outside this machine: {refused}"
