@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import re
 import sqlite3
@@ -31,8 +30,9 @@ from ..providers.protocols import gemini_batch
 from ..providers.redaction import redact
 from .batch_mode import supports_batch
 from .comfy_glue import output_dir
-from .key_routes import MAX_BODY, refuse_write
+from .key_routes import guarded_write
 from .ledger import Ledger, today
+from .server_routes import json_answer, register_once
 from .store import ResultStore
 
 log = logging.getLogger("nano_banana_bridge")
@@ -44,7 +44,6 @@ MAX_JOBS = 200
 STATUS_TIMEOUT = 8.0
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _FOLDER = re.compile(r"^[^/\\]{1,200}$")
-_registered = False
 
 
 def _text(value: Any, limit: int = 120) -> str | None:
@@ -173,37 +172,12 @@ async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str
     return 200, {"ok": True, "message": "Cancel requested. The job stays journaled: queue the same run again to collect whatever had finished."}
 
 
-def register_jobs_routes() -> None:
-    global _registered
-    if _registered:
-        return
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-
-    def answer(status: int, body: dict):
-        return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
-
-    routes = PromptServer.instance.routes
-
+@register_once
+def register_jobs_routes(routes, web) -> None:
     @routes.get(ROUTE)
     async def jobs(request):
-        return answer(200, await jobs_summary(with_status=request.query.get("status", "1") != "0"))
+        return json_answer(web, 200, await jobs_summary(with_status=request.query.get("status", "1") != "0"))
 
     @routes.post(CANCEL_ROUTE)
     async def cancel(request):
-        refused = refuse_write(request.remote, request.headers)
-        if refused:
-            return answer(*refused)
-        raw = await request.content.read(MAX_BODY + 1)
-        try:
-            body = json.loads(raw) if len(raw) <= MAX_BODY else None
-        except ValueError:
-            body = None
-        if body is None:
-            return answer(400, {"error": f"Send a JSON body of at most {MAX_BODY} bytes."})
-        return answer(*(await cancel_job(body)))
-
-    _registered = True
+        return await guarded_write(web, request, cancel_job)

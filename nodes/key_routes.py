@@ -24,7 +24,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 from ..providers.client import provider_call
@@ -32,6 +32,7 @@ from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, ge
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, ConfigError
 from ..providers.redaction import redact, redact_data, register_secret
+from .server_routes import json_answer, register_once
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -277,51 +278,33 @@ async def try_key(body: Any) -> tuple[int, dict]:
 
 # -- aiohttp glue ---------------------------------------------------------------------------------
 
-_registered = False
-
-
-def register_key_routes() -> None:
-    global _registered
-    if _registered:
-        return
+async def guarded_write(web, request, handler: Callable[[Any], Any]):
+    """A POST that writes or spends: refused unless refuse_write allows it, with a JSON body of at
+    most MAX_BODY bytes; `handler(body)` (plain or async) gives the (status, JSON) answer."""
+    refused = refuse_write(request.remote, request.headers)
+    if refused:
+        return json_answer(web, *refused)
+    raw = await request.content.read(MAX_BODY + 1)
     try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-
-    async def read_body(request) -> Any:
-        raw = await request.content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:
             raise ValueError("too large")
-        return json.loads(raw or b"null")
+        body = json.loads(raw or b"null")
+    except ValueError:
+        return json_answer(web, 400, {"error": f"Send a JSON body of at most {MAX_BODY} bytes."})
+    result = handler(body)
+    return json_answer(web, *(await result if asyncio.iscoroutine(result) else result))
 
-    def answer(status: int, body: dict):
-        return web.json_response(body, status=status, headers={"Cache-Control": "no-store"})
 
-    async def guarded(request, handler):
-        refused = refuse_write(request.remote, request.headers)
-        if refused:
-            return answer(*refused)
-        try:
-            body = await read_body(request)
-        except ValueError:
-            return answer(400, {"error": f"Send a JSON body of at most {MAX_BODY} bytes."})
-        result = handler(body)
-        return answer(*(await result if asyncio.iscoroutine(result) else result))
-
-    routes = PromptServer.instance.routes
-
+@register_once
+def register_key_routes(routes, web) -> None:
     @routes.get(ROUTE)
     async def keys_status(_request):
-        return answer(200, key_status())
+        return json_answer(web, 200, key_status())
 
     @routes.post(ROUTE)
     async def keys_set(request):
-        return await guarded(request, set_key)
+        return await guarded_write(web, request, set_key)
 
     @routes.post(TEST_ROUTE)
     async def keys_test(request):
-        return await guarded(request, try_key)
-
-    _registered = True
+        return await guarded_write(web, request, try_key)

@@ -22,11 +22,11 @@ from ..providers.config import (
 )
 from ..providers.errors import BananaError, ConfigError
 from .batch_mode import batch_discount, supports_batch
+from .server_routes import register_once
 
 log = logging.getLogger("nano_banana_bridge")
 ROUTE = "/nano_banana_bridge/catalog"
 MODELS_ROUTE = "/nano_banana_bridge/models"  # ?provider=<id>[&refresh=1]: which Nano Banana ids the key can use
-_registered = False
 
 
 def catalog_summary() -> dict:
@@ -104,22 +104,12 @@ async def models_summary(provider_id: str, *, refresh: bool = False) -> dict:
         return {"provider": provider_id[:100], "listed": False, "error": str(exc).splitlines()[0]}
 
 
-def register_routes() -> None:
-    global _registered
-    if _registered:
-        return
-    try:
-        from aiohttp import web
-        from server import PromptServer
-    except ImportError:
-        return
-
-    @PromptServer.instance.routes.get(ROUTE)
+@register_once
+def register_routes(routes, web) -> None:
+    @routes.get(ROUTE)
     async def catalog(_request):
         return web.json_response(catalog_answer())
 
-    @PromptServer.instance.routes.get(MODELS_ROUTE)
+    @routes.get(MODELS_ROUTE)
     async def models(request):
         return web.json_response(await models_summary(request.query.get("provider", ""), refresh=request.query.get("refresh") in ("1", "true")))
-
-    _registered = True
