@@ -27,6 +27,14 @@ def png_bytes(width: int, height: int, color=(200, 30, 30)) -> bytes:
     return buf.getvalue()
 
 
+def point_at(monkeypatch, provider: str, url: str) -> None:
+    """Point one preset at a loopback server, polling fast (first poll 20 ms, then at most 50 ms)."""
+    prefix = f"BANANA_{provider.upper()}_"
+    monkeypatch.setenv(prefix + "BASE_URL", url)
+    monkeypatch.setenv(prefix + "POLL_FIRST_DELAY", "0.02")
+    monkeypatch.setenv(prefix + "POLL_MAX_DELAY", "0.05")
+
+
 class ProgressLines:
     """A render() progress sink that keeps every status line."""
 

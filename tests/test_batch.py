@@ -25,7 +25,7 @@ from banana_pack.nodes.batch import (
 from banana_pack.nodes.store import ResultStore
 from banana_pack.providers import SafetyRejected
 from banana_pack.providers.outcome import ImageInput
-from helpers import png_bytes, run
+from helpers import png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -183,9 +183,7 @@ def test_failed_item_reports_kind(google, tmp_path):
 def test_journaled_async_job_is_reattached_after_restart_not_resubmitted(server, monkeypatch, tmp_path):
     """A job accepted before a crash is finished by the next run, without paying for it again."""
     monkeypatch.setenv("FAL_KEY", "fal-journal-key:secret-123")
-    monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "fal", server.url)
     rid = "job-0001"
     app = "fal-ai/nano-banana-pro"
     submit = fixture("fal/submit.json")

@@ -15,7 +15,7 @@ from fake_gemini_batch import CANCELLED as STATE_CANCELLED
 from fake_gemini_batch import EXPIRED, PENDING, RUNNING, SUCCEEDED, FakeBatchMode
 from fake_gemini_batch import FAILED as STATE_FAILED
 from fake_providers import point_presets_at
-from helpers import ProgressLines, run
+from helpers import ProgressLines, point_at, run
 from loopback import Reply
 
 CREATE = r":batchGenerateContent$"
@@ -25,9 +25,7 @@ NB2_1K = 0.067  # list price of Nano Banana 2 at 1K; Batch Mode bills half
 @pytest.fixture
 def google(server, monkeypatch):
     monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "batch-mode-key-0123456789")
-    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_GOOGLE_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_GOOGLE_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "google", server.url)
     monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "20")  # a broken attach fails the test instead of hanging it
     return server
 
@@ -200,9 +198,7 @@ def test_run_key_depends_on_every_item():
 def google_v1beta(server, monkeypatch):
     """The fake under /v1beta, where google-genai sends its requests."""
     monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "batch-mode-key-0123456789")
-    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", f"{server.url}/v1beta")
-    monkeypatch.setenv("BANANA_GOOGLE_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_GOOGLE_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "google", f"{server.url}/v1beta")
     monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "20")
     return server
 

@@ -25,7 +25,7 @@ from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.client import ProviderCall
 from banana_pack.providers.engine import get_engine, transport
 from banana_pack.providers.errors import BananaError, ConfigError
-from helpers import png_bytes, run
+from helpers import png_bytes, point_at, run
 from hostile import HostileServer, drip, endless, gzip_bomb, redirect, reply
 from loopback import fixture
 
@@ -62,9 +62,7 @@ def google(base, monkeypatch):
 @pytest.fixture
 def fal(base, monkeypatch):
     monkeypatch.setenv("FAL_KEY", FAL_KEY)
-    monkeypatch.setenv("BANANA_FAL_BASE_URL", base.url)
-    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "fal", base.url)
     return base
 
 

@@ -11,15 +11,13 @@ from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.store import ResultStore
 from banana_pack.providers.errors import BananaError
 from fake_gemini_batch import PENDING, RUNNING, FakeBatchMode
-from helpers import run
+from helpers import point_at, run
 
 
 @pytest.fixture
 def google(server, monkeypatch):
     monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "jobs-panel-key-0123456789")
-    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_GOOGLE_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_GOOGLE_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "google", server.url)
     monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "0.2")
     return server
 

@@ -29,7 +29,7 @@ from banana_pack.nodes.batch import (
 )
 from banana_pack.nodes.comfy_glue import NodeProgress
 from banana_pack.nodes.store import ResultStore
-from helpers import png_bytes, run
+from helpers import png_bytes, point_at, run
 from loopback import Reply, fixture
 
 APP = "fal-ai/nano-banana-pro"
@@ -86,9 +86,7 @@ def user_presses_interrupt(mm) -> None:
 @pytest.fixture
 def fal(server, monkeypatch):
     monkeypatch.setenv("FAL_KEY", "fal-neighbour-key:secret-123")
-    monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "fal", server.url)
     submit = fixture("fal/submit.json")
     base = f"{server.url}/{APP}/requests/{RID}"
     submit.update(request_id=RID, response_url=base, status_url=base + "/status", cancel_url=base + "/cancel")

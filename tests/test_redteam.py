@@ -23,7 +23,7 @@ from banana_pack.nodes.housekeeping import tidy
 from banana_pack.nodes.store import ResultStore
 from banana_pack.providers.config import all_providers
 from banana_pack.providers.errors import ConfigError
-from helpers import png_bytes, run
+from helpers import png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -50,9 +50,7 @@ def google(server, monkeypatch):
 @pytest.fixture
 def fal(server, monkeypatch):
     monkeypatch.setenv("FAL_KEY", "fal-redteam-key:secret-456")
-    monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "fal", server.url)
     rid = "job-red"
     base = f"{server.url}/{FAL_APP}/requests/{rid}"
     submit = fixture("fal/submit.json")

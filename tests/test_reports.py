@@ -22,7 +22,7 @@ from banana_pack.nodes.batch import (
 )
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.store import ResultStore
-from helpers import png_bytes, run
+from helpers import png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -39,9 +39,7 @@ def google(server, monkeypatch):
 @pytest.fixture
 def fal(server, monkeypatch):
     monkeypatch.setenv("FAL_KEY", "fal-report-key:secret-123")
-    monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "fal", server.url)
     return server
 
 

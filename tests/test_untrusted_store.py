@@ -19,7 +19,7 @@ import pytest
 
 from banana_pack.nodes.batch import CACHED, OK, BatchSettings, expand_items, run_batch
 from banana_pack.nodes.store import ResultStore
-from helpers import png_bytes, run
+from helpers import png_bytes, point_at, run
 from loopback import LoopbackServer, Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -46,9 +46,7 @@ def google(server, monkeypatch):
 @pytest.fixture
 def fal(server, monkeypatch):
     monkeypatch.setenv("FAL_KEY", "fal-store-key:secret-456")
-    monkeypatch.setenv("BANANA_FAL_BASE_URL", server.url)
-    monkeypatch.setenv("BANANA_FAL_POLL_FIRST_DELAY", "0.02")
-    monkeypatch.setenv("BANANA_FAL_POLL_MAX_DELAY", "0.05")
+    point_at(monkeypatch, "fal", server.url)
     return server
 
 
