@@ -107,3 +107,23 @@ def test_stop_cancels_the_batch_at_google_and_reports_an_interruption(comfy, pro
     events = [event for event, _ in entry["status"]["messages"]]
     assert "execution_interrupted" in events, events
     assert len(server.hits("POST", r"/batches/[\w-]+:cancel$")) == 1
+
+
+def test_the_cancel_route_is_guarded_like_the_keys_routes(comfy):
+    """POST /nano_banana_bridge/jobs/cancel through ComfyUI's server: the same write guard as the keys."""
+    import urllib.error
+
+    def cancel(body: bytes, headers: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(comfy.server.base_url + "/nano_banana_bridge/jobs/cancel", data=body, method="POST", headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+    status, answer = cancel(json.dumps({"id": "nano_banana_bridge/" + "0" * 64}).encode())
+    assert status == 404 and "No such journaled job" in answer["error"]
+    assert cancel(b"{" * 20_000)[0] == 400  # over the body limit
+    assert cancel(b"not json")[0] == 400
+    assert cancel(b"{}", {"Host": "evil.example:8188", "Origin": "http://evil.example:8188"})[0] == 403  # DNS rebinding
+    assert cancel(b"{}", {"Content-Type": "text/plain"})[0] == 415
