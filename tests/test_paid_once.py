@@ -4,11 +4,15 @@ counting the paid requests it receives."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import threading
+
 import pytest
-from banana_pack.nodes.batch import BatchSettings, expand_items, run_batch
+from banana_pack.nodes.batch import CACHED, BatchSettings, expand_items, run_batch
 from banana_pack.nodes.store import ResultStore
 from helpers import png_bytes, point_at, run
-from loopback import Reply, fixture
+from loopback import Recorded, Reply, fixture
 
 FAL_APP = "fal-ai/nano-banana-pro"
 FAL_SUBMIT = rf"^/{FAL_APP}$"
@@ -78,3 +82,101 @@ def test_an_attach_to_a_job_the_provider_says_is_gone_runs_it_anew(fal, tmp_path
         fal.route("GET", rf"/requests/{RID}$", [gone, Reply(json={"images": [{"url": f"{fal.url}/files/{RID}.png"}]})])
     assert once(FAL, root).status == "ok"
     assert len(fal.hits("POST", FAL_SUBMIT)) == 2
+
+
+# -- a neighbour's failure while a synchronous paid call is in flight --------------------------------
+
+GOOGLE = BatchSettings(provider="google", model="Nano Banana Pro", resolution="1K")
+GENERATE = r":generateContent$"
+
+
+@pytest.fixture
+def slow_google(server, monkeypatch):
+    """Google, answering each generation a second after it arrived (the model is drawing); `arrived`
+    is set the moment the paid request reaches the server."""
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "AIzaPaidOnce-0123456789abcdef")
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    server.arrived = threading.Event()
+
+    def handler(_req: Recorded) -> Reply:
+        server.arrived.set()
+        body = fixture("gemini/success_single.json")
+        body["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] = base64.b64encode(png_bytes(13, 5)).decode()
+        return Reply(json=body, delay=1.0)
+
+    server.route("POST", GENERATE, handler)
+    return server
+
+
+def run_prompt(store: ResultStore, server, cancel_check=None) -> list:
+    """Our node as ComfyUI v0.21 runs it (execution.py): a task of the executor's loop. Without a
+    cancel_check, another node fails once our paid request has reached the provider, so
+    execute_async() returns and asyncio.run() cancels every task still pending, ours included (the
+    interrupt flag is not set). With one, the user's interrupt: the executor waits for our node."""
+    holder: list = []
+
+    async def execute_async():
+        node = asyncio.create_task(run_batch(expand_items(["a kite"], [], seed=3), GOOGLE, store=store, cancel_check=cancel_check))
+        node.add_done_callback(holder.append)
+        if cancel_check is not None:
+            await asyncio.wait({node})
+        while not server.arrived.is_set():
+            await asyncio.sleep(0.02)
+
+    asyncio.run(execute_async())
+    return holder
+
+
+def test_a_neighbours_failure_does_not_lose_a_synchronous_paid_answer(slow_google, tmp_path):
+    """The answer to a paid call in flight when ComfyUI ends the prompt is still received and saved;
+    the next run of the prompt is answered from the cache. It used to be dropped with the connection:
+    paid at the provider, lost here, and paid again by the re-run."""
+    store = ResultStore(tmp_path)
+    (task,) = run_prompt(store, slow_google)
+    assert task.done()
+    assert len(list(tmp_path.rglob("*.png"))) == 1  # the paid image is on disk
+    (outcome,) = run(run_batch(expand_items(["a kite"], [], seed=3), GOOGLE, store=ResultStore(tmp_path)))
+    assert outcome.status == CACHED
+    assert len(slow_google.hits("POST", GENERATE)) == 1, "the re-run paid for the same image again"
+
+
+def test_a_users_interrupt_still_stops_a_synchronous_call_at_once(slow_google, tmp_path):
+    """The user's own stop is not held up by the wait above: the call ends at once and says it may have
+    been billed (the provider draws and bills whether or not anyone waits)."""
+    (task,) = run_prompt(ResultStore(tmp_path), slow_google, cancel_check=lambda: slow_google.arrived.is_set())
+    assert not task.cancelled()
+    (outcome,) = task.result()
+    assert outcome.status == "cancelled" and "may have been" in outcome.message
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_a_neighbours_failure_during_a_submit_journals_the_job_and_waits_no_further(fal, tmp_path):
+    """The same for an asynchronous submit: its answer (the job's handle) is received and journaled,
+    then the node stops (no polling after the prompt ended), and the next run attaches to the job.
+    The submit used to be dropped mid-answer: a job accepted and billed, its handle lost, and the
+    re-run submitted (and paid) a second time."""
+    arrived = threading.Event()
+    submit = fixture("fal/submit.json")
+    base = f"{fal.url}/{FAL_APP}/requests/{RID}"
+    submit.update(request_id=RID, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
+
+    def slow_submit(_req: Recorded) -> Reply:
+        arrived.set()
+        return Reply(json=submit, delay=1.0)
+
+    fal.route("POST", FAL_SUBMIT, slow_submit)
+    holder: list = []
+
+    async def execute_async():
+        node = asyncio.create_task(run_batch(expand_items(["a lighthouse"], [], seed=11), FAL, store=ResultStore(tmp_path)))
+        node.add_done_callback(holder.append)
+        while not arrived.is_set():
+            await asyncio.sleep(0.02)
+
+    asyncio.run(execute_async())
+    (task,) = holder
+    assert task.cancelled()  # stopped after journaling, not run on
+    assert len(list((tmp_path / ".journal").glob("*.json"))) == 1
+    assert not fal.hits("GET", rf"/requests/{RID}")  # no polling once the prompt was over
+    assert once(FAL, tmp_path).status == "ok"
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"

@@ -5,6 +5,7 @@ and status, polling of asynchronous jobs, and result downloads."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -74,6 +75,32 @@ def _mark_maybe_billed(error: BananaError, request_id: str | None) -> BananaErro
     error.hint = MAYBE_BILLED_HINT.format(request_id=f" (request id {error.request_id})" if error.request_id else "")
     error.args = (str(error),)
     return error
+
+
+# Set in a task whose prompt ComfyUI ended (another node failed: asyncio.run() cancels every task left)
+# while a paid request of it was in flight: the answer was awaited anyway so it is saved, and the
+# task now goes no further than that (no resend, no polling of a journaled job).
+_ended_outside: contextvars.ContextVar[bool] = contextvars.ContextVar("banana_ended_outside", default=False)
+
+
+def _untracked(awaitable: Awaitable[Any]) -> asyncio.Future:
+    """A task that asyncio.run()'s shutdown does not cancel on its own (it cancels only what
+    all_tasks() lists): whoever awaits it decides, so a paid exchange can be awaited to its end."""
+    task = asyncio.ensure_future(awaitable)
+    unregister = getattr(asyncio.tasks, "_unregister_task", None)
+    if unregister is not None:
+        try:
+            unregister(task)
+        except Exception:  # noqa: BLE001 - without it, the exchange is cancelled as before
+            pass
+    return task
+
+
+def _ended_by_user(ctx: CallContext) -> bool:
+    try:
+        return ctx.cancelled()
+    except Exception:  # noqa: BLE001 - a broken cancel check counts as a stop
+        return True
 
 
 @dataclass
@@ -244,11 +271,15 @@ class HttpEngine:
 
     # -- waiting, cancellation and status --------------------------------------------------------
 
-    async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str) -> Any:
+    async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str, *, paid: bool = False) -> Any:
         """Await while checking for cancellation and reporting status once a second.
 
-        A stop raises Cancelled; its `sent` is False when the awaitable never got to run."""
-        task = asyncio.ensure_future(awaitable)
+        A stop raises Cancelled; its `sent` is False when the awaitable never got to run.
+        paid: the awaitable is a paid exchange. When the task is cancelled from outside (ComfyUI ends
+        the prompt because another node failed, and cancels every task left) rather than by the
+        user's stop, the exchange is awaited to its end (its own deadline bounds it), so the answer
+        the provider bills is received and saved instead of dropped with the connection."""
+        task = _untracked(awaitable) if paid else asyncio.ensure_future(awaitable)
         next_status = 0.0
         started = False
         try:
@@ -259,7 +290,12 @@ class HttpEngine:
                     stopped.sent = started
                     raise stopped
                 started = True
-                done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_INTERVAL)
+                try:
+                    done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_INTERVAL)
+                except asyncio.CancelledError:
+                    if not paid or _ended_by_user(ctx):
+                        raise
+                    return await self._finish_paid(task)
                 if done:
                     return task.result()
                 if ctx.elapsed >= next_status:
@@ -269,6 +305,23 @@ class HttpEngine:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    @staticmethod
+    async def _finish_paid(task: asyncio.Future) -> Any:
+        """Await a paid exchange whose caller was cancelled from outside; the cancellation is taken
+        back (it stays recorded in _ended_outside, which stops any further request of this task)."""
+        _ended_outside.set(True)
+        log.warning("The prompt ended while a paid request was in flight; waiting for its answer so the result is saved.")
+        current = asyncio.current_task()
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                continue  # asyncio.run() and gather() each cancel once; the exchange's deadline ends the wait
+        uncancel = getattr(current, "uncancel", None)
+        while uncancel is not None and current is not None and current.cancelling():
+            uncancel()
+        return task.result()
 
     async def sleep(self, ctx: CallContext, seconds: float, status: str) -> None:
         await self.watch(ctx, asyncio.sleep(max(0.0, seconds)), status)
@@ -329,7 +382,7 @@ class HttpEngine:
                     headers=headers, data=data, files=files, content=content, timeout=timeout, follow_redirects=follow_redirects,
                 )
                 try:
-                    response: Response = await self.watch(ctx, exchange, status)
+                    response: Response = await self.watch(ctx, exchange, status, paid=policy.paid)
                 except Cancelled as stopped:
                     if policy.paid and stopped.sent:  # stopped mid-exchange: the provider may be generating it now
                         _mark_maybe_billed(stopped, None)
@@ -367,6 +420,8 @@ class HttpEngine:
                 budget_left = rate_limited < policy.max_rate_limited_attempts
             else:
                 budget_left = attempts - rate_limited < policy.max_attempts
+            if _ended_outside.get():
+                retryable = False  # the prompt is over: nothing more is sent for it
             if not retryable or not budget_left:
                 if policy.paid and failure.outcome in MAYBE_BILLED and error.sent:
                     _mark_maybe_billed(error, failure.request_id)
@@ -376,8 +431,18 @@ class HttpEngine:
             await self.sleep(ctx, delay, f"{status}: retrying after {type(error).__name__}")
 
     async def _attempt(self, deadline: float, *args: Any, **kwargs: Any) -> Response:
-        """One exchange within its overall deadline (asyncio.TimeoutError past it)."""
-        return await asyncio.wait_for(self._exchange(*args, **kwargs), deadline)
+        """One exchange within its overall deadline (asyncio.TimeoutError past it). Not wait_for: before
+        Python 3.12 it runs the exchange as a task of its own, which asyncio.run()'s shutdown cancels."""
+        exchange = _untracked(self._exchange(*args, **kwargs))
+        try:
+            done, _ = await asyncio.wait({exchange}, timeout=deadline)
+        finally:
+            if not exchange.done():
+                exchange.cancel()
+                await asyncio.gather(exchange, return_exceptions=True)
+        if not done:
+            raise asyncio.TimeoutError()
+        return exchange.result()
 
     async def _exchange(self, caller: Caller, method: str, url: str, limit: int, ok_statuses: tuple[int, ...], **kwargs: Any) -> Response:
         async with self.client().stream(method, url, **kwargs) as raw:
@@ -429,6 +494,8 @@ class HttpEngine:
         delay, last = clock.first_delay, "Submitted"
         try:
             while True:
+                if _ended_outside.get():  # the prompt ended while the submit was answered: the job is journaled
+                    raise asyncio.CancelledError()
                 await self.sleep(ctx, delay, last)
                 state = await check()
                 if state.done:
