@@ -11,6 +11,7 @@ import threading
 import pytest
 from banana_pack.nodes.batch import CACHED, BatchSettings, expand_items, run_batch
 from banana_pack.nodes.store import ResultStore
+from banana_pack.providers.errors import BananaError, MalformedResponse
 from helpers import png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
@@ -180,3 +181,74 @@ def test_a_neighbours_failure_during_a_submit_journals_the_job_and_waits_no_furt
     assert not fal.hits("GET", rf"/requests/{RID}")  # no polling once the prompt was over
     assert once(FAL, tmp_path).status == "ok"
     assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+
+
+# -- a paid request answered 2xx, then a failure: the generation ran, so it never moves on ------------
+
+
+@pytest.fixture
+def chain(server, monkeypatch):
+    """Every preset on the loopback fakes; a call runs on a preset, then BANANA_FALLBACK's google."""
+    from banana_pack.providers.engine.transport import HttpEngine
+    from banana_pack.providers.failover import KEYS
+    from fake_providers import point_presets_at, script_all
+
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *_: 0.01))
+    point_presets_at(server, monkeypatch.setenv)
+    script_all(server)
+    monkeypatch.setenv("BANANA_FALLBACK", "google")
+    KEYS.clear()
+    yield server
+    KEYS.clear()
+
+
+def served_by_chain(first: str):
+    from banana_pack.providers.engine import CallContext
+    from banana_pack.providers.failover import generate_with_failover
+    from banana_pack.providers.outcome import GenerationRequest
+
+    attempts: list = []
+    run(generate_with_failover([first, "google"], "Nano Banana Pro", GenerationRequest(prompt="a red kite", seed=1), CallContext(), attempts=attempts))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"code": 504, "message": "Deadline expired before operation could complete.", "status": "DEADLINE_EXCEEDED"}},
+        {"error": {"code": 524, "message": "upstream timeout"}},
+    ],
+    ids=["504", "524"],
+)
+def test_a_gateway_timeout_inside_a_200_is_not_failed_over(chain, body):
+    """A gateway that wraps its upstream's timeout in HTTP 200 ({"error": {"code": 504}}): the
+    upstream may still be generating, and billing, so the call stays where it was. It used to move
+    to the fallback provider, which generated (and billed) the same image a second time."""
+    chain.route("POST", r"^/apiyi/models/[^/]+:generateContent$", Reply(json=body))
+    with pytest.raises(BananaError) as caught:
+        served_by_chain("apiyi")
+    assert caught.value.maybe_billed and "may have been" in str(caught.value)
+    assert not chain.hits("POST", r"^/google/"), "the fallback provider was paid for the same image"
+
+
+def test_a_result_link_that_cannot_be_downloaded_is_not_failed_over(chain):
+    """openai-hk answered 200 with a link to the image: it generated (and billed) it. The download
+    failing (here 503 on every try) used to move the call to the fallback provider, paying again;
+    now the error says the call may have been billed and names the request id."""
+    chain.route("POST", r"^/openai_hk/images/generations$", Reply(json={"data": [{"url": f"{chain.url}/files/kite.png"}]}, headers={"x-request-id": "req-hk-1"}))
+    chain.route("GET", r"^/files/", Reply(503, body=b"", content_type="text/plain"))
+    with pytest.raises(BananaError) as caught:
+        served_by_chain("openai_hk")
+    assert len(chain.hits("POST", r"^/openai_hk/images/generations$")) == 1
+    assert not chain.hits("POST", r"^/google/"), "the fallback provider was paid for the same image"
+    assert caught.value.maybe_billed and "may have been" in str(caught.value) and "req-hk-1" in str(caught.value)
+
+
+@pytest.mark.parametrize("body", [{"candidates": "not a list"}, [1, 2]], ids=["candidates", "list"])
+def test_a_200_of_an_unexpected_shape_says_it_may_have_been_billed(chain, body):
+    """The provider answered 200: it ran. An answer the parser cannot read is a MalformedResponse that
+    says so (it used to be a bare AttributeError, or an error without the billing hint)."""
+    chain.route("POST", r"^/apiyi/models/[^/]+:generateContent$", Reply(json=body, headers={"x-request-id": "req-odd-shape"}))
+    with pytest.raises(MalformedResponse) as caught:
+        served_by_chain("apiyi")
+    assert caught.value.maybe_billed and "req-odd-shape" in str(caught.value)
+    assert not chain.hits("POST", r"^/google/")

@@ -174,7 +174,9 @@ def error_in_answer(body: Any, caller: Caller, request_id: str | None = None) ->
     {"code": 401, "msg": ...} (APIMart-style); an HTTP-like code in the body stands for the status."""
     inner = _dict(_dict(body).get("error")).get("code")
     status = next((c for c in (_dict(body).get("code"), inner) if isinstance(c, int) and 400 <= c < 600), 200)
-    return error_for_status(status, read_error_body(body), caller, request_id=request_id)
+    error = error_for_status(status, read_error_body(body), caller, request_id=request_id)
+    error.in_answer = True
+    return error
 
 
 def _request_id(headers: httpx.Headers) -> str | None:
