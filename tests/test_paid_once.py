@@ -252,3 +252,35 @@ def test_a_200_of_an_unexpected_shape_says_it_may_have_been_billed(chain, body):
         served_by_chain("apiyi")
     assert caught.value.maybe_billed and "req-odd-shape" in str(caught.value)
     assert not chain.hits("POST", r"^/google/")
+
+
+# -- Google Batch Mode -------------------------------------------------------------------------------
+
+
+def test_a_batch_create_answered_200_with_no_object_keeps_the_journal(server, tmp_path, monkeypatch):
+    """Google created the batch (and will bill it) but its 200 answer is a JSON list, not the operation:
+    the journal entry (by display name) used to be dropped as if the create had been refused, and the
+    re-queue created, and paid for, a second batch. Now the re-queue finds the batch by its name."""
+    from banana_pack.nodes.render import RenderInputs, render
+    from fake_gemini_batch import RUNNING, SUCCEEDED, FakeBatchMode
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "batch-mode-key-0123456789")
+    point_at(monkeypatch, "google", server.url)
+    monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "20")
+    fake = FakeBatchMode(server, states=[RUNNING, SUCCEEDED]).install()
+    answers = iter([True])
+
+    def create(req: Recorded) -> Reply:
+        reply = fake.create(req)
+        return Reply(json=[reply.json]) if next(answers, False) else reply  # the first answer is not an object
+
+    server.route("POST", r":batchGenerateContent$", create)
+    asked = RenderInputs(prompts=["cat 1\ncat 2"], prompt_per_line=True, delivery="batch", provider="google", model="Nano Banana 2", resolution="1K", on_failure="skip")
+    with pytest.raises(BananaError) as caught:
+        run(render(asked, store_root=tmp_path))
+    assert caught.value.maybe_billed and "looks for the batch" in str(caught.value)
+    assert len(fake.batches) == 1 and list((tmp_path / ".journal").glob("*.json"))
+    again = run(render(asked, store_root=tmp_path))
+    assert len(server.hits("POST", r":batchGenerateContent$")) == 1, "a second batch was created and billed"
+    assert [row["status"] for row in again.report["items"]] == ["ok", "ok"]
+

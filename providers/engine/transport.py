@@ -131,9 +131,12 @@ class Response:
     def json_object(self) -> dict:
         body = self.json()
         if not isinstance(body, dict):
-            raise MalformedResponse(
+            error = MalformedResponse(
                 f"Expected a JSON object, got {type(body).__name__}.", provider=self.caller.provider, model=self.caller.model or None, status=self.status
             )
+            if self.paid and 200 <= self.status < 300:  # like an unparseable answer: the provider ran the request
+                _mark_maybe_billed(error, _request_id(self.headers))
+            raise error
         return body
 
 
