@@ -156,6 +156,8 @@ class ProviderCall:
 
         max_bytes: a larger answer limit than the engine's default (a batch's results hold many images).
         """
+        if policy.paid:
+            self.paid_answered = False  # a paid request that fails reports that itself (the engine's rules)
         response = await self.engine.request(
             self.ctx,
             self.caller,

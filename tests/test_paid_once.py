@@ -284,3 +284,16 @@ def test_a_batch_create_answered_200_with_no_object_keeps_the_journal(server, tm
     assert len(server.hits("POST", r":batchGenerateContent$")) == 1, "a second batch was created and billed"
     assert [row["status"] for row in again.report["items"]] == ["ok", "ok"]
 
+
+def test_a_refused_submit_after_an_upload_is_not_called_maybe_billed(chain):
+    """Only the answer to the request that generates counts: EvoLink's reference upload answered 200,
+    then the submit was refused (400), which costs nothing and says nothing of billing."""
+    from banana_pack.providers.client import generate
+    from banana_pack.providers.errors import InvalidRequest
+    from banana_pack.providers.outcome import GenerationRequest, ImageInput
+
+    chain.route("POST", r"^/evolink/images/generations$", Reply(400, fixture("evolink/error_400.json")))
+    reference = ImageInput(png_bytes(4, 4), "image/png", 4, 4)
+    with pytest.raises(InvalidRequest) as caught:
+        run(generate("evolink", "Nano Banana Pro", GenerationRequest(prompt="a red kite", images=(reference,))))
+    assert not caught.value.maybe_billed and "may have been" not in str(caught.value)
