@@ -373,10 +373,10 @@ def release_keys(keys: list[str]) -> None:
 
 def job_is_over(error: BananaError) -> bool:
     """Whether a journaled job's error is the provider's word that the job is gone or failed for good,
-    so the request may be submitted anew: not found or expired (404, 410), rejected (422, or a task's
-    own failure code, which has no HTTP status). Anything else (a poll refused for the key, 400, a 5xx,
-    an answer not understood) leaves the paid job's fate unknown: submitting again could pay twice."""
-    return isinstance(error, InvalidRequest) and error.status in (None, 404, 410, 422)
+    so the request may be submitted anew: not found or expired (404, 410), rejected (422), or a final
+    task status of failed or cancelled (job_over). Anything else (a poll refused for the key, 400, a
+    5xx, an answer not understood) leaves the paid job's fate unknown: submitting again could pay twice."""
+    return error.job_over or (isinstance(error, InvalidRequest) and error.status in (None, 404, 410, 422))
 
 
 def say_journal_kept(error: BananaError, job: str | None) -> None:

@@ -297,3 +297,50 @@ def test_a_refused_submit_after_an_upload_is_not_called_maybe_billed(chain):
     with pytest.raises(InvalidRequest) as caught:
         run(generate("evolink", "Nano Banana Pro", GenerationRequest(prompt="a red kite", images=(reference,))))
     assert not caught.value.maybe_billed and "may have been" not in str(caught.value)
+
+
+# -- a journaled job the provider ended without a result ---------------------------------------------
+
+EVOLINK = BatchSettings(provider="evolink", model="Nano Banana 2")
+EVOLINK_SUBMIT = r"^/v1/images/generations$"
+EVOLINK_TASK = r"^/v1/tasks/[^/]+$"
+
+
+@pytest.fixture
+def evolink(server, monkeypatch):
+    from banana_pack.providers.engine.transport import HttpEngine
+
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *_: 0.01))
+    monkeypatch.setenv("BANANA_EVOLINK_API_KEY", "sk-evolink-paid-once-0123")
+    monkeypatch.setenv("BANANA_EVOLINK_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("BANANA_EVOLINK_POLL_FIRST_DELAY", "0.02")
+    monkeypatch.setenv("BANANA_EVOLINK_POLL_MAX_DELAY", "0.05")
+    server.route("POST", EVOLINK_SUBMIT, Reply(json=fixture("evolink/create.json")))
+    done = fixture("evolink/completed_single.json")
+    done["results"] = [f"{server.url}/generated/one.png"]
+    done.pop("result_data", None)
+    server.done = done
+    server.route("GET", r"^/generated/", Reply(body=png_bytes(8, 4), content_type="image/png"))
+    return server
+
+
+@pytest.mark.parametrize(
+    "ended",
+    [
+        {"status": "cancelled"},
+        {"status": "failed", "error": {"code": "internal_error", "message": "worker crashed"}},
+    ],
+    ids=["cancelled", "failed"],
+)
+def test_a_journaled_job_the_provider_ended_without_a_result_runs_anew_on_the_next_run(evolink, tmp_path, ended):
+    """Cancel, then re-run: the provider's final status says the job is over and produced nothing, so
+    the re-run submits the request anew. It used to attach to the dead job on every run, so the same
+    request could never be rendered again (until housekeeping dropped the journal entry)."""
+    root = tmp_path / "store"
+    evolink.route("GET", EVOLINK_TASK, Reply(503, body=b"busy", content_type="text/plain"))
+    assert once(EVOLINK, root).status == "failed"  # journaled, its fate unknown
+    task_id = fixture("evolink/create.json")["id"]
+    evolink.route("GET", EVOLINK_TASK, [Reply(json={"id": task_id, "progress": 0, **ended}), Reply(json=evolink.done)])
+    assert once(EVOLINK, root).status == "ok"
+    assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 2
+    assert not list((root / ".journal").glob("*.json"))

@@ -185,6 +185,13 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
 
 
 def failure(call, task: dict[str, Any], status: str) -> BananaError:
+    """The error for a task that ended without a result (its status says so): job_over."""
+    error = _failure(call, task, status)
+    error.job_over = True
+    return error
+
+
+def _failure(call, task: dict[str, Any], status: str) -> BananaError:
     error = task.get("error")
     code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
     message = str((error.get("message") or error.get("msg") or "") if isinstance(error, dict) else error or "")
