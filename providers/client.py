@@ -263,19 +263,25 @@ class ProviderCall:
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
-        """fetch_image for each, concurrently, in order; the first failure stops the rest.
+        """fetch_image for each, concurrently, in order.
 
         At most max_images are fetched: a provider that sends more than were asked for does not get
         the extra ones downloaded, decoded or billed to memory (a warning says so). Bytes that are not
         a usable image do not stop the rest: they were paid for, so one UnusableImage is raised at the
-        end carrying every payload of the answer, to be saved.
+        end carrying every payload of the answer, to be saved. A link that cannot be downloaded does
+        not stop the rest either: the images that did arrive are returned (paid for: saved and cached),
+        with a warning per lost one; only when none arrived is the first failure raised.
         """
         refs = self._within_count(refs)
 
-        async def fetch(ref: str) -> GeneratedImage | UnusableImage:
+        async def fetch(ref: str) -> GeneratedImage | BananaError:
             try:
                 return await self.fetch_image(ref)
             except UnusableImage as exc:
+                return exc
+            except BananaError as exc:
+                if len(refs) == 1:
+                    raise
                 return exc
 
         tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
@@ -286,6 +292,12 @@ class ProviderCall:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        lost = [(n, item) for n, item in enumerate(fetched, 1) if isinstance(item, BananaError) and not isinstance(item, UnusableImage)]
+        if lost and len(lost) == len(fetched):
+            raise lost[0][1]
+        for n, error in lost:
+            self.notes.append(f"Image {n} of {len(fetched)} could not be downloaded, the others are kept: {str(error).splitlines()[0]}")
+        fetched = [item for item in fetched if not (isinstance(item, BananaError) and not isinstance(item, UnusableImage))]
         unusable = [item for item in fetched if isinstance(item, UnusableImage)]
         if unusable:
             first = unusable[0]

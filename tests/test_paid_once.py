@@ -344,3 +344,22 @@ def test_a_journaled_job_the_provider_ended_without_a_result_runs_anew_on_the_ne
     assert once(EVOLINK, root).status == "ok"
     assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 2
     assert not list((root / ".journal").glob("*.json"))
+
+
+# -- several images in one answer, one of them not downloadable ----------------------------------------
+
+
+def test_the_images_that_did_download_are_kept_when_another_link_fails(fal, tmp_path):
+    """fal answered two image links for one paid call; the second one 404s. The first image, paid
+    for, used to be dropped with the error (the first failure stopped the rest), and the re-run paid
+    for both again. Now it is saved and cached, with a warning naming the one that failed."""
+    result = fixture("fal/result_single.json")
+    result["images"] = [{"url": f"{fal.url}/files/{RID}.png"}, {"url": f"{fal.url}/files/{RID}-2.png"}]
+    fal.route("GET", rf"/requests/{RID}$", Reply(json=result))
+    fal.route("GET", rf"^/files/{RID}-2\\.png$", Reply(404, {"detail": "Not found"}))
+    items = expand_items(["a lighthouse"], [], seed=11, count=2, max_count=4)
+    (outcome,) = run(run_batch(items, FAL, store=ResultStore(tmp_path)))
+    assert outcome.status == "ok" and len(outcome.images) == 1 and len(outcome.files) == 1
+    assert any("could not be downloaded" in warning for warning in outcome.warnings)
+    (again,) = run(run_batch(items, FAL, store=ResultStore(tmp_path)))
+    assert again.status == CACHED and len(fal.hits("POST", FAL_SUBMIT)) == 1
