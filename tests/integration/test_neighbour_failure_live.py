@@ -105,3 +105,37 @@ def test_interrupt_still_cancels_the_fal_job(comfy, fake):
     assert "execution_interrupted" in status_events(entry)
     time.sleep(0.5)
     assert fake.hits("PUT", rf"/requests/{rid}/cancel$")
+
+
+def test_a_failing_neighbour_does_not_lose_a_synchronous_paid_answer(comfy, fake):
+    """Our node on Google (answered after 4 s) and a neighbour whose call fails after 1 s: ComfyUI ends
+    the prompt and cancels our task while its paid request is in flight. The answer is still received
+    and saved, and the next run of our node is answered from the cache (one paid request in all)."""
+    import base64
+
+    from loopback import Recorded
+
+    def gemini(req: Recorded) -> Reply:
+        prompt = req.json()["contents"][0]["parts"][0]["text"]
+        if "neighbour" in prompt:
+            return Reply(400, fixture("gemini/error_400.json"), delay=1)
+        body = fixture("gemini/success_single.json")
+        body["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] = base64.b64encode(png(24, 12)).decode()
+        return Reply(json=body, delay=4)
+
+    fake.route("POST", r":generateContent$", gemini)
+    ours = bridge("a paid kite in the wind", provider="google", seed=31)
+    graph = {
+        "1": ours,
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "5": bridge("the neighbour that fails", provider="google", seed=32),
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    entry = comfy.run(graph, timeout=60)
+    error = status_message(entry, "execution_error")
+    assert error is not None and error["node_id"] == "5", status_events(entry)
+    entry = comfy.run({"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    ours_sent = [r for r in fake.hits("POST", r":generateContent$") if "paid kite" in r.body.decode()]
+    assert len(ours_sent) == 1, "the re-run paid for the same image again"
+    assert "waiting for its answer" in comfy.server.log_text()
