@@ -321,8 +321,8 @@ class HttpEngine:
                 await asyncio.wait({task})
             except asyncio.CancelledError:
                 continue  # asyncio.run() and gather() each cancel once; the exchange's deadline ends the wait
-        uncancel = getattr(current, "uncancel", None)
-        while uncancel is not None and current is not None and current.cancelling():
+        uncancel, cancelling = getattr(current, "uncancel", None), getattr(current, "cancelling", None)  # Python 3.11+
+        while uncancel is not None and cancelling is not None and cancelling():
             uncancel()
         return task.result()
 
