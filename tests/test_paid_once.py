@@ -11,7 +11,9 @@ import threading
 import pytest
 from banana_pack.nodes.batch import CACHED, BatchSettings, expand_items, run_batch
 from banana_pack.nodes.store import ResultStore
+from banana_pack.providers.client import generate
 from banana_pack.providers.errors import BananaError, MalformedResponse
+from banana_pack.providers.outcome import GenerationRequest
 from helpers import png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
@@ -205,7 +207,6 @@ def chain(server, monkeypatch):
 def served_by_chain(first: str):
     from banana_pack.providers.engine import CallContext
     from banana_pack.providers.failover import generate_with_failover
-    from banana_pack.providers.outcome import GenerationRequest
 
     attempts: list = []
     run(generate_with_failover([first, "google"], "Nano Banana Pro", GenerationRequest(prompt="a red kite", seed=1), CallContext(), attempts=attempts))
@@ -288,9 +289,8 @@ def test_a_batch_create_answered_200_with_no_object_keeps_the_journal(server, tm
 def test_a_refused_submit_after_an_upload_is_not_called_maybe_billed(chain):
     """Only the answer to the request that generates counts: EvoLink's reference upload answered 200,
     then the submit was refused (400), which costs nothing and says nothing of billing."""
-    from banana_pack.providers.client import generate
     from banana_pack.providers.errors import InvalidRequest
-    from banana_pack.providers.outcome import GenerationRequest, ImageInput
+    from banana_pack.providers.outcome import ImageInput
 
     chain.route("POST", r"^/evolink/images/generations$", Reply(400, fixture("evolink/error_400.json")))
     reference = ImageInput(png_bytes(4, 4), "image/png", 4, 4)
@@ -363,3 +363,28 @@ def test_the_images_that_did_download_are_kept_when_another_link_fails(fal, tmp_
     assert any("could not be downloaded" in warning for warning in outcome.warnings)
     (again,) = run(run_batch(items, FAL, store=ResultStore(tmp_path)))
     assert again.status == CACHED and len(fal.hits("POST", FAL_SUBMIT)) == 1
+
+
+# -- a 5xx in JSON that is not the provider's own error ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"message": "An invalid response was received from the upstream server"},  # Kong, after forwarding
+        {"message": "Internal server error"},  # AWS API Gateway, when its backend failed
+        {},
+        [],
+    ],
+    ids=["kong", "aws-api-gateway", "empty-object", "list"],
+)
+def test_a_5xx_whose_json_is_a_gateways_not_the_providers_is_not_resent(chain, body):
+    """The table resends a 500/502/503 only when it carries the provider's own error envelope (Google's,
+    OpenAI's and new-api's {"error": ...}, fal's {"detail": ...}, APIMart's {"code", "msg"}). An API
+    gateway's JSON page in front of a reseller is no such word: the request may have run behind it.
+    Any JSON object used to count, and the paid request was sent up to four times."""
+    chain.route("POST", r"^/google/models/[^/]+:generateContent$", Reply(502, json=body, headers={"x-request-id": "req-kong-1"}))
+    with pytest.raises(BananaError) as caught:
+        run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a red kite")))
+    assert len(chain.hits("POST", r"^/google/models/")) == 1, "a request that may have run was paid for again"
+    assert caught.value.maybe_billed and "req-kong-1" in str(caught.value)

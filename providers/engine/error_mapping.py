@@ -60,6 +60,24 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
     return read_error_body(body)
 
 
+def is_provider_error(body: Any) -> bool:
+    """Whether a failed answer's JSON is a provider's own error envelope (Google's, OpenAI's and
+    new-api's {"error": ...}, Vydra's {"error": "..."}, fal's and FastAPI's {"detail": ...}, APIMart's
+    {"code", "msg"}), the provider's word that it failed; not an API gateway's page that happens to be
+    JSON (Kong's or AWS API Gateway's {"message": ...}, an empty object), behind which it may have run."""
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    if isinstance(error, dict):
+        return any(error.get(key) not in (None, "") for key in ("message", "code", "status", "type"))
+    if isinstance(error, str) and error.strip():
+        return True
+    if body.get("detail"):
+        return True
+    code = body.get("code")
+    return code not in (None, "") and bool(body.get("msg") or body.get("message"))
+
+
 def read_error_body(body: Any) -> ErrorEnvelope:
     """The same, for a body already parsed from JSON."""
     envelope = ErrorEnvelope(body=body)

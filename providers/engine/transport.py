@@ -36,7 +36,7 @@ from .addresses import DownloadScope, bind_checks, checked_addresses, download_s
 from .auth import Credentials, host_of, origin, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
-from .error_mapping import _request_id, error_for_status, parse_error_body
+from .error_mapping import _request_id, error_for_status, is_provider_error, parse_error_body
 from .policy import (
     CONNECTION_LOST,
     IDEMPOTENT,
@@ -188,7 +188,7 @@ def _failed_answer(response: Response, caller: Caller) -> _Failure:
     if retry_after is None:
         retry_after = envelope.retry_after
     error = error_for_status(response.status, envelope, caller, request_id=request_id)
-    outcome = status_outcome(response.status, provider_error=isinstance(envelope.body, dict))
+    outcome = status_outcome(response.status, provider_error=is_provider_error(envelope.body))
     return _Failure(error, outcome, answered=True, request_id=request_id, retry_after=retry_after, hint=retry_hint(response.headers))
 
 
