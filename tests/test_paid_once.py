@@ -315,6 +315,8 @@ def evolink(server, monkeypatch):
     monkeypatch.setenv("BANANA_EVOLINK_BASE_URL", server.url + "/v1")
     monkeypatch.setenv("BANANA_EVOLINK_POLL_FIRST_DELAY", "0.02")
     monkeypatch.setenv("BANANA_EVOLINK_POLL_MAX_DELAY", "0.05")
+    monkeypatch.setenv("BANANA_EVOLINK_UPLOAD_URL", server.url + "/upload")
+    monkeypatch.setenv("BANANA_EVOLINK_FILE_DELETE_URL", server.url + "/files/{file_id}")
     server.route("POST", EVOLINK_SUBMIT, Reply(json=fixture("evolink/create.json")))
     done = fixture("evolink/completed_single.json")
     done["results"] = [f"{server.url}/generated/one.png"]
@@ -388,3 +390,25 @@ def test_a_5xx_whose_json_is_a_gateways_not_the_providers_is_not_resent(chain, b
         run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a red kite")))
     assert len(chain.hits("POST", r"^/google/models/")) == 1, "a request that may have run was paid for again"
     assert caught.value.maybe_billed and "req-kong-1" in str(caught.value)
+
+
+# -- an asynchronous submit answered with the provider's 5xx -------------------------------------------
+
+
+def test_a_submit_answered_with_a_reported_5xx_says_the_job_may_exist(evolink):
+    """The table does not resend such a submit because the job may have been accepted (and billed)
+    all the same; the error now says so, with the request id, and the references the job may still
+    read are not deleted. It used to read like a plain failure."""
+    from banana_pack.providers.errors import UpstreamUnavailable
+    from banana_pack.providers.outcome import ImageInput
+
+    unavailable = {"error": {"code": 503, "message": "Service unavailable", "type": "service_unavailable_error"}}
+    evolink.route("POST", EVOLINK_SUBMIT, Reply(503, unavailable, headers={"Retry-After": "0", "x-request-id": "req-evo-503"}))
+    evolink.route("POST", r"^/upload$", Reply(json={"success": True, "data": {"file_id": "file_1", "file_url": f"{evolink.url}/uploads/ref1.png"}}))
+    evolink.route("DELETE", r"^/files/", Reply(json={"success": True}))
+    reference = ImageInput(png_bytes(4, 4), "image/png", 4, 4)
+    with pytest.raises(UpstreamUnavailable) as caught:
+        run(generate("evolink", "Nano Banana Pro", GenerationRequest(prompt="a red kite", images=(reference,))))
+    assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 1
+    assert caught.value.maybe_billed and "may have been" in str(caught.value) and "req-evo-503" in str(caught.value)
+    assert not evolink.hits("DELETE", r"^/files/")

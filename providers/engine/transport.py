@@ -45,6 +45,7 @@ from .policy import (
     NEVER_CONNECTED,
     READ_TIMEOUT,
     REDIRECTED,
+    REPORTED_FAILURE,
     TRUNCATED,
     RetryPolicy,
     retry_after_header,
@@ -426,7 +427,9 @@ class HttpEngine:
             if _ended_outside.get():
                 retryable = False  # the prompt is over: nothing more is sent for it
             if not retryable or not budget_left:
-                if policy.paid and failure.outcome in MAYBE_BILLED and error.sent:
+                # A submit's reported 5xx is not resent because it may hide an accepted job: it says so too.
+                hidden_job = policy.billing == "submit" and failure.outcome == REPORTED_FAILURE
+                if policy.paid and (failure.outcome in MAYBE_BILLED or hidden_job) and error.sent:
                     _mark_maybe_billed(error, failure.request_id)
                 raise error
             delay = self._backoff(attempts if not rate_limited else rate_limited, policy, failure.retry_after)

@@ -170,7 +170,7 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
         urls = [image.data_uri() for image in request.images] if inline else [url for url, _ in uploads]
         response = await call.submit_once(setting(call, "submit_path"), build_body(call, request, urls))
     except BananaError as exc:
-        if not exc.unanswered:  # refused or never sent: no job exists, so its uploads can go
+        if not (exc.unanswered or exc.maybe_billed):  # refused or never sent: no job exists, so its uploads can go
             await delete_uploads(call, [fid for _, fid in uploads if fid])
         if inline and request.images and isinstance(exc, InvalidRequest) and exc.status in (400, 413, 415, 422):
             raise public_url_error(exc, len(request.images)) from None
