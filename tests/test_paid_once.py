@@ -143,6 +143,28 @@ def test_a_neighbours_failure_does_not_lose_a_synchronous_paid_answer(slow_googl
     assert len(slow_google.hits("POST", GENERATE)) == 1, "the re-run paid for the same image again"
 
 
+def test_after_the_prompt_ended_the_paid_images_download_still_retries(chain, tmp_path):
+    """openai-hk answers with a link; the prompt ended while the generation ran. The link's first
+    download fails (503): downloads cost nothing and are still retried, so the paid image is saved."""
+    arrived = threading.Event()
+
+    def slow_generation(_req: Recorded) -> Reply:
+        arrived.set()
+        return Reply(json={"data": [{"url": f"{chain.url}/files/late.png"}]}, delay=1.0)
+
+    chain.route("POST", r"^/openai_hk/images/generations$", slow_generation)
+    chain.route("GET", r"^/files/late\.png$", [Reply(503, body=b"", content_type="text/plain"), Reply(body=png_bytes(9, 4), content_type="image/png")])
+    settings = BatchSettings(provider="openai_hk", model="Nano Banana Pro", resolution="1K")
+
+    async def execute_async():
+        asyncio.create_task(run_batch(expand_items(["a kite"], [], seed=3), settings, store=ResultStore(tmp_path)))
+        while not arrived.is_set():
+            await asyncio.sleep(0.02)
+
+    asyncio.run(execute_async())
+    assert len(list(tmp_path.rglob("*.png"))) == 1 and len(chain.hits("GET", r"^/files/late")) == 2
+
+
 def test_a_users_interrupt_still_stops_a_synchronous_call_at_once(slow_google, tmp_path):
     """The user's own stop is not held up by the wait above: the call ends at once and says it may have
     been billed (the provider draws and bills whether or not anyone waits)."""

@@ -424,8 +424,8 @@ class HttpEngine:
                 budget_left = rate_limited < policy.max_rate_limited_attempts
             else:
                 budget_left = attempts - rate_limited < policy.max_attempts
-            if _ended_outside.get():
-                retryable = False  # the prompt is over: nothing more is sent for it
+            if _ended_outside.get() and policy.paid:
+                retryable = False  # the prompt is over: nothing more is paid for it (downloads of what was paid still retry)
             if not retryable or not budget_left:
                 # A submit's reported 5xx is not resent because it may hide an accepted job: it says so too.
                 hidden_job = policy.billing == "submit" and failure.outcome == REPORTED_FAILURE
