@@ -434,3 +434,26 @@ def test_a_submit_answered_with_a_reported_5xx_says_the_job_may_exist(evolink):
     assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 1
     assert caught.value.maybe_billed and "may have been" in str(caught.value) and "req-evo-503" in str(caught.value)
     assert not evolink.hits("DELETE", r"^/files/")
+
+
+def test_cancel_then_rerun_submits_the_fal_request_anew(fal, tmp_path):
+    """The user stops a fal job (it is cancelled in the queue); the re-run attaches to the journaled job,
+    whose result fal answers 'Request was cancelled' (400; client_cancelled is 499): the job is over, so
+    the request is submitted anew and rendered, not reported as failed on every run from then on."""
+    polled = threading.Event()
+
+    def in_progress(_req: Recorded) -> Reply:
+        polled.set()
+        return Reply(202, fixture("fal/status_in_progress.json"))
+
+    fal.route("GET", rf"/requests/{RID}/status$", in_progress)
+    fal.route("PUT", rf"/requests/{RID}/cancel$", Reply(202, {"status": "CANCELLATION_REQUESTED"}))
+    items = expand_items(["a lighthouse"], [], seed=11)
+    (stopped,) = run(run_batch(items, FAL, store=ResultStore(tmp_path), cancel_check=polled.is_set))
+    assert stopped.status == "cancelled" and fal.hits("PUT", r"/cancel$")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    done = fixture("fal/result_single.json")
+    done["images"][0]["url"] = f"{fal.url}/files/{RID}.png"
+    fal.route("GET", rf"/requests/{RID}$", [Reply(400, {"detail": "Request was cancelled"}), Reply(json=done)])
+    assert once(FAL, tmp_path).status == "ok"
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 2
