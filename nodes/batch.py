@@ -382,7 +382,10 @@ def job_is_over(error: BananaError) -> bool:
 def say_journal_kept(error: BananaError, job: str | None) -> None:
     """Add to the error of a journaled job that it was not submitted again."""
     if not isinstance(error, Cancelled):
-        note = f"The job{f' {job}' if job else ''} accepted in an earlier run stays journaled and was NOT submitted again (that could pay twice): fix the cause and queue the same request to attach to it, or cancel it from the journal."
+        note = (
+            f"The job{f' {job}' if job else ''} accepted in an earlier run stays journaled and was NOT submitted again (that could pay twice): "
+            "fix the cause and queue the same request to attach to it (the Nano Banana jobs tab lists it); a changed request (another seed) is a new paid call."
+        )
         error.hint = f"{error.hint}\n{note}" if error.hint else note
         error.args = (str(error),)
 
