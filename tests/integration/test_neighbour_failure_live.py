@@ -139,3 +139,39 @@ def test_a_failing_neighbour_does_not_lose_a_synchronous_paid_answer(comfy, fake
     ours_sent = [r for r in fake.hits("POST", r":generateContent$") if "paid kite" in r.body.decode()]
     assert len(ours_sent) == 1, "the re-run paid for the same image again"
     assert "waiting for its answer" in comfy.server.log_text()
+
+
+def test_an_attach_refused_for_the_key_never_submits_the_journaled_job_again(comfy, fake):
+    """A journaled fal job (left running by a neighbour's failure) whose status endpoint then refuses
+    the key (403): the re-run keeps the journal and says so, without a second submit; once the status
+    answers again, the next run collects the job. One paid submit in all."""
+    rid = "live-attach-0003"
+    earlier = set(journal(comfy))  # the interrupt test's cancelled job stays journaled
+    ours_journal = lambda: [p for p in journal(comfy) if p not in earlier]  # noqa: E731
+    script_fal_job(fake, rid)
+    fake.route("POST", r":generateContent$", Reply(400, fixture("gemini/error_400.json"), delay=3))
+    ours = bridge("a harbour in the rain", provider="fal", seed=41)
+    graph = {
+        "1": ours,
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "5": bridge("the neighbour that fails", provider="google", seed=42),
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    comfy.run(graph, timeout=60)
+    time.sleep(1.0)
+    submits = lambda: len(fake.hits("POST", rf"^/{APP}$"))  # noqa: E731
+    before = submits()
+    assert len(ours_journal()) == 1
+
+    fake.route("GET", rf"/requests/{rid}/status", Reply(403, {"detail": "Forbidden"}))
+    alone = {"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    entry = comfy.run(alone, timeout=60)
+    error = status_message(entry, "execution_error")
+    assert error is not None and "NOT submitted again" in error["exception_message"], status_events(entry)
+    assert submits() == before, "the journaled job was paid for again"
+    assert len(ours_journal()) == 1
+
+    finish_fal_job(fake, rid)
+    entry = comfy.run(alone, timeout=60)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    assert submits() == before and ours_journal() == []
