@@ -22,8 +22,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..providers.client import ProviderCall, resolve_model
-from ..providers.config import api_key_for, get_provider
+from ..providers.client import ProviderCall, provider_call, resolve_model
+from ..providers.config import get_provider
 from ..providers.engine import IDEMPOTENT, CallContext, get_engine
 from ..providers.errors import BananaError
 from ..providers.protocols import gemini_batch
@@ -104,17 +104,20 @@ def _find(job_id: Any, base: Path) -> tuple[Path, str, dict[str, Any], dict[str,
     return (root, key, handle, job) if job and isinstance(handle, dict) else None
 
 
-def _call(provider_id: str | None, model_id: str | None) -> ProviderCall:
+async def _call(provider_id: str | None, model_id: str | None) -> ProviderCall:
+    """The call a status check or cancel goes through: provider_call, as for a generation (a
+    service-account credential becomes an access token; the key goes only to the provider's origin)."""
     spec = get_provider(str(provider_id or ""))
     offer = resolve_model(spec, spec.models[0].name, model_id) if model_id else spec.models[0]
-    return ProviderCall(engine=get_engine(), ctx=CallContext(), provider=spec, model=offer, api_key=api_key_for(spec))
+    return await provider_call(spec, offer, CallContext(), get_engine())
 
 
 async def _batch_status(job: dict[str, Any], handle: dict[str, Any]) -> None:
     try:
-        call = _call(job["provider"], None)
-        if not supports_batch(call.provider):
+        spec = get_provider(str(job["provider"] or ""))
+        if not supports_batch(spec):
             return
+        call = await asyncio.wait_for(_call(spec.id, None), STATUS_TIMEOUT)
         state = await asyncio.wait_for(gemini_batch.get_state(call, handle["batch"]), STATUS_TIMEOUT)
         job["status"] = state.line()
         job["state"] = state.state
@@ -158,7 +161,7 @@ async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str
         return 404, {"error": "No such journaled job (it may have finished and been collected)."}
     _root, _key, handle, job = found
     try:
-        call = _call(job["provider"], None)
+        call = await _call(job["provider"], None)
         if job["kind"] == "batch":
             if not supports_batch(call.provider):
                 return 400, {"error": f"{call.provider.display_name} has no Batch Mode to cancel."}

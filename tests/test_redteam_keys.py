@@ -1,0 +1,92 @@
+"""Red team, round three: where else a key (or the credential behind it) could travel.
+
+Each test plays a stranger who hands over a workflow, runs a gateway the user points at, or
+plants files ComfyUI serves, and checks that the credential goes only where and as the pack
+promises (SECURITY.md): to the provider's configured origin, in the form that origin needs, and
+into no output, route answer or log.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from banana_pack.nodes.jobs_routes import cancel_job, jobs_summary
+from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.providers.errors import BananaError
+from banana_pack.providers.vertex_auth import forget_tokens
+from fake_gemini_batch import PENDING, SUCCEEDED, FakeBatchMode
+from helpers import run
+from vertex_fake import TokenEndpoint, service_account_json
+
+CREATE = r":batchGenerateContent$"
+
+
+@pytest.fixture(autouse=True)
+def fresh_tokens():
+    forget_tokens()
+    yield
+    forget_tokens()
+
+
+# -- a service account's private key is exchanged for a token on every path, never sent itself ------
+
+
+@pytest.fixture
+def sa_gateway(server, monkeypatch, isolated_config):
+    """A Gemini-protocol gateway (Vertex's generateContent, say) that authenticates with a service
+    account, with Batch Mode on: the credential is a service-account key given inline as JSON."""
+    token = TokenEndpoint()
+    server.route("POST", r"^/token$", token)
+    isolated_config.mkdir(parents=True, exist_ok=True)
+    gateway = {
+        "id": "sa_gateway",
+        "protocol": "gemini",
+        "auth": "google-service-account",
+        "base_url": server.url,
+        "models": ["gemini-3.1-flash-image-preview"],
+        "options": {"batch_mode": True, "batch_max_wait": 20, "poll_first_delay": 0.02, "poll_max_delay": 0.05},
+    }
+    (isolated_config / "providers.json").write_text(json.dumps({"providers": [gateway]}))
+    monkeypatch.setenv("BANANA_SA_GATEWAY_API_KEY", service_account_json(f"{server.url}/token"))
+    server.token = token
+    return server
+
+
+def assert_only_the_token(server) -> None:
+    """Every authenticated request carried the access token; none carried the service-account key."""
+    authorised = [r for r in server.requests if "authorization" in {k.lower() for k in r.headers}]
+    assert authorised, "no authenticated request was made"
+    for request in authorised:
+        header = next(v for k, v in request.headers.items() if k.lower() == "authorization")
+        assert header == f"Bearer {server.token.token}", f"{request.method} {request.path} carried {header[:60]!r}..."
+    for request in server.requests:
+        assert "PRIVATE KEY" not in json.dumps(request.headers), f"{request.method} {request.path} carried the private key"
+
+
+def batch_inputs(prompts: list[str]) -> RenderInputs:
+    return RenderInputs(prompts=["\n".join(prompts)], prompt_per_line=True, provider="sa_gateway", model="Nano Banana 2", resolution="1K", delivery="batch")
+
+
+def test_batch_mode_on_a_service_account_gateway_sends_a_token_never_the_private_key(sa_gateway, tmp_path):
+    FakeBatchMode(sa_gateway, states=[PENDING, SUCCEEDED]).install()
+    out = run(render(batch_inputs(["cat 4", "dog 7"]), store_root=tmp_path / "store"))
+    assert [row["status"] for row in out.report["items"]] == ["ok", "ok"]
+    assert len(sa_gateway.hits("POST", CREATE)) == 1 and sa_gateway.token.grants == 1
+    assert_only_the_token(sa_gateway)
+
+
+def test_the_jobs_panel_checks_and_cancels_a_service_account_batch_with_a_token(sa_gateway, tmp_path, monkeypatch):
+    FakeBatchMode(sa_gateway, states=[PENDING]).install()
+    monkeypatch.setenv("BANANA_SA_GATEWAY_BATCH_MAX_WAIT", "0.3")
+    with pytest.raises(BananaError, match="still running"):
+        run(render(batch_inputs(["cat 1"]), store_root=tmp_path / "store"))
+    before = len(sa_gateway.requests)
+    summary = run(jobs_summary(base=tmp_path))
+    (job,) = summary["jobs"]
+    assert job["kind"] == "batch" and "unavailable" not in job["status"]
+    status, answer = run(cancel_job({"id": job["id"]}, base=tmp_path))
+    assert status == 200, answer
+    assert len(sa_gateway.requests) > before + 1  # the status check and the cancel reached the gateway
+    assert_only_the_token(sa_gateway)
