@@ -90,3 +90,32 @@ def test_the_jobs_panel_checks_and_cancels_a_service_account_batch_with_a_token(
     assert status == 200, answer
     assert len(sa_gateway.requests) > before + 1  # the status check and the cancel reached the gateway
     assert_only_the_token(sa_gateway)
+
+
+# -- strings from a 2xx answer that reach an output or a route unredacted ---------------------------
+
+ECHO_KEY = "AIzaEchoedBack-0123456789abcdefXYZ"
+
+
+def test_a_thought_signature_echoing_the_key_does_not_carry_it_into_the_conversation_output(server, monkeypatch, tmp_path):
+    """The conversation output lands in /history (readable by any page that reaches ComfyUI):
+    a gateway that echoes the request's key inside a thought signature must not put it there."""
+    import base64
+
+    from helpers import png_bytes
+    from loopback import Reply, fixture
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    body = fixture("gemini/success_single.json")
+    image = base64.b64encode(png_bytes(4, 3)).decode()
+    body["candidates"][0]["content"]["parts"] = [
+        {"text": "Here it is.", "thoughtSignature": f"c2lnLTE{ECHO_KEY}"},
+        {"inlineData": {"mimeType": "image/png", "data": image}, "thoughtSignature": f"x-goog-api-key: {ECHO_KEY}"},
+    ]
+    server.route("POST", r":generateContent$", Reply(json=body))
+    out = run(render(RenderInputs(prompts=["a cat"], provider="google", model="Nano Banana Pro", resolution="1K"), store_root=tmp_path / "store"))
+    shown = json.dumps(out.conversation)
+    assert "thought_signature" in shown  # the signatures are kept (they are sent back on the next turn)
+    assert ECHO_KEY not in shown and ECHO_KEY[:12] not in shown
+
