@@ -119,3 +119,24 @@ def test_a_thought_signature_echoing_the_key_does_not_carry_it_into_the_conversa
     assert "thought_signature" in shown  # the signatures are kept (they are sent back on the next turn)
     assert ECHO_KEY not in shown and ECHO_KEY[:12] not in shown
 
+
+def test_the_models_route_does_not_show_a_key_a_gateway_echoes_in_a_model_id(server, monkeypatch):
+    """GET /nano_banana_bridge/models answers any page that reaches ComfyUI (no write guard): the ids
+    come from the gateway's answer and are redacted like every other provider string, before they are cut."""
+    from loopback import Reply
+
+    from banana_pack.nodes.routes import models_summary
+    from banana_pack.providers.model_list import forget_model_lists
+
+    forget_model_lists()
+    monkeypatch.setenv("BANANA_OPENAI_HK_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_OPENAI_HK_BASE_URL", server.url)
+    long_id = "x" * 190 + ECHO_KEY  # cut at 200 characters, the key's first 10 would survive a cut before redaction
+    server.route("GET", r"/models$", Reply(json={"data": [{"id": "gemini-3-pro-image-preview"}, {"id": f"echo-{ECHO_KEY}"}, {"id": long_id}]}))
+    try:
+        answer = run(models_summary("openai_hk", refresh=True))
+    finally:
+        forget_model_lists()
+    assert answer["listed"] and "gemini-3-pro-image-preview" in answer["models"]
+    shown = json.dumps(answer)
+    assert ECHO_KEY[:8] not in shown, shown[:400]
