@@ -140,3 +140,37 @@ def test_the_models_route_does_not_show_a_key_a_gateway_echoes_in_a_model_id(ser
     assert answer["listed"] and "gemini-3-pro-image-preview" in answer["models"]
     shown = json.dumps(answer)
     assert ECHO_KEY[:8] not in shown, shown[:400]
+
+
+# -- logs: a traceback is redacted like the message it follows --------------------------------------
+
+
+@pytest.mark.parametrize("logger_name", ["nano_banana_bridge", "httpx", "httpcore.http11"])
+def test_a_logged_traceback_carries_no_key(logger_name, monkeypatch):
+    """The filter rewrote the message only: a traceback (log.exception, exc_info=True) was formatted
+    later, by ComfyUI's handler, and reached the console and /internal/logs as it was."""
+    import io
+    import logging
+
+    from banana_pack.providers.engine import transport  # noqa: F401 - installs the filter on these loggers
+    from banana_pack.providers.redaction import register_secret
+
+    register_secret(ECHO_KEY)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    monkeypatch.setattr(logging.getLogger(logger_name), "level", logging.DEBUG)
+    monkeypatch.setattr(logging.getLogger(logger_name), "propagate", True)
+    try:
+        try:
+            raise ValueError(f"Illegal header value b'Bearer {ECHO_KEY}'")
+        except ValueError:
+            logging.getLogger(logger_name).exception("the request failed")
+            logging.getLogger(logger_name).warning("again, with the stack", exc_info=True, stack_info=True)
+    finally:
+        root.removeHandler(handler)
+    text = stream.getvalue()
+    assert "the request failed" in text and "ValueError: Illegal header value" in text and "again, with the stack" in text
+    assert ECHO_KEY[:8] not in text and ECHO_KEY[-8:] not in text, text
