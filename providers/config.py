@@ -301,8 +301,22 @@ def all_providers() -> list[ProviderSpec]:
         specs.append(spec)
     specs = [_checked_shape(where, lambda s=s: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
+        _register_url_credentials(spec.base_url)
         _warn_plain_http(spec)
     return specs
+
+
+def _register_url_credentials(url: str) -> None:
+    """A base URL's `user:password@` (a gateway behind basic auth) is a credential like the key: it is
+    redacted wherever the URL is shown (a dry run, the refusal listing allowed origins, the key test)."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return
+    for value in (user, password):
+        if value:
+            register_secret(value)
 
 
 def _checked_shape(where: str, build: Any, provider_id: str | None = None) -> Any:

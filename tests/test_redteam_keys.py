@@ -174,3 +174,38 @@ def test_a_logged_traceback_carries_no_key(logger_name, monkeypatch):
     text = stream.getvalue()
     assert "the request failed" in text and "ValueError: Illegal header value" in text and "again, with the stack" in text
     assert ECHO_KEY[:8] not in text and ECHO_KEY[-8:] not in text, text
+
+
+# -- a credential in the base URL (a gateway behind basic auth) is a secret like the key ------------
+
+GW_USER, GW_PASS = "gateway-user-5f3a", "Gw-Pa55word-7c1e9d"
+
+
+def test_a_base_urls_user_and_password_never_reach_a_dry_run_report_or_an_error(server, monkeypatch, tmp_path):
+    """A gateway behind basic auth is configured as https://user:pass@host/...: a stranger's workflow
+    with dry_run on (the report lands in /history, and in the workflow of every image a PreviewAny
+    feeds), or a gateway answer naming another host (the refusal lists the allowed origins), must not
+    print that password."""
+    from loopback import Reply, fixture
+
+    host = server.url.split("//", 1)[1]
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", f"http://{GW_USER}:{GW_PASS}@{host}/v1beta")
+    planned = run(render(RenderInputs(prompts=["a cat"], provider="google", model="Nano Banana Pro", resolution="1K", dry_run=True), store_root=tmp_path / "store"))
+    shown = planned.text + json.dumps(planned.report)
+    assert "generateContent" in shown and host in shown  # the planned request is shown...
+    assert GW_PASS not in shown and GW_USER not in shown  # ...without the credential in its address
+
+    monkeypatch.setenv("BANANA_FAL_API_KEY", "fal-key-for-the-refusal-0123")
+    monkeypatch.setenv("BANANA_FAL_BASE_URL", f"http://{GW_USER}:{GW_PASS}@{host}")
+    submit = fixture("fal/submit.json")
+    for name in ("status_url", "response_url", "cancel_url"):
+        submit[name] = submit[name].replace("https://queue.fal.run", "https://elsewhere.invalid")
+    server.route("POST", r"^/fal-ai/nano-banana$", Reply(json=submit))
+    with pytest.raises(BananaError) as refused:  # a single call fails with its own error, shown in /history
+        run(render(RenderInputs(prompts=["a cat"], provider="fal", model="Nano Banana"), store_root=tmp_path / "store"))
+    shown = str(refused.value)
+    assert "Refusing to send" in shown and host in shown
+    assert GW_PASS not in shown and GW_USER not in shown, shown
+    reports = "".join(p.read_text() for p in (tmp_path / "store").rglob("*.json"))
+    assert "Refusing to send" in reports and GW_PASS not in reports
