@@ -25,7 +25,7 @@ from typing import Any
 from ..providers.client import ProviderCall, provider_call, resolve_model
 from ..providers.config import get_provider
 from ..providers.engine import IDEMPOTENT, CallContext, get_engine
-from ..providers.errors import BananaError
+from ..providers.errors import BananaError, ConfigError
 from ..providers.protocols import gemini_batch
 from ..providers.redaction import redact
 from .batch_mode import supports_batch
@@ -142,7 +142,10 @@ async def jobs_summary(with_status: bool = True, base: Path | None = None) -> di
                 checks.append(_batch_status(job, handle))
     if checks:
         await asyncio.gather(*checks)
-    ledger = Ledger()
+    try:
+        ledger = Ledger()
+    except ConfigError as exc:  # the config folder is refused (one ComfyUI serves): no ledger to show
+        return {"jobs": jobs, "spend": {"days": [], "today": {}, "ledger": None, "error": exc.headline()}}
     try:
         days = await asyncio.to_thread(ledger.by_day, 30)
         error = None

@@ -95,7 +95,17 @@ def config_dir() -> Path:
             )
         return folder
     if _comfy_user_dir is not None:
-        return _comfy_user_dir / CONFIG_FOLDER
+        folder = _comfy_user_dir / CONFIG_FOLDER
+        # ComfyUI started with its user folder inside one it serves (--user-directory under --output-directory):
+        # the default folder would hand keys.json and store.secret to any page, through /view.
+        why = _served_by_comfyui(folder)
+        if why:
+            raise ConfigError(
+                f"The pack's config folder <ComfyUI>/user/{CONFIG_FOLDER}/ lies inside a folder ComfyUI serves to web pages: {why}, "
+                "so anyone who can reach ComfyUI could read the keys there.",
+                hint="Set BANANA_CONFIG_DIR to a folder outside ComfyUI's output, input and temp folders (or move ComfyUI's user folder out of them).",
+            )
+        return folder
     return Path.home() / f".{CONFIG_FOLDER}"
 
 

@@ -209,3 +209,34 @@ def test_a_base_urls_user_and_password_never_reach_a_dry_run_report_or_an_error(
     assert GW_PASS not in shown and GW_USER not in shown, shown
     reports = "".join(p.read_text() for p in (tmp_path / "store").rglob("*.json"))
     assert "Refusing to send" in reports and GW_PASS not in reports
+
+
+# -- the config folder: never where ComfyUI serves files ---------------------------------------------
+
+
+def test_the_default_config_folder_inside_a_served_folder_is_refused(tmp_path, monkeypatch):
+    """ComfyUI started with --user-directory inside --output-directory (one mounted volume): the
+    default config folder would sit where /view serves any file to any page. Only BANANA_CONFIG_DIR
+    was checked; the default is now checked the same way, before a key is read from it."""
+    from banana_pack.providers import config
+    from banana_pack.providers.config import api_key_for, config_dir, get_provider
+    from banana_pack.providers.errors import ConfigError
+
+    output = tmp_path / "volume"
+    user = output / "user"
+    monkeypatch.delenv("BANANA_CONFIG_DIR")
+    monkeypatch.setattr(config, "_comfy_user_dir", user)
+    monkeypatch.setattr(config, "_comfy_served_dirs", (output,))
+    folder = user / "nano_banana_bridge"
+    folder.mkdir(parents=True)
+    (folder / "keys.json").write_text('{"google": "served-default-key-123456"}')
+    for action in (config_dir, lambda: api_key_for(get_provider("google")), config.store_secret):
+        with pytest.raises(ConfigError) as info:
+            action()
+        assert "serves" in str(info.value) and "served-default-key" not in str(info.value)
+    assert not (folder / "store.secret").exists()
+    summary = run(jobs_summary(base=output))  # the jobs panel says so instead of failing
+    assert "serves" in summary["spend"]["error"] and summary["spend"]["ledger"] is None
+    # Beside the served folders, as ComfyUI lays them out by default, it is the folder it always was.
+    monkeypatch.setattr(config, "_comfy_served_dirs", (tmp_path / "ComfyUI" / "output",))
+    assert config_dir() == folder and api_key_for(get_provider("google")) == "served-default-key-123456"
