@@ -240,3 +240,33 @@ def test_the_default_config_folder_inside_a_served_folder_is_refused(tmp_path, m
     # Beside the served folders, as ComfyUI lays them out by default, it is the folder it always was.
     monkeypatch.setattr(config, "_comfy_served_dirs", (tmp_path / "ComfyUI" / "output",))
     assert config_dir() == folder and api_key_for(get_provider("google")) == "served-default-key-123456"
+
+
+# -- a preset pointed at another server loses the preset's extra key hosts ---------------------------
+
+
+def test_evolink_pointed_at_another_gateway_never_sends_that_key_to_evolinks_file_api(server, monkeypatch, loopback_only, isolated_config):
+    """BANANA_EVOLINK_BASE_URL points the preset at another gateway (a reseller, a proxy) with that
+    gateway's key. The preset's allowlist (files-api.evolink.ai, for reference uploads) belongs to
+    EvoLink, not to that gateway: an edit must not send the key there. Nothing is looked up or sent."""
+    from banana_pack.providers import GenerationRequest, ImageInput, generate
+    from banana_pack.providers.config import get_provider
+    from helpers import YELLOW_PNG
+
+    monkeypatch.setenv("BANANA_EVOLINK_API_KEY", "sk-reseller-key-0123456789")
+    monkeypatch.setenv("BANANA_EVOLINK_BASE_URL", server.url + "/v1")
+    with pytest.raises(BananaError, match="Refusing to send the 'evolink' key to files-api.evolink.ai") as refused:
+        run(generate("evolink", "Nano Banana 2", GenerationRequest(prompt="edit it", images=(ImageInput(YELLOW_PNG, "image/png", 1, 1),))))
+    assert "BANANA_EVOLINK_UPLOAD_URL" in str(refused.value)  # says how to give the gateway's own upload address
+    assert loopback_only == [] and server.requests == []  # no lookup of EvoLink's host, nothing sent anywhere
+    assert get_provider("evolink").auth_hosts == ()
+    # The user can say that the gateway does use EvoLink's file API (providers.json settings), and the
+    # preset on its own base URL keeps its allowlist.
+    isolated_config.mkdir(parents=True, exist_ok=True)
+    (isolated_config / "providers.json").write_text(json.dumps({"settings": {"evolink": {"auth_hosts": ["files-api.evolink.ai"]}}}))
+    assert get_provider("evolink").auth_hosts == ("files-api.evolink.ai",)
+    monkeypatch.delenv("BANANA_EVOLINK_BASE_URL")
+    (isolated_config / "providers.json").unlink()
+    assert get_provider("evolink").auth_hosts == ("files-api.evolink.ai",)
+    monkeypatch.setenv("BANANA_FAL_BASE_URL", "https://queue.fal.run")  # its own host, written out: allowlist kept
+    assert get_provider("fal").auth_hosts == ("*.fal.run",)
