@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -172,3 +173,41 @@ def test_batch_mode_on_a_service_account_gateway_sends_only_a_token(comfyui_serv
         assert not any("PRIVATE KEY" in json.dumps(r.headers) for r in gateway.requests)
     finally:
         gateway.stop()
+
+
+def test_a_user_folder_inside_the_output_folder_never_serves_the_keys(comfyui_server_factory, tmp_path_factory):
+    """One mounted volume: --output-directory /vol and --user-directory /vol/user. ComfyUI's /view then
+    serves <user>/nano_banana_bridge/ to any page; the pack must not keep keys.json or store.secret there."""
+    volume = tmp_path_factory.mktemp("volume")
+    (volume / "user").mkdir()
+    server = comfyui_server_factory(extra_args=("--output-directory", str(volume), "--user-directory", str(volume / "user")))
+    config = volume / "user" / "nano_banana_bridge"
+    client = server.client()
+    try:
+        # What a user does next: save a key with the Keys tab (from this machine, as JSON, same origin).
+        body = json.dumps({"provider": "google", "key": GOOGLE_KEY}).encode()
+        request = urllib.request.Request(client.base_url + "/nano_banana_bridge/keys", data=body, method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                saved = resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            saved = exc.code, json.loads(exc.read())
+        assert saved[0] != 200 and "serves" in json.dumps(saved[1]), saved
+        graph = {"1": {"class_type": NODE, "inputs": {
+            "prompt": "a fox", "provider": "google", "model": "Nano Banana Pro", "model.aspect_ratio": "auto", "model.resolution": "1K",
+            "seed": 8, "count": 1, "prompt_per_line": False, "image_mode": "references",
+        }}, "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 2]}}}
+        entry = client.run(graph, timeout=120)
+        error = status_message(entry, "execution_error")
+        assert error is not None and "serves" in error["exception_message"], error
+        for name in ("keys.json", "store.secret"):
+            assert not (config / name).exists(), name
+            view = f"{client.base_url}/view?filename={name}&subfolder=user/nano_banana_bridge&type=output"
+            try:
+                with urllib.request.urlopen(view, timeout=30) as resp:
+                    served = resp.read().decode("utf-8", "replace")
+            except urllib.error.HTTPError:
+                served = ""
+            assert GOOGLE_KEY not in served
+    finally:
+        client.close()
