@@ -270,3 +270,36 @@ def test_evolink_pointed_at_another_gateway_never_sends_that_key_to_evolinks_fil
     assert get_provider("evolink").auth_hosts == ("files-api.evolink.ai",)
     monkeypatch.setenv("BANANA_FAL_BASE_URL", "https://queue.fal.run")  # its own host, written out: allowlist kept
     assert get_provider("fal").auth_hosts == ("*.fal.run",)
+
+
+# -- the jobs panel acts on a failed-over job with the provider and key that accepted it --------------
+
+
+def test_the_jobs_panel_cancels_a_failed_over_job_with_the_key_that_accepted_it(server, monkeypatch, tmp_path):
+    """fal was asked, openai-hk's fal passthrough (its second key) accepted the job after a failover:
+    the journal's provenance names fal, the handle names who served it. Cancelling with fal's key sent
+    nothing (the cancel URL is not fal's) and failed; it goes to the passthrough, with that key."""
+    from loopback import Reply
+
+    from banana_pack.nodes.store import ResultStore
+
+    monkeypatch.setenv("BANANA_FAL_API_KEY", "fal-asked-first-0123456789")
+    monkeypatch.setenv("BANANA_OPENAI_HK_API_KEY", "sk-hk-first-0123456789")
+    monkeypatch.setenv("BANANA_OPENAI_HK_API_KEY_2", "sk-hk-second-0123456789")
+    monkeypatch.setenv("BANANA_OPENAI_HK_FAL_BASE_URL", server.url)
+    server.route("PUT", r"^/fal-ai/nano-banana/requests/r-1/cancel$", Reply(json={"status": "CANCELLATION_REQUESTED"}))
+    root = tmp_path / "output" / "nano_banana_bridge"
+    handle = {
+        "request_id": "r-1", "endpoint": "fal-ai/nano-banana", "count": 1,
+        "status_url": f"{server.url}/fal-ai/nano-banana/requests/r-1/status",
+        "response_url": f"{server.url}/fal-ai/nano-banana/requests/r-1",
+        "cancel_url": f"{server.url}/fal-ai/nano-banana/requests/r-1/cancel",
+        "_served_by": "openai_hk_fal", "_key_slot": 2,
+    }
+    ResultStore(root).remember_task("e" * 64, handle, {"provider": "fal", "model_id": "fal-ai/nano-banana"})
+    (job,) = run(jobs_summary(base=tmp_path / "output"))["jobs"]
+    assert job["provider"] == "openai_hk_fal" and job["can_cancel"]
+    status, answer = run(cancel_job({"id": job["id"]}, base=tmp_path / "output"))
+    assert status == 200, answer
+    (cancel,) = server.hits("PUT", r"/cancel$")
+    assert cancel.headers["authorization"] == "Bearer sk-hk-second-0123456789"
