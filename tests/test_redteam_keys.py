@@ -303,3 +303,30 @@ def test_the_jobs_panel_cancels_a_failed_over_job_with_the_key_that_accepted_it(
     assert status == 200, answer
     (cancel,) = server.hits("PUT", r"/cancel$")
     assert cancel.headers["authorization"] == "Bearer sk-hk-second-0123456789"
+
+
+# -- an error page in another character set -------------------------------------------------------
+
+
+@pytest.mark.parametrize("charset, bom", [("utf-16", b""), ("utf-16-le", b""), ("", b"\xff\xfe"), ("latin-1", b"")])
+def test_an_error_page_in_another_charset_does_not_carry_the_key_past_redaction(charset, bom, server, monkeypatch):
+    """A gateway's plain-text error page, echoing the request, in UTF-16 (an IIS default) was read as
+    UTF-8: every character of the key came out with a NUL between, which no redaction form matches, and
+    the message showed it (readable once the NULs are dropped). The page is read in its declared
+    charset (or by its byte-order mark)."""
+    from banana_pack.providers import GenerationRequest, generate
+    from loopback import Reply
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    text = f"Invalid credentials. You sent x-goog-api-key: {ECHO_KEY} (check it)"
+    encoding = {"utf-16": "utf-16", "utf-16-le": "utf-16-le", "": "utf-16-le", "latin-1": "latin-1"}[charset]
+    body = bom + text.encode(encoding)
+    content_type = f"text/plain; charset={charset}" if charset else "text/plain"
+    server.route("POST", r":generateContent$", Reply(400, body=body, content_type=content_type))
+    with pytest.raises(BananaError) as failed:
+        run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a cat")))
+    shown = str(failed.value)
+    assert "Invalid credentials" in shown  # the page was read, in its own charset
+    for text_form in (shown, shown.replace("\x00", "")):
+        assert ECHO_KEY[:8] not in text_form and ECHO_KEY[-8:] not in text_form, shown
