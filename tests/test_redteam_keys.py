@@ -330,3 +330,35 @@ def test_an_error_page_in_another_charset_does_not_carry_the_key_past_redaction(
     assert "Invalid credentials" in shown  # the page was read, in its own charset
     for text_form in (shown, shown.replace("\x00", "")):
         assert ECHO_KEY[:8] not in text_form and ECHO_KEY[-8:] not in text_form, shown
+
+
+# -- a gateway on this machine is never reached through a proxy -------------------------------------
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_gateway_on_this_machine_gets_the_key_directly_never_through_an_http_proxy(host, server, monkeypatch):
+    """HTTP_PROXY / ALL_PROXY set for the machine (a corporate proxy), and a gateway on this machine
+    over plain http (new-api, one-api): httpx sent the request, key in its header, in clear text to the
+    proxy, which cannot even reach this machine's loopback. Loopback is never proxied (as browsers do)."""
+    from banana_pack.providers import GenerationRequest, generate
+    from banana_pack.providers.engine import transport
+    from loopback import LoopbackServer, Reply, fixture
+
+    proxy = LoopbackServer().start()
+    try:
+        proxy.route("POST", r".*", Reply(502, {"error": {"message": "proxy: cannot reach that address"}}))
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, proxy.url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(transport, "_engine", None)  # a client made under this environment
+        monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+        monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url.replace("127.0.0.1", host) + "/v1beta")
+        server.route("POST", r":generateContent$", Reply(json=fixture("gemini/success_single.json")))
+        result = run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a cat")))
+        assert len(result.images) == 1
+        assert proxy.requests == [], [(r.method, r.path, sorted(r.headers)) for r in proxy.requests]
+        (hit,) = server.hits("POST", r":generateContent$")
+        assert hit.headers["x-goog-api-key"] == ECHO_KEY
+    finally:
+        proxy.stop()
