@@ -457,3 +457,26 @@ def test_cancel_then_rerun_submits_the_fal_request_anew(fal, tmp_path):
     fal.route("GET", rf"/requests/{RID}$", [Reply(400, {"detail": "Request was cancelled"}), Reply(json=done)])
     assert once(FAL, tmp_path).status == "ok"
     assert len(fal.hits("POST", FAL_SUBMIT)) == 2
+
+
+# -- the user's stop while an asynchronous submit is answered --------------------------------------
+
+
+def test_a_stop_during_a_submit_waits_for_its_answer_and_journals_the_job(evolink, tmp_path):
+    """The user presses stop while EvoLink is answering the submit (a job it accepts and bills).
+    The answer is worth a moment: the job is journaled, the node stops, and the re-run collects it.
+    The answer used to be dropped: the job ran and billed with no handle, and the re-run paid again."""
+    arrived = threading.Event()
+
+    def slow_submit(_req: Recorded) -> Reply:
+        arrived.set()
+        return Reply(json=fixture("evolink/create.json"), delay=1.0)
+
+    evolink.route("POST", EVOLINK_SUBMIT, slow_submit)
+    evolink.route("GET", EVOLINK_TASK, Reply(json=evolink.done))
+    items = expand_items(["a lighthouse"], [], seed=11)
+    (stopped,) = run(run_batch(items, EVOLINK, store=ResultStore(tmp_path), cancel_check=arrived.is_set))
+    assert stopped.status == "cancelled" and stopped.request_id == fixture("evolink/create.json")["id"]
+    assert len(list((tmp_path / ".journal").glob("*.json"))) == 1
+    assert once(EVOLINK, tmp_path).status == "ok"
+    assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"

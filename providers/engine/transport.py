@@ -68,6 +68,7 @@ MAX_ERROR_BYTES = 64 * 1024  # an error body: its first 64 KB say enough
 MAX_DOWNLOAD_REDIRECTS = 5  # hops a result download may take, each checked
 _REDIRECTS = (301, 302, 303, 307, 308)
 LOOPBACK_NAMES = ("all://127.0.0.1", "all://localhost", "all://*.localhost", "all://[::1]")  # never proxied
+SUBMIT_STOP_GRACE = 5.0  # seconds a user's stop waits for a submit's answer already on its way (the job's handle)
 DEADLINE_FACTOR = 2.0  # an attempt's overall deadline, in read timeouts: a slow drip cannot hold a call forever
 
 
@@ -279,14 +280,17 @@ class HttpEngine:
 
     # -- waiting, cancellation and status --------------------------------------------------------
 
-    async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str, *, paid: bool = False) -> Any:
+    async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str, *, paid: bool = False, grace: float = 0.0) -> Any:
         """Await while checking for cancellation and reporting status once a second.
 
         A stop raises Cancelled; its `sent` is False when the awaitable never got to run.
         paid: the awaitable is a paid exchange. When the task is cancelled from outside (ComfyUI ends
         the prompt because another node failed, and cancels every task left) rather than by the
         user's stop, the exchange is awaited to its end (its own deadline bounds it), so the answer
-        the provider bills is received and saved instead of dropped with the connection."""
+        the provider bills is received and saved instead of dropped with the connection.
+        grace: seconds the user's stop waits for an exchange already under way to finish (a submit's
+        answer carries the handle of a job the provider may have accepted: journaled, it is collected
+        or cancelled instead of billed with no handle)."""
         task = _untracked(awaitable) if paid else asyncio.ensure_future(awaitable)
         next_status = 0.0
         started = False
@@ -294,6 +298,10 @@ class HttpEngine:
             while True:
                 # Before every wait, not only after a tick: a loop of short steps must see the flag too.
                 if ctx.cancelled():
+                    if grace > 0 and started:
+                        done, _ = await asyncio.wait({task}, timeout=grace)
+                        if done:
+                            return task.result()
                     stopped = Cancelled("Stopped by the user.")
                     stopped.sent = started
                     raise stopped
@@ -390,7 +398,7 @@ class HttpEngine:
                     headers=headers, data=data, files=files, content=content, timeout=timeout, follow_redirects=follow_redirects,
                 )
                 try:
-                    response: Response = await self.watch(ctx, exchange, status, paid=policy.paid)
+                    response: Response = await self.watch(ctx, exchange, status, paid=policy.paid, grace=SUBMIT_STOP_GRACE if policy.billing == "submit" else 0.0)
                 except Cancelled as stopped:
                     if policy.paid and stopped.sent:  # stopped mid-exchange: the provider may be generating it now
                         _mark_maybe_billed(stopped, None)
