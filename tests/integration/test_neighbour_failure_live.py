@@ -175,3 +175,33 @@ def test_an_attach_refused_for_the_key_never_submits_the_journaled_job_again(com
     entry = comfy.run(alone, timeout=60)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
     assert submits() == before and ours_journal() == []
+
+
+def test_interrupt_during_the_submit_journals_and_cancels_the_accepted_job(comfy, fake):
+    """Interrupt pressed while fal is answering the submit: the answer (the job's handle) is awaited,
+    so the accepted job is journaled and cancelled at fal instead of running on with no handle."""
+    import threading
+
+    from loopback import Recorded
+
+    rid = "live-submit-stop-0004"
+    script_fal_job(fake, rid)
+    base = f"{fake.url}/{APP}/requests/{rid}"
+    submit = fixture("fal/submit.json")
+    submit.update(request_id=rid, response_url=base, status_url=base + "/status", cancel_url=base + "/cancel")
+    arrived = threading.Event()
+
+    def slow_submit(_req: Recorded) -> Reply:
+        arrived.set()
+        return Reply(json=submit, delay=2)
+
+    fake.route("POST", rf"^/{APP}$", slow_submit)
+    earlier = set(journal(comfy))
+    prompt_id = comfy.post_prompt({"1": bridge("a submarine at dawn", provider="fal", seed=51), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    assert arrived.wait(30)
+    comfy.interrupt()
+    entry = comfy.wait_for(prompt_id, timeout=30)
+    assert "execution_interrupted" in status_events(entry)
+    time.sleep(0.5)
+    assert fake.hits("PUT", rf"/requests/{rid}/cancel$"), "the accepted job was left running"
+    assert len([p for p in journal(comfy) if p not in earlier]) == 1
