@@ -269,19 +269,19 @@ class ProviderCall:
         the extra ones downloaded, decoded or billed to memory (a warning says so). Bytes that are not
         a usable image do not stop the rest: they were paid for, so one UnusableImage is raised at the
         end carrying every payload of the answer, to be saved. A link that cannot be downloaded does
-        not stop the rest either: the images that did arrive are returned (paid for: saved and cached),
-        with a warning per lost one; only when none arrived is the first failure raised.
+        not stop the rest either: the next image of the answer beyond the count takes its place (a
+        link the model wrote in its text, which a prompt can steer, must not push the paid image
+        out), else the images that did arrive are returned (paid for: saved and cached) with a
+        warning per lost one; only when none arrived is the first failure raised.
         """
+        spares = list(refs)
         refs = self._within_count(refs)
+        del spares[: len(refs)]
 
         async def fetch(ref: str) -> GeneratedImage | BananaError:
             try:
                 return await self.fetch_image(ref)
-            except UnusableImage as exc:
-                return exc
-            except BananaError as exc:
-                if len(refs) == 1:
-                    raise
+            except BananaError as exc:  # an UnusableImage too: its bytes are kept below
                 return exc
 
         tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
@@ -292,11 +292,19 @@ class ProviderCall:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        lost = [(n, item) for n, item in enumerate(fetched, 1) if isinstance(item, BananaError) and not isinstance(item, UnusableImage)]
+        lost: list[BananaError] = []
+        for n, item in enumerate(fetched):
+            if not isinstance(item, BananaError) or isinstance(item, UnusableImage):
+                continue
+            while spares and isinstance(fetched[n], BananaError) and not isinstance(fetched[n], UnusableImage):
+                fetched[n] = await fetch(spares.pop(0))
+            if isinstance(fetched[n], GeneratedImage) or isinstance(fetched[n], UnusableImage):
+                self.notes.append(f"Image {n + 1} of the answer could not be downloaded; the next one took its place: {clip(item.message, 200)}")
+            else:
+                lost.append(item)
+                self.notes.append(f"Image {n + 1} of {len(fetched)} could not be downloaded, the others are kept: {clip(item.message, 200)}")
         if lost and len(lost) == len(fetched):
-            raise lost[0][1]
-        for n, error in lost:
-            self.notes.append(f"Image {n} of {len(fetched)} could not be downloaded, the others are kept: {str(error).splitlines()[0]}")
+            raise lost[0]
         fetched = [item for item in fetched if not (isinstance(item, BananaError) and not isinstance(item, UnusableImage))]
         unusable = [item for item in fetched if isinstance(item, UnusableImage)]
         if unusable:

@@ -480,3 +480,19 @@ def test_a_stop_during_a_submit_waits_for_its_answer_and_journals_the_job(evolin
     assert len(list((tmp_path / ".journal").glob("*.json"))) == 1
     assert once(EVOLINK, tmp_path).status == "ok"
     assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+
+
+def test_a_link_the_model_wrote_to_a_private_host_does_not_drop_the_paid_image(chain):
+    """A chat answer carries the paid image inline, after a markdown image link to a private address
+    in the model's words (which a prompt can steer), refused before any connection. One image was
+    asked for, so the link took the only place and the inline image was dropped as an extra: the call
+    failed and the paid image was lost. Now the next image of the answer takes the failed one's place."""
+    import base64 as b64
+
+    inline = "data:image/png;base64," + b64.b64encode(png_bytes(6, 3)).decode()
+    content = f"A preview: ![copy](http://10.1.2.3/copy.png) and the image: ![result]({inline})"
+    answer = {"id": "chatcmpl-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
+    chain.route("POST", r"^/openai_hk_chat/chat/completions$", Reply(json=answer))
+    result = run(generate("openai_hk_chat", "Nano Banana Pro", GenerationRequest(prompt="a red kite")))
+    assert [(im.width, im.height) for im in result.images] == [(6, 3)]
+    assert any("10.1.2.3" in warning for warning in result.warnings)
