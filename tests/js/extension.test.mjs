@@ -9,12 +9,14 @@ import { register } from "node:module";
 register("./comfy_stubs.mjs", import.meta.url);
 
 const PRO = "Nano Banana Pro (Gemini 3 Pro Image)";
+const FLASH = "Nano Banana (Gemini 2.5 Flash Image)";
 const offer = (prices) => ({ resolutions: ["1K", "2K", "4K"], prices, price_unit: "usd", aspect_ratios: [], max_refs: 14 });
 const catalogWith = (falKey) => ({
   auto: { "Nano Banana Pro": falKey ? "google" : "google" },
   providers: [
     { id: "google", display_name: "Google Gemini API", has_key: true, key_env: ["GEMINI_API_KEY"], models: { "Nano Banana Pro": offer({ "1K": 0.134 }) } },
     { id: "fal", display_name: "fal.ai", has_key: falKey, key_env: ["FAL_KEY"], models: { "Nano Banana Pro": offer({ "1K": 0.15 }) } },
+    { id: "vydra", display_name: "Vydra", has_key: true, key_env: ["VYDRA_API_KEY"], models: { "Nano Banana": offer({ "": 2 }) } },
   ],
 });
 
@@ -36,23 +38,27 @@ await bridge.setup();
 
 // The widget's value entry as frontend 1.43's widget store holds it: a reactive object; here a proxy that
 // records which properties were read, as Vue's tracking would.
-function reactiveEntry(value) {
+function reactiveEntry(value, options) {
   const reads = new Set();
-  const entry = new Proxy({ value }, { get: (target, key) => (reads.add(key), target[key]) });
-  return { entry, reads };
+  const writes = [];
+  const tracked = (target) => new Proxy(target, { get: (t, key) => (reads.add(key), t[key]), set: (t, key, v) => (writes.push(key), (t[key] = v), true) });
+  return { entry: tracked({ value, options: tracked(options) }), reads, writes };
 }
 
 function bridgeNode(provider) {
-  const state = reactiveEntry(provider);
+  const providerOptions = { values: ["auto", "google", "fal", "vydra"] };
+  const modelOptions = { values: [PRO, FLASH] };
+  const state = reactiveEntry(provider, providerOptions);
+  const model = reactiveEntry(PRO, modelOptions);
   const widgets = [
-    { name: "provider", value: provider, options: { values: ["auto", "google", "fal"] }, _state: state.entry },
-    { name: "model", value: PRO, options: { values: [PRO] } },
+    { name: "provider", value: provider, options: providerOptions, _state: state.entry },
+    { name: "model", value: PRO, options: modelOptions, _state: model.entry },
     { name: "model.resolution", value: "1K", options: { values: ["1K", "2K", "4K"] } },
     { name: "count", value: 1 },
     { name: "prompt", value: "a cat" },
   ];
   const node = { comfyClass: "NanoBananaBridge", widgets, inputs: [], badges: [], setDirtyCanvas: () => {} };
-  return { node, provider: widgets[0], reads: state.reads };
+  return { node, provider: widgets[0], reads: state.reads, model: widgets[1], modelWrites: model.writes };
 }
 
 const badgeText = (node) => node.badges[0]().text;
@@ -92,4 +98,15 @@ test("a key saved in the keys tab shows in the Vue-nodes view too: the badge and
   assert.equal(provider._state.nbbKeyStatus, 1);
   served = catalogWith(false);
   globalThis.comfyStubs.app.graph.nodes = [];
+});
+
+test("the model list narrows to the provider's models in the Vue-nodes view too (written through the reactive entry)", async () => {
+  const { node, provider, model, modelWrites } = bridgeNode("google");
+  await bridge.nodeCreated(node);
+  await settle(() => model.options.values.length === 1); // narrowed to google's models once the node is in place
+  modelWrites.length = 0;
+  provider.callback("vydra");
+  await settle(() => model.options.values[0] === FLASH);
+  assert.deepEqual(model.options.values, [FLASH]); // what the canvas lists
+  assert.ok(modelWrites.includes("values"), "written through the reactive entry, so the Vue-nodes select lists it");
 });

@@ -37,6 +37,9 @@ function toast(severity, summary, detail) {
 }
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
+// Frontend 1.43 keeps a widget's options behind a reactive store entry (_state), which the Vue-nodes view
+// draws from: a change written through it shows there too (it is the same object the canvas reads).
+const reactiveOptions = (w) => w._state?.options ?? w.options;
 
 // Key status is not widget state, so the Vue-nodes view (which redraws a badge or a select's labels only
 // when the reactive state they read changes) would keep showing the old one after a key is set or
@@ -82,7 +85,7 @@ async function applyProvider(node, providerId, announce) {
   if (!modelWidget._nbbAllModels) modelWidget._nbbAllModels = [...modelWidget.options.values];
   const provider = data.providers.find((p) => p.id === providerId);
   const allowed = provider ? modelWidget._nbbAllModels.filter((m) => stableModel(m) in provider.models) : modelWidget._nbbAllModels;
-  if (allowed.length) modelWidget.options.values = allowed;
+  if (allowed.length) reactiveOptions(modelWidget).values = allowed;
   if (announce && provider && !provider.has_key) {
     toast("warn", `No API key for ${provider.display_name}`, `Set it in the "Nano Banana keys" tab (key icon in the sidebar), or set ${provider.key_env.join(" or ")} before starting ComfyUI.`);
   }
