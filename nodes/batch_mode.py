@@ -27,8 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..providers.catalog import ModelOffer, ProviderSpec
-from ..providers.client import ProviderCall, check_request, price_result, resolve
-from ..providers.config import api_key_for
+from ..providers.client import ProviderCall, check_request, price_result, provider_call, resolve
 from ..providers.engine import CallContext, get_engine
 from ..providers.errors import BananaError, Cancelled, ConfigError, Refusal, TimedOut
 from ..providers.outcome import GenerationRequest
@@ -131,7 +130,8 @@ async def run_batch_mode(
 
     ctx = CallContext(cancel_check=cancel_check, on_status=update)
     max_wait = float(spec.options.get("batch_max_wait", 3600.0) or 3600.0)
-    call = ProviderCall(engine=get_engine(), ctx=ctx, provider=replace(spec, max_wait=max_wait), model=offer, api_key=api_key_for(spec))
+    # provider_call, like every other path: a service-account credential becomes an access token (never sent itself).
+    call = await provider_call(replace(spec, max_wait=max_wait), offer, ctx, get_engine())
 
     with claimed_requests(items, settings, spec.id, offer) as requests:
         return await _run(call, items, requests, settings, store, spend, progress, update)

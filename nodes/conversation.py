@@ -66,7 +66,8 @@ def build_conversation(
         else:
             entry = {"text": redact(str(part.get("text") or ""))}  # the model's words may echo a key: the output is shown
         if part.get("thought_signature"):
-            entry["thought_signature"] = str(part["thought_signature"])
+            # Kept verbatim for the next turn, except a key a gateway echoed into it: the output reaches /history.
+            entry["thought_signature"] = redact(str(part["thought_signature"]))
         parts.append(entry)
     turns = list((previous or {}).get("turns") or [])
     model_turn: dict[str, Any] = {"role": "model", "provider": provider, "model_id": model_id, "parts": parts}

@@ -22,10 +22,11 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from ..providers.client import ProviderCall, resolve_model
-from ..providers.config import api_key_for, get_provider
+from ..providers.client import ProviderCall, provider_call, resolve_model
+from ..providers.config import get_provider
 from ..providers.engine import IDEMPOTENT, CallContext, get_engine
-from ..providers.errors import BananaError
+from ..providers.errors import BananaError, ConfigError
+from ..providers.failover import HANDLE_KEY_SLOT, HANDLE_PROVIDER
 from ..providers.protocols import gemini_batch
 from ..providers.redaction import redact
 from .batch_mode import supports_batch
@@ -70,10 +71,13 @@ def _job(root: Path, path: Path) -> dict[str, Any] | None:
         age = None
     is_batch = isinstance(handle.get("batch"), str)
     task_id = handle.get("batch") if is_batch else next((handle[k] for k in ("request_id", "task_id", "id", "display_name") if isinstance(handle.get(k), str)), None)
+    # A job that failed over was accepted by another provider (and key) than the one asked for: the
+    # handle says which (failover.HANDLE_PROVIDER), and only that provider's key may act on it.
+    served_by = handle.get(HANDLE_PROVIDER) if isinstance(handle.get(HANDLE_PROVIDER), str) else provenance.get("provider")
     return {
         "id": f"{root.name}/{path.stem}",
         "folder": root.name,
-        "provider": _text(provenance.get("provider"), 40),
+        "provider": _text(served_by, 40),
         "model": _text(provenance.get("model_id"), 80),
         "kind": "batch" if is_batch else "job",
         "items": len(handle["keys"]) if is_batch and isinstance(handle.get("keys"), list) else 1,
@@ -104,17 +108,22 @@ def _find(job_id: Any, base: Path) -> tuple[Path, str, dict[str, Any], dict[str,
     return (root, key, handle, job) if job and isinstance(handle, dict) else None
 
 
-def _call(provider_id: str | None, model_id: str | None) -> ProviderCall:
+async def _call(provider_id: str | None, model_id: str | None, handle: dict[str, Any] | None = None) -> ProviderCall:
+    """The call a status check or cancel goes through: provider_call, as for a generation (a
+    service-account credential becomes an access token; the key goes only to the provider's origin),
+    with the key that accepted the job (failover.HANDLE_KEY_SLOT)."""
     spec = get_provider(str(provider_id or ""))
     offer = resolve_model(spec, spec.models[0].name, model_id) if model_id else spec.models[0]
-    return ProviderCall(engine=get_engine(), ctx=CallContext(), provider=spec, model=offer, api_key=api_key_for(spec))
+    slot = (handle or {}).get(HANDLE_KEY_SLOT)
+    return await provider_call(spec, offer, CallContext(), get_engine(), key_slot=slot - 1 if isinstance(slot, int) and slot >= 1 else 0)
 
 
 async def _batch_status(job: dict[str, Any], handle: dict[str, Any]) -> None:
     try:
-        call = _call(job["provider"], None)
-        if not supports_batch(call.provider):
+        spec = get_provider(str(job["provider"] or ""))
+        if not supports_batch(spec):
             return
+        call = await asyncio.wait_for(_call(spec.id, None), STATUS_TIMEOUT)
         state = await asyncio.wait_for(gemini_batch.get_state(call, handle["batch"]), STATUS_TIMEOUT)
         job["status"] = state.line()
         job["state"] = state.state
@@ -139,7 +148,10 @@ async def jobs_summary(with_status: bool = True, base: Path | None = None) -> di
                 checks.append(_batch_status(job, handle))
     if checks:
         await asyncio.gather(*checks)
-    ledger = Ledger()
+    try:
+        ledger = Ledger()
+    except ConfigError as exc:  # the config folder is refused (one ComfyUI serves): no ledger to show
+        return {"jobs": jobs, "spend": {"days": [], "today": {}, "ledger": None, "error": exc.headline()}}
     try:
         days = await asyncio.to_thread(ledger.by_day, 30)
         error = None
@@ -158,7 +170,7 @@ async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str
         return 404, {"error": "No such journaled job (it may have finished and been collected)."}
     _root, _key, handle, job = found
     try:
-        call = _call(job["provider"], None)
+        call = await _call(job["provider"], None, handle)
         if job["kind"] == "batch":
             if not supports_batch(call.provider):
                 return 400, {"error": f"{call.provider.display_name} has no Batch Mode to cancel."}

@@ -28,6 +28,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from .catalog import GOOGLE_OAUTH, PRESETS, ProviderSpec, custom_provider_from_dict
+from .engine.auth import host_matches, origin
 from .errors import ConfigError, MissingKey
 from .redaction import redact, register_secret
 
@@ -95,7 +96,17 @@ def config_dir() -> Path:
             )
         return folder
     if _comfy_user_dir is not None:
-        return _comfy_user_dir / CONFIG_FOLDER
+        folder = _comfy_user_dir / CONFIG_FOLDER
+        # ComfyUI started with its user folder inside one it serves (--user-directory under --output-directory):
+        # the default folder would hand keys.json and store.secret to any page, through /view.
+        why = _served_by_comfyui(folder)
+        if why:
+            raise ConfigError(
+                f"The pack's config folder <ComfyUI>/user/{CONFIG_FOLDER}/ lies inside a folder ComfyUI serves to web pages: {why}, "
+                "so anyone who can reach ComfyUI could read the keys there.",
+                hint="Set BANANA_CONFIG_DIR to a folder outside ComfyUI's output, input and temp folders (or move ComfyUI's user folder out of them).",
+            )
+        return folder
     return Path.home() / f".{CONFIG_FOLDER}"
 
 
@@ -257,6 +268,12 @@ def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> Provider
     base_url = env.get(env_name(spec.id, "BASE_URL")) or settings.get("base_url")
     if base_url:
         changes["base_url"] = str(base_url).rstrip("/")
+        if spec.auth_hosts and not _on_own_hosts(spec, changes["base_url"]):
+            # Another server (a reseller, a proxy) with its own key: the preset's extra hosts are the
+            # original provider's (EvoLink's file API), not that server's, so its key is not sent there.
+            changes["auth_hosts"] = ()
+    if isinstance(settings.get("auth_hosts"), list):  # the user says which https hosts also take this key
+        changes["auth_hosts"] = tuple(str(host) for host in settings["auth_hosts"] if isinstance(host, str))
     for field_name, suffix, cast in (("concurrency", "CONCURRENCY", int), ("read_timeout", "TIMEOUT", float), ("max_wait", "MAX_WAIT", float), ("result_lifetime", "RESULT_LIFETIME", float)):
         raw = env.get(env_name(spec.id, suffix)) or settings.get(field_name if field_name != "read_timeout" else "timeout")
         if raw not in (None, ""):
@@ -273,6 +290,14 @@ def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> Provider
     if options != dict(spec.options):
         changes["options"] = options
     return replace(spec, **changes) if changes else spec
+
+
+def _on_own_hosts(spec: ProviderSpec, url: str) -> bool:
+    """Whether `url` is on the host of the spec's own base URL or on one of its auth_hosts."""
+    target, own = origin(url), origin(spec.base_url)
+    if target is None:
+        return False
+    return (own is not None and target[1] == own[1]) or any(host_matches(target[1], pattern) for pattern in spec.auth_hosts)
 
 
 def all_providers() -> list[ProviderSpec]:
@@ -301,8 +326,22 @@ def all_providers() -> list[ProviderSpec]:
         specs.append(spec)
     specs = [_checked_shape(where, lambda s=s: _apply_settings(s, settings.get(s.id) or {}), s.id) for s in specs]
     for spec in specs:
+        _register_url_credentials(spec.base_url)
         _warn_plain_http(spec)
     return specs
+
+
+def _register_url_credentials(url: str) -> None:
+    """A base URL's `user:password@` (a gateway behind basic auth) is a credential like the key: it is
+    redacted wherever the URL is shown (a dry run, the refusal listing allowed origins, the key test)."""
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError:
+        return
+    for value in (user, password):
+        if value:
+            register_secret(value)
 
 
 def _checked_shape(where: str, build: Any, provider_id: str | None = None) -> Any:

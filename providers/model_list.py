@@ -21,6 +21,7 @@ from .client import ProviderCall, provider_call
 from .config import api_key_for, get_provider
 from .engine import CallContext, HttpEngine
 from .errors import BananaError
+from .redaction import clip
 
 DEFAULT_TTL = 600.0  # seconds; BANANA_MODEL_LIST_TTL overrides
 MAX_PAGES = 20
@@ -102,7 +103,7 @@ async def list_models(provider_id: str, ctx: CallContext | None = None, *, refre
     except BananaError as exc:
         result["error"] = str(exc).splitlines()[0]
         return result  # not cached: the next look tries again
-    ids = list(dict.fromkeys(i[:200] for i in ids if i))[:MAX_IDS]
+    ids = list(dict.fromkeys(clip(i, 200, ellipsis="") for i in ids if i))[:MAX_IDS]  # the gateway's words: redacted, then cut
     listed = set(ids)
     result.update(listed=True, models=ids, checked_at=time.time())
     result["nano_banana"] = {name: {"ids": wanted, "available": any(i in listed for i in wanted)} for name, wanted in catalog_ids.items()}

@@ -358,9 +358,19 @@ class RedactingFilter(logging.Filter):
             except Exception:  # a malformed record is the logging module's problem, not ours
                 return True
             record.msg, record.args = redact(message), None
+            if record.exc_info and not record.exc_text:
+                # A handler formats the traceback after every filter ran: format it here, redacted, and
+                # leave no exc_info behind for a formatter to print again (its message may echo a key).
+                record.exc_text = _FORMATTER.formatException(record.exc_info)
+            record.exc_info = None
             if record.exc_text:
                 record.exc_text = redact(record.exc_text)
+            if record.stack_info:
+                record.stack_info = redact(record.stack_info)
         return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 _FILTER = RedactingFilter()

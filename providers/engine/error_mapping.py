@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
     try:
         body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        text = content[:2000].decode("utf-8", "replace")
+        text = _decoded(content[:4000], content_type)[:2000]
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
         if "<html" in text.lower() or title:
             summary = f"an HTML page{': ' + title.group(1).strip() if title else ''} instead of JSON"
@@ -58,6 +59,27 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
             summary = clip(text.strip(), 300, ellipsis="") or "an empty body"  # redacted before the cut
         return ErrorEnvelope(message=summary)
     return read_error_body(body)
+
+
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+
+
+def _decoded(content: bytes, content_type: str) -> str:
+    """A non-JSON error page as text: in its declared charset, else by its byte-order mark, else UTF-8.
+
+    Read in the wrong one (UTF-16 as UTF-8), an echoed key comes out with a NUL between its
+    characters, which redaction does not match and a reader easily does; any NUL left is dropped."""
+    charset = re.search(r"charset=[\"']?([\w.:-]+)", content_type or "", re.I)
+    encoding, start = (charset.group(1), 0) if charset else ("utf-8", 0)
+    for bom, name in _BOMS:
+        if content.startswith(bom):
+            encoding, start = name, len(bom)
+            break
+    try:
+        text = content[start:].decode(encoding, "replace")
+    except LookupError:  # a charset Python does not know
+        text = content[start:].decode("utf-8", "replace")
+    return text.replace("\x00", "")
 
 
 def read_error_body(body: Any) -> ErrorEnvelope:

@@ -65,6 +65,7 @@ MAX_ANSWER_BYTES = 128 * 1024 * 1024  # one JSON answer, decompressed (inline 4K
 MAX_ERROR_BYTES = 64 * 1024  # an error body: its first 64 KB say enough
 MAX_DOWNLOAD_REDIRECTS = 5  # hops a result download may take, each checked
 _REDIRECTS = (301, 302, 303, 307, 308)
+LOOPBACK_NAMES = ("all://127.0.0.1", "all://localhost", "all://*.localhost", "all://[::1]")  # never proxied
 DEADLINE_FACTOR = 2.0  # an attempt's overall deadline, in read timeouts: a slow drip cannot hold a call forever
 
 
@@ -215,6 +216,9 @@ class HttpEngine:
                 follow_redirects=False,  # API calls: a key must not follow a redirect to another host
                 headers={"Accept-Encoding": ACCEPT_ENCODING},  # what bodies.read_limited can decode
                 trust_env=True,  # honour HTTPS_PROXY etc., which users behind firewalls rely on
+                # ...except for this machine: a proxy cannot reach its loopback, and a plain-http gateway
+                # there (new-api, one-api) would hand the proxy its key in clear text.
+                mounts=dict.fromkeys(LOOPBACK_NAMES),
             )
             bind_checks(client)  # result downloads connect only to checked addresses (addresses.py)
             self._clients[loop] = client

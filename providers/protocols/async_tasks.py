@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from .. import config
 from ..engine import PollState, names_safety, retry_after_header
 from ..errors import (
     BananaError,
@@ -120,12 +121,22 @@ def build_body(call, request: GenerationRequest, image_urls: list[str]) -> dict[
 
 async def upload(call, image: ImageInput, index: int) -> tuple[str, str | None]:
     """EvoLink's file API: base64 in, a downloadable URL (valid 72 h) and a file id out."""
-    response = await call.send(
-        "POST",
-        call.text_option("upload_url") or EVOLINK_UPLOAD_URL,
-        json_body={"base64_data": image.data_uri(), "file_name": f"banana-reference-{index + 1}.{image.extension}"},
-        status="Uploading reference images",
-    )
+    try:
+        response = await call.send(
+            "POST",
+            call.text_option("upload_url") or EVOLINK_UPLOAD_URL,
+            json_body={"base64_data": image.data_uri(), "file_name": f"banana-reference-{index + 1}.{image.extension}"},
+            status="Uploading reference images",
+        )
+    except InvalidRequest as exc:
+        if not exc.sent:  # the upload address is not on the base URL's host (the preset points at another gateway)
+            upload_url, delete_url = (config.env_name(call.provider.id, suffix) for suffix in ("UPLOAD_URL", "FILE_DELETE_URL"))
+            exc.hint = (
+                f"Set {upload_url} and {delete_url} to the gateway's own file API (or set the provider's \"auth_hosts\" in "
+                "providers.json settings if it really uses that host). Nothing was sent."
+            )
+            exc.args = (str(exc),)
+        raise
     body = response.json_object()
     data = body.get("data") if isinstance(body.get("data"), dict) else body
     url = next((data.get(k) or body.get(k) for k in ("file_url", "url", "download_url") if data.get(k) or body.get(k)), None)
