@@ -6,6 +6,7 @@ so everything else in nodes/ stays importable and testable without a running Com
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 import threading
@@ -73,6 +74,15 @@ def raise_interrupt() -> None:
     raise comfy.model_management.InterruptProcessingException()
 
 
+def node_text(text: str) -> str:
+    """Progress text as ComfyUI puts it into the page: the classic canvas as HTML, unsanitised
+    (innerHTML of nl2br(linkifyHtml(text))), the Vue-nodes view as Markdown. It quotes providers'
+    and models' words, so what either reads as markup is escaped (a tag, a Markdown link or image,
+    the widget's [[label|url]] link), and each line ends in two spaces, Markdown's line break, so the
+    Vue view keeps the lines the classic view shows."""
+    return html.escape(text, quote=False).replace("[", "&#91;").replace("\n", "  \n")
+
+
 class NodeProgress:
     """Progress text on the node (at most a few times a second) and a progress bar over items."""
 
@@ -102,7 +112,7 @@ class NodeProgress:
         try:
             from server import PromptServer
 
-            PromptServer.instance.send_progress_text(text, self.node_id)
+            PromptServer.instance.send_progress_text(node_text(text), self.node_id)
         except Exception:  # noqa: BLE001
             log.debug("progress text unavailable", exc_info=True)
 

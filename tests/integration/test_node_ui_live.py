@@ -5,6 +5,7 @@ Against a loopback Gemini server (run with COMFYUI_PATH; see tests/integration/c
 
 from __future__ import annotations
 
+import html
 import json
 import stat
 import urllib.request
@@ -158,3 +159,27 @@ def test_options_from_the_options_node_reach_the_provider(comfy, provider):
 
 def test_httpx_request_lines_stay_out_of_the_log(comfy):
     assert "HTTP Request:" not in comfy.server.log_text()
+
+
+def test_a_gateways_markup_shows_on_the_node_as_words(comfy, provider):
+    """ComfyUI puts a node's progress text into the page as HTML (classic canvas, unsanitised) or as
+    Markdown (Vue nodes); a gateway's message quoted there must arrive escaped, with nothing lost."""
+    if not comfy.has_websocket:
+        pytest.skip("websocket-client is not installed in the test environment")
+    hostile = 'no <img src=x onerror="window.pwned=1"> ![seen](http://127.0.0.1:9/p.png)'
+
+    def answer(req: Recorded) -> Reply:
+        if "hostile" in req.json()["contents"][0]["parts"][0]["text"]:
+            return Reply(status=400, json={"error": {"code": 400, "message": hostile, "status": "INVALID_ARGUMENT"}})
+        return gemini_answer(req)
+
+    provider.route("POST", r":generateContent$", answer)
+    post(comfy, "/nano_banana_bridge/keys", {"provider": "google", "key": KEY})
+    node = bridge("a hostile one\nanother hostile one", 5, options=["3", 0])
+    node["inputs"]["prompt_per_line"] = True
+    prompt_id = comfy.post_prompt({"3": options_node(on_failure="skip"), "1": node, "2": SAVE})
+    assert comfy.wait_for(prompt_id)["status"]["status_str"] == "error"
+    texts = comfy.progress_texts(prompt_id, node_id="1")
+    assert texts and texts[-1].startswith("Failed: 2 of 2 items"), texts
+    assert not [t for t in texts if "<" in t or "[" in t]
+    assert hostile in html.unescape(texts[-1])

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusChanged, keyStatusText, legacyOptions, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
 
 const offer = (prices, resolutions = ["1K", "2K", "4K"], unit = "usd") => ({ resolutions, prices, price_unit: unit, aspect_ratios: [], max_refs: 14 });
 const catalog = {
@@ -155,4 +155,13 @@ test("Batch Mode (delivery batch on the options node): the provider's share of t
   const fal = badgeFor({ ...base, catalog: withBatch, providerId: "fal", delivery: "batch" });
   assert.equal(fal.level, "error");
   assert.equal(fal.text, "fal.ai has no Batch Mode");
+});
+
+test("key status changes are told apart from other catalog changes (prices, models)", () => {
+  assert.equal(keyStatusChanged(catalog, structuredClone(catalog)), false);
+  const cheaper = structuredClone(catalog);
+  cheaper.providers[0].models["Nano Banana Pro"].prices["1K"] = 0.1;
+  assert.equal(keyStatusChanged(catalog, cheaper), false);
+  assert.equal(keyStatusChanged(catalog, withKey(true)), true); // fal got a key (and auto now picks it)
+  assert.equal(keyStatusChanged(null, catalog), true);
 });

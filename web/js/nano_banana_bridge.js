@@ -6,7 +6,7 @@
 // nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badgeFor, carryOver, createCatalogStore, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
+import { badgeFor, carryOver, createCatalogStore, keyStatusChanged, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
 const OPTIONS_ID = "NanoBananaOptions";
@@ -18,12 +18,13 @@ let shownConfigError = null;
 // The catalog (providers, models, prices, who has a key), refreshed when key status may have changed.
 const catalog = createCatalogStore(
   () => api.fetchApi("/nano_banana_bridge/catalog", { cache: "no-store" }).then((r) => (r.ok ? r.json() : null)),
-  (data) => {
+  (data, previous) => {
     // A broken keys.json / providers.json: the node still works with the built-in presets; say what to fix (once).
     if (data?.error && data.error !== shownConfigError) {
       shownConfigError = data.error;
       toast("warn", "Nano Banana Bridge configuration", data.error);
     }
+    if (previous && keyStatusChanged(previous, data)) showKeyStatus();
     app.graph?.setDirtyCanvas?.(true, true);
   }
 );
@@ -36,6 +37,22 @@ function toast(severity, summary, detail) {
 }
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
+// Frontend 1.43 keeps a widget's options behind a reactive store entry (_state), which the Vue-nodes view
+// draws from: a change written through it shows there too (it is the same object the canvas reads).
+const reactiveOptions = (w) => w._state?.options ?? w.options;
+
+// Key status is not widget state, so the Vue-nodes view (which redraws a badge or a select's labels only
+// when the reactive state they read changes) would keep showing the old one after a key is set or
+// cleared. Both read, and showKeyStatus() writes, a mark on the provider widget's reactive value entry
+// (frontend 1.43's widget store; without one the canvas redraws by itself anyway).
+const keyStatusMark = (node) => widget(node, "provider")?._state?.nbbKeyStatus;
+
+function showKeyStatus() {
+  for (const node of app.graph?.nodes ?? []) {
+    const state = node.comfyClass === NODE_ID ? widget(node, "provider")?._state : null;
+    if (state) state.nbbKeyStatus = (state.nbbKeyStatus ?? 0) + 1;
+  }
+}
 
 // A setting of the options node connected to this node's `options` input (undefined without one).
 function optionValue(node, name) {
@@ -45,6 +62,7 @@ function optionValue(node, name) {
 }
 
 function badgeState(node) {
+  keyStatusMark(node);
   return badgeFor({
     delivery: optionValue(node, "delivery"),
     catalog: catalog.data,
@@ -67,7 +85,7 @@ async function applyProvider(node, providerId, announce) {
   if (!modelWidget._nbbAllModels) modelWidget._nbbAllModels = [...modelWidget.options.values];
   const provider = data.providers.find((p) => p.id === providerId);
   const allowed = provider ? modelWidget._nbbAllModels.filter((m) => stableModel(m) in provider.models) : modelWidget._nbbAllModels;
-  if (allowed.length) modelWidget.options.values = allowed;
+  if (allowed.length) reactiveOptions(modelWidget).values = allowed;
   if (announce && provider && !provider.has_key) {
     toast("warn", `No API key for ${provider.display_name}`, `Set it in the "Nano Banana keys" tab (key icon in the sidebar), or set ${provider.key_env.join(" or ")} before starting ComfyUI.`);
   }
@@ -274,8 +292,14 @@ app.registerExtension({
       applyProvider(node, value, true);
       return result;
     };
-    // The canvas shows "fal (no key)" / "auto → google" (the value stays the plain id).
-    providerWidget.options.getOptionLabel = (value) => providerLabel(catalog.data, value, widget(node, "model")?.value);
+    // Both views show "fal (no key)" / "auto → google" (the value stays the plain id): the canvas (and the
+    // Vue-nodes view of later frontends) asks getOptionLabel; frontend 1.43's Vue-nodes view passes the
+    // widget's options to its PrimeVue Select as props, where optionLabel names each option.
+    const label = (value) => {
+      keyStatusMark(node);
+      return providerLabel(catalog.data, value, widget(node, "model")?.value);
+    };
+    Object.assign(providerWidget.options, { getOptionLabel: label, optionLabel: label });
     watchModel(node);
     // Workflows load their saved values after creation: narrow once they are in place.
     setTimeout(() => applyProvider(node, providerWidget.value, false), 0);

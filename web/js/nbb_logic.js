@@ -84,7 +84,7 @@ export function carryOver(kept, widgets) {
 // The catalog as the frontend knows it (providers, prices, who has a key), fetched again whenever key
 // status may have changed (the keys tab saved something, a node's provider changed). The newest
 // request wins: a slow earlier answer never overwrites a later one. `fetchCatalog` resolves to the
-// route's JSON or null (unreachable server: keep what we had).
+// route's JSON or null (unreachable server: keep what we had); onChange(data, previous) on each answer.
 export function createCatalogStore(fetchCatalog, onChange = () => {}) {
   let data = null;
   let issued = 0;
@@ -105,8 +105,9 @@ export function createCatalogStore(fetchCatalog, onChange = () => {}) {
         .then((answer) => {
           if (answer && ticket > applied) {
             applied = ticket;
+            const previous = data;
             data = answer;
-            onChange(answer);
+            onChange(answer, previous);
           }
           return data;
         });
@@ -137,6 +138,12 @@ export function providerLabel(catalog, providerId, model) {
   }
   const provider = catalog.providers.find((p) => p.id === providerId);
   return provider && !provider.has_key ? `${providerId} (no key)` : providerId;
+}
+
+// Whether two catalogs differ in who has a key (which also decides whom "auto" picks).
+export function keyStatusChanged(before, after) {
+  const status = (data) => JSON.stringify([data?.providers?.map((p) => [p.id, Boolean(p.has_key)]) ?? null, data?.auto ?? null]);
+  return status(before) !== status(after);
 }
 
 // "set from BANANA_GOOGLE_API_KEY", "set in keys file", "missing"
