@@ -19,7 +19,7 @@ from typing import Any, Callable, Protocol
 import torch
 from PIL import Image
 
-from ..providers.client import check_request, resolve
+from ..providers.client import AUTO_PROVIDER, check_key_for_run, check_request, resolve
 from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.failover import failover_on_refusal, fallback_chain
 from ..providers.outcome import GenerationRequest, ImageInput, Turn
@@ -187,6 +187,8 @@ async def render(
     if inputs.delivery not in (NOW, BATCH):
         raise InvalidRequest(f"Unknown delivery '{inputs.delivery}'.", hint="Use now or batch.")
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
+    if inputs.provider != AUTO_PROVIDER and not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
+        check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
     if inputs.delivery == BATCH:
         check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
     history = await asyncio.to_thread(load_history, inputs.conversation, inputs.conversation_root) if inputs.conversation is not None else ()
