@@ -474,8 +474,11 @@ def _names(specs: list[ProviderSpec]) -> str:
     return ", ".join(f"{s.display_name} ({s.id})" for s in specs)
 
 
-def choose_provider(model: str) -> ProviderSpec:
-    """For provider "auto": the first provider with a key that offers the model.
+def choose_provider(model: str, fits: Callable[[ProviderSpec], object] | None = None) -> ProviderSpec:
+    """For provider "auto": the first provider with a key that offers the model (and, given `fits`,
+    that can run this request: `fits(spec)` raises a BananaError when it cannot, e.g. a conversation
+    on a provider without turns; then the next one is tried, and if none can, the first one's error
+    is raised).
 
     The order is BANANA_PROVIDER_ORDER (comma-separated ids) if set, then the catalog's order,
     so a shared workflow set to "auto" runs for whoever opens it, with whatever key they have.
@@ -501,7 +504,17 @@ def choose_provider(model: str) -> ProviderSpec:
             hint=f"Choose a model they offer ({', '.join(offers)}), or add a key for a provider that offers {model} "
             f"({', '.join(takers)}) in the {KEYS_TAB}.",
         )
-    return candidates[0]
+    if fits is None:
+        return candidates[0]
+    first_error: BananaError | None = None
+    for spec in candidates:
+        try:
+            fits(spec)
+            return spec
+        except BananaError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
 
 
 def check_key_for_run(spec: ProviderSpec, model: str, *, batch_delivery: bool = False) -> None:
@@ -529,8 +542,16 @@ def check_key_for_run(spec: ProviderSpec, model: str, *, batch_delivery: bool = 
     )
 
 
-def resolve(provider_id: str, model: str, model_id_override: str | None = None) -> tuple[ProviderSpec, ModelOffer]:
-    spec = choose_provider(model) if provider_id == AUTO_PROVIDER else get_provider(provider_id)
+def resolve(
+    provider_id: str, model: str, model_id_override: str | None = None, fits: Callable[[ProviderSpec, ModelOffer], object] | None = None
+) -> tuple[ProviderSpec, ModelOffer]:
+    """The provider and its offer for a run. For "auto", `fits(spec, offer)` (raising a BananaError when
+    that provider cannot run the request) makes it pick the first provider with a key that can."""
+    if provider_id != AUTO_PROVIDER:
+        spec = get_provider(provider_id)
+        return spec, resolve_model(spec, model, model_id_override)
+    check = None if fits is None else (lambda spec: fits(spec, resolve_model(spec, model, model_id_override)))
+    spec = choose_provider(model, check)
     return spec, resolve_model(spec, model, model_id_override)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.providers import InvalidRequest
 from banana_pack.providers.catalog import PRESETS
 from banana_pack.providers.config import env_name
 from banana_pack.providers.errors import MissingKey
@@ -35,6 +36,23 @@ def inputs(**kw) -> RenderInputs:
 
 def provider_requests(server) -> list[str]:
     return [r.path for r in server.requests if not r.path.startswith("/files/")]
+
+
+def test_auto_picks_the_keyed_provider_that_can_honour_the_settings(server, monkeypatch):
+    """openai-hk's key serves three presets; its OpenAI Images one (first in the catalog) has no
+    thinking level, its fal passthrough has: "auto" runs there instead of refusing."""
+    only_key(server, monkeypatch, "openai_hk")
+    out = run(render(inputs(thinking_level="HIGH"), store_root=None))
+    assert [item["provider"] for item in out.report["items"]] == ["openai_hk_fal"]
+    assert provider_requests(server) and all(path.startswith("/openai_hk_fal/") for path in provider_requests(server))
+
+
+def test_auto_still_refuses_what_no_keyed_provider_can_do_before_sending(server, monkeypatch):
+    only_key(server, monkeypatch, "fal")
+    with pytest.raises(InvalidRequest) as caught:
+        run(render(inputs(safety=(("HARM_CATEGORY_HARASSMENT", "BLOCK_NONE"),)), store_root=None))
+    assert "fal.ai" in str(caught.value).splitlines()[0]  # the first keyed provider's refusal, naming where it works
+    assert provider_requests(server) == []
 
 
 def test_a_named_provider_without_a_key_points_to_the_one_the_user_has(server, monkeypatch):
