@@ -517,6 +517,30 @@ def choose_provider(model: str, fits: Callable[[ProviderSpec], object] | None = 
     raise first_error
 
 
+def unknown_provider(provider_id: str) -> str | None:
+    """What to do when a workflow names a provider this install does not have (a custom gateway from
+    its author's providers.json, or a preset of another version); None when it is known.
+
+    ComfyUI's own check would only say "Value not in list". With a broken providers.json every id
+    passes here: the run then names the file and line.
+    """
+    if provider_id == AUTO_PROVIDER:
+        return None
+    try:
+        specs = auto_order()
+    except BananaError:
+        return None
+    if any(spec.id == provider_id for spec in specs):
+        return None
+    keyed = [spec.id for spec in specs if has_key(spec)]
+    yours = f" or to a provider you have a key for ({', '.join(keyed)})" if keyed else ""
+    return (
+        f"The provider '{provider_id}' is not set up on this ComfyUI: the workflow was saved with a provider from its author's setup "
+        f"(a custom gateway in their providers.json). Set provider to 'auto'{yours}, or add a gateway with the id '{provider_id}' "
+        f"to {display_path(config_dir() / 'providers.json')} (see the README, 'Custom gateways')."
+    )
+
+
 def check_key_for_run(spec: ProviderSpec, model: str, *, batch_delivery: bool = False) -> None:
     """For a provider the workflow names: a MissingKey that says what to do, before anything is prepared.
 

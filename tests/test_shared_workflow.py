@@ -11,6 +11,7 @@ import torch
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.providers import InvalidRequest
 from banana_pack.providers.catalog import PRESETS
+from banana_pack.providers.client import unknown_provider
 from banana_pack.providers.config import env_name
 from banana_pack.providers.errors import MissingKey
 from fake_providers import key_for, point_presets_at, script_all
@@ -103,3 +104,16 @@ def test_a_dry_run_of_a_named_provider_still_needs_no_key(server, monkeypatch):
     only_key(server, monkeypatch, "fal")
     out = run(render(inputs(provider="google", dry_run=True), store_root=None))
     assert out.images is None and out.report["dry_run"] is True and provider_requests(server) == []
+
+
+def test_a_provider_only_the_author_had_is_named_with_what_to_do(server, monkeypatch, isolated_config):
+    only_key(server, monkeypatch, "fal")
+    message = unknown_provider("my_gateway")
+    assert message.startswith("The provider 'my_gateway' is not set up on this ComfyUI: the workflow was saved with a provider from its author's setup")
+    assert "Set provider to 'auto' or to a provider you have a key for (fal)" in message and "providers.json" in message
+    assert unknown_provider("auto") is None and unknown_provider("fal") is None and unknown_provider("vydra") is None
+    isolated_config.mkdir(parents=True, exist_ok=True)
+    (isolated_config / "providers.json").write_text('{"providers": [{"id": "my_gateway", "protocol": "gemini", "base_url": "https://gw.example.com/v1beta", "models": ["gemini-3-pro-image-preview"]}]}')
+    assert unknown_provider("my_gateway") is None  # once added here, it runs
+    (isolated_config / "providers.json").write_text('{"providers": [,]}')
+    assert unknown_provider("my_gateway") is None  # a broken file: the run names it, with its line

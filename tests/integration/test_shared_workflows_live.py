@@ -20,7 +20,7 @@ from fake_gemini_batch import RUNNING, SUCCEEDED, FakeBatchMode
 from fake_providers import key_for, point_presets_at, script_all
 from loopback import LoopbackServer
 
-from .comfyui_harness import status_message, workflow_to_prompt
+from .comfyui_harness import PromptRejected, status_message, workflow_to_prompt
 
 EXAMPLES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "example_workflows").glob("*.json"))
 CHAT_GATEWAY, GEMINI_GATEWAY = "my_chat_gateway", "my_gemini_gateway"
@@ -155,3 +155,19 @@ def test_a_new_user_without_a_key_is_sent_to_the_keys_tab(comfy, fake):
     as_user(comfy, "google")  # the key from the tab, used by the next run without a restart
     entry = comfy.run(template(comfy, "nano_banana_text_to_image"), timeout=120)
     assert status_message(entry, "execution_error") is None and saved_images(entry) == 1
+
+
+def test_a_provider_only_the_author_had_is_refused_at_queue_time_with_what_to_do(comfy, fake):
+    as_user(comfy, "fal")
+    prompt = template(comfy, "nano_banana_text_to_image")
+    prompt["1"]["inputs"]["provider"] = "their_gateway"  # a custom gateway from the author's providers.json
+    with pytest.raises(PromptRejected) as caught:
+        comfy.post_prompt(prompt)
+    # ComfyUI repeats a validate_inputs answer under every input it passed (the model's nested values too).
+    (error,) = [e for e in caught.value.node_errors["1"]["errors"] if e["extra_info"]["input_name"] == "provider"]
+    assert error["type"] == "custom_validation_failed"
+    assert "The provider 'their_gateway' is not set up on this ComfyUI" in error["details"]
+    assert "Set provider to 'auto' or to a provider you have a key for (fal)" in error["details"]
+    prompt["1"]["inputs"]["provider"] = GEMINI_GATEWAY  # a gateway this install has, added after start: accepted
+    as_user(comfy, GEMINI_GATEWAY)
+    assert status_message(comfy.wait_for(comfy.post_prompt(prompt), timeout=120), "execution_error") is None
