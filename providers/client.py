@@ -534,6 +534,7 @@ def unknown_provider(provider_id: str) -> str | None:
         return None
     keyed = [spec.id for spec in specs if has_key(spec)]
     yours = f" or to a provider you have a key for ({', '.join(keyed)})" if keyed else ""
+    provider_id = clip(provider_id, 60)  # a workflow's value: shown, redacted, never at length
     return (
         f"The provider '{provider_id}' is not set up on this ComfyUI: the workflow was saved with a provider from its author's setup "
         f"(a custom gateway in their providers.json). Set provider to 'auto'{yours}, or add a gateway with the id '{provider_id}' "

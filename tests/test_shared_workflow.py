@@ -111,6 +111,7 @@ def test_a_provider_only_the_author_had_is_named_with_what_to_do(server, monkeyp
     message = unknown_provider("my_gateway")
     assert message.startswith("The provider 'my_gateway' is not set up on this ComfyUI: the workflow was saved with a provider from its author's setup")
     assert "Set provider to 'auto' or to a provider you have a key for (fal)" in message and "providers.json" in message
+    assert len(unknown_provider("x" * 5000)) < 600  # the workflow's value is clipped
     assert unknown_provider("auto") is None and unknown_provider("fal") is None and unknown_provider("vydra") is None
     isolated_config.mkdir(parents=True, exist_ok=True)
     (isolated_config / "providers.json").write_text('{"providers": [{"id": "my_gateway", "protocol": "gemini", "base_url": "https://gw.example.com/v1beta", "models": ["gemini-3-pro-image-preview"]}]}')
