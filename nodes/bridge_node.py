@@ -143,7 +143,9 @@ class NanoBananaBridge(io.ComfyNode):
         `model` is not checked here: ComfyUI hands the DynamicCombo's nested values to every validate_inputs
         (a DynamicCombo has no list check to skip), and execute() names an unknown model choice."""
         for value in provider if isinstance(provider, list) else [provider]:
-            problem = unknown_provider(value) if isinstance(value, str) else None
+            if value is None:  # linked from another node: its value is checked when the node runs
+                continue
+            problem = unknown_provider(value) if isinstance(value, str) else f"provider must be a provider id such as 'auto', not {type(value).__name__}."
             if problem:
                 return problem
         return True

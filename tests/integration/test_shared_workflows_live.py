@@ -168,6 +168,10 @@ def test_a_provider_only_the_author_had_is_refused_at_queue_time_with_what_to_do
     assert error["type"] == "custom_validation_failed"
     assert "The provider 'their_gateway' is not set up on this ComfyUI" in error["details"]
     assert "Set provider to 'auto' or to a provider you have a key for (fal)" in error["details"]
+    prompt["1"]["inputs"]["provider"] = 7  # not even a name: refused as ComfyUI's list check did
+    with pytest.raises(PromptRejected) as caught:
+        comfy.post_prompt(prompt)
+    assert any("provider must be a provider id" in e["details"] for e in caught.value.node_errors["1"]["errors"])
     prompt["1"]["inputs"]["provider"] = GEMINI_GATEWAY  # a gateway this install has, added after start: accepted
     as_user(comfy, GEMINI_GATEWAY)
     assert status_message(comfy.wait_for(comfy.post_prompt(prompt), timeout=120), "execution_error") is None
