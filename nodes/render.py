@@ -207,10 +207,9 @@ async def render(
 
     spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None, fits=fits)
     if inputs.provider != AUTO_PROVIDER:
+        fits(spec, offer)  # what the named provider cannot do comes first: a key would not change it
         if not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
             check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
-        if inputs.delivery == BATCH:
-            check_batch_provider(spec)
     pixel_limit = max_decoded_pixels()
 
     images = _flatten(inputs.images)

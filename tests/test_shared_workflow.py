@@ -118,3 +118,11 @@ def test_a_provider_only_the_author_had_is_named_with_what_to_do(server, monkeyp
     assert unknown_provider("my_gateway") is None  # once added here, it runs
     (isolated_config / "providers.json").write_text('{"providers": [,]}')
     assert unknown_provider("my_gateway") is None  # a broken file: the run names it, with its line
+
+
+def test_what_a_named_provider_cannot_do_is_said_before_its_missing_key(server, monkeypatch):
+    """A key would not make it work: the refusal, not the key, is what the user must change."""
+    only_key(server, monkeypatch, "google")
+    with pytest.raises(InvalidRequest) as caught:
+        run(render(inputs(provider="vydra", model="Nano Banana", thinking_level="HIGH"), store_root=None))
+    assert "not available for Nano Banana on Vydra" in str(caught.value).splitlines()[0]
