@@ -21,7 +21,7 @@ from typing import Any
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
 from ..providers.client import resolve
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, QuotaOrRateLimited, Refusal, UnusableImage, UpstreamUnavailable
+from ..providers.errors import BananaError, Cancelled, InvalidRequest, Refusal, UnusableImage
 from ..providers.failover import generate_with_failover
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
 from ..providers.redaction import redact, redact_data
@@ -258,9 +258,14 @@ async def run_batch(
                     store.forget_task(key)  # that job is over; a re-run is a new request
                 raise
             except BananaError as exc:
-                if ctx.resume_task is None or isinstance(exc, (Cancelled, UpstreamUnavailable, QuotaOrRateLimited)):
-                    raise  # keep the journal: the job may still finish (a busy status endpoint says nothing about it), and a re-run attaches to it
-                # The journaled job expired, failed or was cancelled at the provider: run it anew.
+                if ctx.resume_task is None:
+                    raise
+                if not job_is_over(exc):
+                    # Keep the journal: the job may still finish (a busy status endpoint, a key that no longer
+                    # reads it, an answer not understood say nothing about it), and a re-run attaches to it.
+                    say_journal_kept(exc, outcome.request_id)
+                    raise
+                # The provider says the journaled job expired or failed: run it anew.
                 if store is not None:  # (a resumed task implies a store)
                     store.forget_task(key)
                 result = await serve(replace(ctx, resume_task=None))
@@ -364,6 +369,25 @@ def claim_keys(fields: list[dict[str, Any]], items: list[BatchItem]) -> list[str
 def release_keys(keys: list[str]) -> None:
     with _claims_lock:
         _claimed.difference_update(keys)
+
+
+def job_is_over(error: BananaError) -> bool:
+    """Whether a journaled job's error is the provider's word that the job is gone or failed for good,
+    so the request may be submitted anew: not found or expired (404, 410), rejected (422), or a final
+    task status of failed or cancelled (job_over). Anything else (a poll refused for the key, 400, a
+    5xx, an answer not understood) leaves the paid job's fate unknown: submitting again could pay twice."""
+    return error.job_over or (isinstance(error, InvalidRequest) and error.status in (None, 404, 410, 422))
+
+
+def say_journal_kept(error: BananaError, job: str | None) -> None:
+    """Add to the error of a journaled job that it was not submitted again."""
+    if not isinstance(error, Cancelled):
+        note = (
+            f"The job{f' {job}' if job else ''} accepted in an earlier run stays journaled and was NOT submitted again (that could pay twice): "
+            "fix the cause and queue the same request to attach to it (the Nano Banana jobs tab lists it); a changed request (another seed) is a new paid call."
+        )
+        error.hint = f"{error.hint}\n{note}" if error.hint else note
+        error.args = (str(error),)
 
 
 def job_id(handle: dict | None) -> str | None:

@@ -43,7 +43,9 @@ from .catalog import (
 from .config import KEYS_TAB, all_providers, api_keys_for, config_dir, display_path, get_provider, has_key, key_hint
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
-from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MissingKey, UnusableImage
+from .engine.error_mapping import _request_id
+from .engine.transport import _mark_maybe_billed
+from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MalformedResponse, MissingKey, Refusal, UnusableImage
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 from .protocols import AsyncFamily, SyncFamily, family_for
 from .redaction import clip
@@ -74,6 +76,10 @@ class ProviderCall:
     api_key: str = field(repr=False)
     max_images: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings gathered on the way, added to the result
+    # A paid request of this call got a 2xx answer: the provider ran it, so whatever fails after
+    # (parsing it, downloading its images) fails a billed generation (see paid_answer_failed).
+    paid_answered: bool = False
+    paid_request_id: str | None = None
 
     @property
     def caller(self) -> Caller:
@@ -150,7 +156,9 @@ class ProviderCall:
 
         max_bytes: a larger answer limit than the engine's default (a batch's results hold many images).
         """
-        return await self.engine.request(
+        if policy.paid:
+            self.paid_answered = False  # a paid request that fails reports that itself (the engine's rules)
+        response = await self.engine.request(
             self.ctx,
             self.caller,
             method,
@@ -166,6 +174,9 @@ class ProviderCall:
             ok_statuses=ok_statuses,
             max_bytes=max_bytes,
         )
+        if policy.paid and 200 <= response.status < 300:
+            self.paid_answered, self.paid_request_id = True, _request_id(response.headers)
+        return response
 
     async def post_json(self, path_or_url: str, body: Any, *, policy: RetryPolicy = GENERATE, status: str | None = None) -> Response:
         return await self.send("POST", path_or_url, json_body=body, policy=policy, status=status)
@@ -252,19 +263,25 @@ class ProviderCall:
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
     async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
-        """fetch_image for each, concurrently, in order; the first failure stops the rest.
+        """fetch_image for each, concurrently, in order.
 
         At most max_images are fetched: a provider that sends more than were asked for does not get
         the extra ones downloaded, decoded or billed to memory (a warning says so). Bytes that are not
         a usable image do not stop the rest: they were paid for, so one UnusableImage is raised at the
-        end carrying every payload of the answer, to be saved.
+        end carrying every payload of the answer, to be saved. A link that cannot be downloaded does
+        not stop the rest either: the next image of the answer beyond the count takes its place (a
+        link the model wrote in its text, which a prompt can steer, must not push the paid image
+        out), else the images that did arrive are returned (paid for: saved and cached) with a
+        warning per lost one; only when none arrived is the first failure raised.
         """
+        spares = list(refs)
         refs = self._within_count(refs)
+        del spares[: len(refs)]
 
-        async def fetch(ref: str) -> GeneratedImage | UnusableImage:
+        async def fetch(ref: str) -> GeneratedImage | BananaError:
             try:
                 return await self.fetch_image(ref)
-            except UnusableImage as exc:
+            except BananaError as exc:  # an UnusableImage too: its bytes are kept below
                 return exc
 
         tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
@@ -275,6 +292,20 @@ class ProviderCall:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        lost: list[BananaError] = []
+        for n, item in enumerate(fetched):
+            if not isinstance(item, BananaError) or isinstance(item, UnusableImage):
+                continue
+            while spares and isinstance(fetched[n], BananaError) and not isinstance(fetched[n], UnusableImage):
+                fetched[n] = await fetch(spares.pop(0))
+            if isinstance(fetched[n], GeneratedImage) or isinstance(fetched[n], UnusableImage):
+                self.notes.append(f"Image {n + 1} of the answer could not be downloaded; the next one took its place: {clip(item.message, 200)}")
+            else:
+                lost.append(item)
+                self.notes.append(f"Image {n + 1} of {len(fetched)} could not be downloaded, the others are kept: {clip(item.message, 200)}")
+        if lost and len(lost) == len(fetched):
+            raise lost[0]
+        fetched = [item for item in fetched if not (isinstance(item, BananaError) and not isinstance(item, UnusableImage))]
         unusable = [item for item in fetched if isinstance(item, UnusableImage)]
         if unusable:
             first = unusable[0]
@@ -636,6 +667,7 @@ async def generate(
     try:
         if isinstance(module, AsyncFamily):
             handle = ctx.resume_task or await module.submit(call, request)
+            call.paid_answered = False  # from here on the accepted job's fate is the journal's (polls say nothing of billing)
             if ctx.on_task and handle is not ctx.resume_task:
                 ctx.on_task(handle)
             result = await module.wait(call, handle)
@@ -645,13 +677,38 @@ async def generate(
         if isinstance(exc, AuthError):
             exc.hint = key_hint(spec)  # the engine knows the preset's id, not whose key it reads
         exc.with_context(provider=spec.id, model=offer.model_id)
+        if call.paid_answered:
+            paid_answer_failed(exc, call.paid_request_id)
         raise
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        if not call.paid_answered:
+            raise
+        # A parser tripped over an answer of an unexpected shape: the generation ran all the same.
+        unread = MalformedResponse(f"The provider's answer could not be read: {type(exc).__name__}: {exc}", provider=spec.id, model=offer.model_id)
+        raise _mark_maybe_billed(unread, call.paid_request_id) from None
     finally:
         limiter.release()
     result.seconds = time.monotonic() - started
     result.warnings = warnings + result.warnings
     price_result(result, offer, request.resolution)
     return result
+
+
+def paid_answer_failed(error: BananaError, request_id: str | None) -> None:
+    """Mark an error raised after a paid request was answered 2xx as maybe billed (so it is never
+    resent, nor failed over to another key or provider, and says so): the provider ran the request,
+    and only reading the answer or downloading its images failed. Not a refusal (the provider's own
+    verdict, reported as such), nor an error the provider reported inside its answer, except one
+    that says a gateway gave up waiting (408, 504, 524) or gives no code at all."""
+    if error.maybe_billed or isinstance(error, Refusal):
+        return
+    if error.in_answer and error.status not in (200, 408, 504, 524):
+        return
+    hint = error.hint
+    _mark_maybe_billed(error, request_id)
+    if hint and "billed" not in hint:  # what to do about the failure itself stays first
+        error.hint = f"{hint}\n{error.hint}"
+        error.args = (str(error),)
 
 
 def price_result(result: GenerationResult, offer: ModelOffer, resolution: str | None, discount: float = 1.0) -> None:

@@ -53,6 +53,8 @@ class BananaError(Exception):
     default_hint = ""
     sent = True
     maybe_billed = False
+    in_answer = False  # the provider's own error, read from inside a 2xx answer (engine.error_in_answer)
+    job_over = False  # the provider's final status of an asynchronous job: it ended (failed, cancelled) without a result
     # The first sentence of the message, "{provider}" filled in; empty: the message itself leads.
     headline_template = ""
 

@@ -50,12 +50,14 @@ def test_cancel_check_stops_the_request_within_a_second(google):
     assert run(stop.seconds_until(Cancelled, generate("google", "Nano Banana", request(), CallContext(cancel_check=stop.pressed.is_set)))) < 1.0
 
 
-def test_cancelled_asyncio_task_stops_the_request(google):
+def test_cancelled_asyncio_task_stops_a_request_that_costs_nothing(google):
+    """A poll or a download stops at once. (A paid generation in flight is awaited to its answer, so
+    the answer is saved: tests/test_paid_once.py.)"""
     sent = threading.Event()
-    google.route("POST", GEN_PATH, lambda _req: (sent.set(), Reply(json=fixture("gemini/success_single.json"), delay=20))[1])
+    google.route("GET", r"^/slow$", lambda _req: (sent.set(), Reply(json={}, delay=20))[1])
 
     async def scenario():
-        task = asyncio.create_task(generate("google", "Nano Banana", request()))
+        task = asyncio.create_task(get_engine().request(CallContext(), Caller("google"), "GET", google.url + "/slow"))
         assert await asyncio.to_thread(sent.wait, 30)  # cancelled while the request is in flight, not before it left
         task.cancel()
         started = time.monotonic()

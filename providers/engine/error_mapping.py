@@ -61,6 +61,24 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
     return read_error_body(body)
 
 
+def is_provider_error(body: Any) -> bool:
+    """Whether a failed answer's JSON is a provider's own error envelope (Google's, OpenAI's and
+    new-api's {"error": ...}, Vydra's {"error": "..."}, fal's and FastAPI's {"detail": ...}, APIMart's
+    {"code", "msg"}), the provider's word that it failed; not an API gateway's page that happens to be
+    JSON (Kong's or AWS API Gateway's {"message": ...}, an empty object), behind which it may have run."""
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    if isinstance(error, dict):
+        return any(error.get(key) not in (None, "") for key in ("message", "code", "status", "type"))
+    if isinstance(error, str) and error.strip():
+        return True
+    if body.get("detail"):
+        return True
+    code = body.get("code")
+    return code not in (None, "") and bool(body.get("msg") or body.get("message"))
+
+
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
@@ -196,7 +214,9 @@ def error_in_answer(body: Any, caller: Caller, request_id: str | None = None) ->
     {"code": 401, "msg": ...} (APIMart-style); an HTTP-like code in the body stands for the status."""
     inner = _dict(_dict(body).get("error")).get("code")
     status = next((c for c in (_dict(body).get("code"), inner) if isinstance(c, int) and 400 <= c < 600), 200)
-    return error_for_status(status, read_error_body(body), caller, request_id=request_id)
+    error = error_for_status(status, read_error_body(body), caller, request_id=request_id)
+    error.in_answer = True
+    return error
 
 
 def _request_id(headers: httpx.Headers) -> str | None:

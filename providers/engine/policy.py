@@ -41,9 +41,9 @@ class BillingRule:
 
 BILLING_RULES: tuple[BillingRule, ...] = (
     BillingRule(RATE_LIMITED, "HTTP 429 (rate limited; not an empty balance or a used-up daily quota)", True, True, True, "refused before any work"),
-    BillingRule(REPORTED_FAILURE, "HTTP 500, 502 or 503 with the provider's own JSON error", True, False, True, "the provider reports that it failed"),
+    BillingRule(REPORTED_FAILURE, "HTTP 500, 502 or 503 with the provider's own JSON error envelope", True, False, True, "the provider reports that it failed"),
     BillingRule(NEVER_CONNECTED, "the connection never opened (connect error or connect timeout)", True, True, True, "nothing was sent"),
-    BillingRule(UNREPORTED_FAILURE, "HTTP 500, 502 or 503 without a JSON error (a proxy's page, an empty body)", False, False, True, "no word from the provider: it may have run"),
+    BillingRule(UNREPORTED_FAILURE, "HTTP 500, 502 or 503 without the provider's error envelope (a proxy's page, an API gateway's {\"message\"} JSON, an empty body)", False, False, True, "no word from the provider: it may have run"),
     BillingRule(GATEWAY_TIMEOUT, "HTTP 408, 504 or 524 (a gateway gave up waiting)", False, False, True, "the provider may still be generating"),
     BillingRule(READ_TIMEOUT, "no answer, or no complete answer, within the timeout", False, False, True, "the provider may still be generating"),
     BillingRule(CONNECTION_LOST, "the connection dropped after the request was sent", False, False, True, "the request may have arrived"),
@@ -61,7 +61,7 @@ MAYBE_BILLED_HINT = (
 
 
 def status_outcome(status: int, provider_error: bool) -> str:
-    """The outcome of an answer with an error status; provider_error: the body is the provider's own JSON error."""
+    """The outcome of an answer with an error status; provider_error: the body is the provider's own JSON error envelope (error_mapping.is_provider_error)."""
     if status == 429:
         return RATE_LIMITED
     if status in (408, 504, 524):

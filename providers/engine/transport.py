@@ -5,6 +5,7 @@ and status, polling of asynchronous jobs, and result downloads."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import random
@@ -35,7 +36,7 @@ from .addresses import DownloadScope, bind_checks, checked_addresses, download_s
 from .auth import Credentials, host_of, origin, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
-from .error_mapping import _request_id, error_for_status, parse_error_body
+from .error_mapping import _request_id, error_for_status, is_provider_error, parse_error_body
 from .policy import (
     CONNECTION_LOST,
     IDEMPOTENT,
@@ -44,6 +45,7 @@ from .policy import (
     NEVER_CONNECTED,
     READ_TIMEOUT,
     REDIRECTED,
+    REPORTED_FAILURE,
     TRUNCATED,
     RetryPolicy,
     retry_after_header,
@@ -66,6 +68,7 @@ MAX_ERROR_BYTES = 64 * 1024  # an error body: its first 64 KB say enough
 MAX_DOWNLOAD_REDIRECTS = 5  # hops a result download may take, each checked
 _REDIRECTS = (301, 302, 303, 307, 308)
 LOOPBACK_NAMES = ("all://127.0.0.1", "all://localhost", "all://*.localhost", "all://[::1]")  # never proxied
+SUBMIT_STOP_GRACE = 5.0  # seconds a user's stop waits for a submit's answer already on its way (the job's handle)
 DEADLINE_FACTOR = 2.0  # an attempt's overall deadline, in read timeouts: a slow drip cannot hold a call forever
 
 
@@ -75,6 +78,32 @@ def _mark_maybe_billed(error: BananaError, request_id: str | None) -> BananaErro
     error.hint = MAYBE_BILLED_HINT.format(request_id=f" (request id {error.request_id})" if error.request_id else "")
     error.args = (str(error),)
     return error
+
+
+# Set in a task whose prompt ComfyUI ended (another node failed: asyncio.run() cancels every task left)
+# while a paid request of it was in flight: the answer was awaited anyway so it is saved, and the
+# task now goes no further than that (no resend, no polling of a journaled job).
+_ended_outside: contextvars.ContextVar[bool] = contextvars.ContextVar("banana_ended_outside", default=False)
+
+
+def _untracked(awaitable: Awaitable[Any]) -> asyncio.Future:
+    """A task that asyncio.run()'s shutdown does not cancel on its own (it cancels only what
+    all_tasks() lists): whoever awaits it decides, so a paid exchange can be awaited to its end."""
+    task = asyncio.ensure_future(awaitable)
+    unregister = getattr(asyncio.tasks, "_unregister_task", None)
+    if unregister is not None:
+        try:
+            unregister(task)
+        except Exception:  # noqa: BLE001 - without it, the exchange is cancelled as before
+            pass
+    return task
+
+
+def _ended_by_user(ctx: CallContext) -> bool:
+    try:
+        return ctx.cancelled()
+    except Exception:  # noqa: BLE001 - a broken cancel check counts as a stop
+        return True
 
 
 @dataclass
@@ -105,9 +134,12 @@ class Response:
     def json_object(self) -> dict:
         body = self.json()
         if not isinstance(body, dict):
-            raise MalformedResponse(
+            error = MalformedResponse(
                 f"Expected a JSON object, got {type(body).__name__}.", provider=self.caller.provider, model=self.caller.model or None, status=self.status
             )
+            if self.paid and 200 <= self.status < 300:  # like an unparseable answer: the provider ran the request
+                _mark_maybe_billed(error, _request_id(self.headers))
+            raise error
         return body
 
 
@@ -159,7 +191,7 @@ def _failed_answer(response: Response, caller: Caller) -> _Failure:
     if retry_after is None:
         retry_after = envelope.retry_after
     error = error_for_status(response.status, envelope, caller, request_id=request_id)
-    outcome = status_outcome(response.status, provider_error=isinstance(envelope.body, dict))
+    outcome = status_outcome(response.status, provider_error=is_provider_error(envelope.body))
     return _Failure(error, outcome, answered=True, request_id=request_id, retry_after=retry_after, hint=retry_hint(response.headers))
 
 
@@ -248,22 +280,38 @@ class HttpEngine:
 
     # -- waiting, cancellation and status --------------------------------------------------------
 
-    async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str) -> Any:
+    async def watch(self, ctx: CallContext, awaitable: Awaitable[Any], status: str, *, paid: bool = False, grace: float = 0.0) -> Any:
         """Await while checking for cancellation and reporting status once a second.
 
-        A stop raises Cancelled; its `sent` is False when the awaitable never got to run."""
-        task = asyncio.ensure_future(awaitable)
+        A stop raises Cancelled; its `sent` is False when the awaitable never got to run.
+        paid: the awaitable is a paid exchange. When the task is cancelled from outside (ComfyUI ends
+        the prompt because another node failed, and cancels every task left) rather than by the
+        user's stop, the exchange is awaited to its end (its own deadline bounds it), so the answer
+        the provider bills is received and saved instead of dropped with the connection.
+        grace: seconds the user's stop waits for an exchange already under way to finish (a submit's
+        answer carries the handle of a job the provider may have accepted: journaled, it is collected
+        or cancelled instead of billed with no handle)."""
+        task = _untracked(awaitable) if paid else asyncio.ensure_future(awaitable)
         next_status = 0.0
         started = False
         try:
             while True:
                 # Before every wait, not only after a tick: a loop of short steps must see the flag too.
                 if ctx.cancelled():
+                    if grace > 0 and started:
+                        done, _ = await asyncio.wait({task}, timeout=grace)
+                        if done:
+                            return task.result()
                     stopped = Cancelled("Stopped by the user.")
                     stopped.sent = started
                     raise stopped
                 started = True
-                done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_INTERVAL)
+                try:
+                    done, _ = await asyncio.wait({task}, timeout=CANCEL_CHECK_INTERVAL)
+                except asyncio.CancelledError:
+                    if not paid or _ended_by_user(ctx):
+                        raise
+                    return await self._finish_paid(task)
                 if done:
                     return task.result()
                 if ctx.elapsed >= next_status:
@@ -273,6 +321,23 @@ class HttpEngine:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    @staticmethod
+    async def _finish_paid(task: asyncio.Future) -> Any:
+        """Await a paid exchange whose caller was cancelled from outside; the cancellation is taken
+        back (it stays recorded in _ended_outside, which stops any further request of this task)."""
+        _ended_outside.set(True)
+        log.warning("The prompt ended while a paid request was in flight; waiting for its answer so the result is saved.")
+        current = asyncio.current_task()
+        while not task.done():
+            try:
+                await asyncio.wait({task})
+            except asyncio.CancelledError:
+                continue  # asyncio.run() and gather() each cancel once; the exchange's deadline ends the wait
+        uncancel, cancelling = getattr(current, "uncancel", None), getattr(current, "cancelling", None)  # Python 3.11+
+        while uncancel is not None and cancelling is not None and cancelling():
+            uncancel()
+        return task.result()
 
     async def sleep(self, ctx: CallContext, seconds: float, status: str) -> None:
         await self.watch(ctx, asyncio.sleep(max(0.0, seconds)), status)
@@ -333,7 +398,7 @@ class HttpEngine:
                     headers=headers, data=data, files=files, content=content, timeout=timeout, follow_redirects=follow_redirects,
                 )
                 try:
-                    response: Response = await self.watch(ctx, exchange, status)
+                    response: Response = await self.watch(ctx, exchange, status, paid=policy.paid, grace=SUBMIT_STOP_GRACE if policy.billing == "submit" else 0.0)
                 except Cancelled as stopped:
                     if policy.paid and stopped.sent:  # stopped mid-exchange: the provider may be generating it now
                         _mark_maybe_billed(stopped, None)
@@ -371,8 +436,12 @@ class HttpEngine:
                 budget_left = rate_limited < policy.max_rate_limited_attempts
             else:
                 budget_left = attempts - rate_limited < policy.max_attempts
+            if _ended_outside.get() and policy.paid:
+                retryable = False  # the prompt is over: nothing more is paid for it (downloads of what was paid still retry)
             if not retryable or not budget_left:
-                if policy.paid and failure.outcome in MAYBE_BILLED and error.sent:
+                # A submit's reported 5xx is not resent because it may hide an accepted job: it says so too.
+                hidden_job = policy.billing == "submit" and failure.outcome == REPORTED_FAILURE
+                if policy.paid and (failure.outcome in MAYBE_BILLED or hidden_job) and error.sent:
                     _mark_maybe_billed(error, failure.request_id)
                 raise error
             delay = self._backoff(attempts if not rate_limited else rate_limited, policy, failure.retry_after)
@@ -380,8 +449,18 @@ class HttpEngine:
             await self.sleep(ctx, delay, f"{status}: retrying after {type(error).__name__}")
 
     async def _attempt(self, deadline: float, *args: Any, **kwargs: Any) -> Response:
-        """One exchange within its overall deadline (asyncio.TimeoutError past it)."""
-        return await asyncio.wait_for(self._exchange(*args, **kwargs), deadline)
+        """One exchange within its overall deadline (asyncio.TimeoutError past it). Not wait_for: before
+        Python 3.12 it runs the exchange as a task of its own, which asyncio.run()'s shutdown cancels."""
+        exchange = _untracked(self._exchange(*args, **kwargs))
+        try:
+            done, _ = await asyncio.wait({exchange}, timeout=deadline)
+        finally:
+            if not exchange.done():
+                exchange.cancel()
+                await asyncio.gather(exchange, return_exceptions=True)
+        if not done:
+            raise asyncio.TimeoutError()
+        return exchange.result()
 
     async def _exchange(self, caller: Caller, method: str, url: str, limit: int, ok_statuses: tuple[int, ...], **kwargs: Any) -> Response:
         async with self.client().stream(method, url, **kwargs) as raw:
@@ -433,6 +512,8 @@ class HttpEngine:
         delay, last = clock.first_delay, "Submitted"
         try:
             while True:
+                if _ended_outside.get():  # the prompt ended while the submit was answered: the job is journaled
+                    raise asyncio.CancelledError()
                 await self.sleep(ctx, delay, last)
                 state = await check()
                 if state.done:

@@ -181,7 +181,7 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
         urls = [image.data_uri() for image in request.images] if inline else [url for url, _ in uploads]
         response = await call.submit_once(setting(call, "submit_path"), build_body(call, request, urls))
     except BananaError as exc:
-        if not exc.unanswered:  # refused or never sent: no job exists, so its uploads can go
+        if not (exc.unanswered or exc.maybe_billed):  # refused or never sent: no job exists, so its uploads can go
             await delete_uploads(call, [fid for _, fid in uploads if fid])
         if inline and request.images and isinstance(exc, InvalidRequest) and exc.status in (400, 413, 415, 422):
             raise public_url_error(exc, len(request.images)) from None
@@ -196,6 +196,13 @@ async def submit(call, request: GenerationRequest) -> dict[str, Any]:
 
 
 def failure(call, task: dict[str, Any], status: str) -> BananaError:
+    """The error for a task that ended without a result (its status says so): job_over."""
+    error = _failure(call, task, status)
+    error.job_over = True
+    return error
+
+
+def _failure(call, task: dict[str, Any], status: str) -> BananaError:
     error = task.get("error")
     code = str(error.get("code") or error.get("type") or "") if isinstance(error, dict) else ""
     message = str((error.get("message") or error.get("msg") or "") if isinstance(error, dict) else error or "")

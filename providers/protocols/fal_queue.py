@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ..client import LOST_SUBMIT_HINT
 from ..engine import PollState, error_for_status, parse_error_body, retry_after_header
-from ..errors import ConfigError, MalformedResponse, NoImageReturned, SafetyRejected, SafetyStage
+from ..errors import BananaError, ConfigError, InvalidRequest, MalformedResponse, NoImageReturned, SafetyRejected, SafetyStage
 from ..redaction import clip
 from ..outcome import GenerationRequest, GenerationResult
 
@@ -92,7 +92,23 @@ def queue_position(body: dict[str, Any]) -> int | None:
     return value if isinstance(value, int) else None
 
 
+def cancelled_job(error: BananaError) -> BananaError:
+    """fal's answer for a request cancelled in the queue (499 client_cancelled, or a 4xx that says
+    so) is its final word on the job: over, without a result (job_over), so a re-run submits anew."""
+    words = f"{error.provider_message or ''} {error.message}".lower()
+    if error.status == 499 or (error.status is not None and 400 <= error.status < 500 and "cancel" in words):
+        error.job_over = True
+    return error
+
+
 async def wait(call, handle: dict[str, Any]) -> GenerationResult:
+    try:
+        return await _wait(call, handle)
+    except InvalidRequest as exc:
+        raise cancelled_job(exc) from None
+
+
+async def _wait(call, handle: dict[str, Any]) -> GenerationResult:
     try:
         status_url, response_url = handle["status_url"], handle["response_url"]
     except (KeyError, TypeError):

@@ -105,3 +105,103 @@ def test_interrupt_still_cancels_the_fal_job(comfy, fake):
     assert "execution_interrupted" in status_events(entry)
     time.sleep(0.5)
     assert fake.hits("PUT", rf"/requests/{rid}/cancel$")
+
+
+def test_a_failing_neighbour_does_not_lose_a_synchronous_paid_answer(comfy, fake):
+    """Our node on Google (answered after 4 s) and a neighbour whose call fails after 1 s: ComfyUI ends
+    the prompt and cancels our task while its paid request is in flight. The answer is still received
+    and saved, and the next run of our node is answered from the cache (one paid request in all)."""
+    import base64
+
+    from loopback import Recorded
+
+    def gemini(req: Recorded) -> Reply:
+        prompt = req.json()["contents"][0]["parts"][0]["text"]
+        if "neighbour" in prompt:
+            return Reply(400, fixture("gemini/error_400.json"), delay=1)
+        body = fixture("gemini/success_single.json")
+        body["candidates"][0]["content"]["parts"][0]["inlineData"]["data"] = base64.b64encode(png(24, 12)).decode()
+        return Reply(json=body, delay=4)
+
+    fake.route("POST", r":generateContent$", gemini)
+    ours = bridge("a paid kite in the wind", provider="google", seed=31)
+    graph = {
+        "1": ours,
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "5": bridge("the neighbour that fails", provider="google", seed=32),
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    entry = comfy.run(graph, timeout=60)
+    error = status_message(entry, "execution_error")
+    assert error is not None and error["node_id"] == "5", status_events(entry)
+    entry = comfy.run({"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    ours_sent = [r for r in fake.hits("POST", r":generateContent$") if "paid kite" in r.body.decode()]
+    assert len(ours_sent) == 1, "the re-run paid for the same image again"
+    assert "waiting for its answer" in comfy.server.log_text()
+
+
+def test_an_attach_refused_for_the_key_never_submits_the_journaled_job_again(comfy, fake):
+    """A journaled fal job (left running by a neighbour's failure) whose status endpoint then refuses
+    the key (403): the re-run keeps the journal and says so, without a second submit; once the status
+    answers again, the next run collects the job. One paid submit in all."""
+    rid = "live-attach-0003"
+    earlier = set(journal(comfy))  # the interrupt test's cancelled job stays journaled
+    ours_journal = lambda: [p for p in journal(comfy) if p not in earlier]  # noqa: E731
+    script_fal_job(fake, rid)
+    fake.route("POST", r":generateContent$", Reply(400, fixture("gemini/error_400.json"), delay=3))
+    ours = bridge("a harbour in the rain", provider="fal", seed=41)
+    graph = {
+        "1": ours,
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "5": bridge("the neighbour that fails", provider="google", seed=42),
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    comfy.run(graph, timeout=60)
+    time.sleep(1.0)
+    submits = lambda: len(fake.hits("POST", rf"^/{APP}$"))  # noqa: E731
+    before = submits()
+    assert len(ours_journal()) == 1
+
+    fake.route("GET", rf"/requests/{rid}/status", Reply(403, {"detail": "Forbidden"}))
+    alone = {"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    entry = comfy.run(alone, timeout=60)
+    error = status_message(entry, "execution_error")
+    assert error is not None and "NOT submitted again" in error["exception_message"], status_events(entry)
+    assert submits() == before, "the journaled job was paid for again"
+    assert len(ours_journal()) == 1
+
+    finish_fal_job(fake, rid)
+    entry = comfy.run(alone, timeout=60)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    assert submits() == before and ours_journal() == []
+
+
+def test_interrupt_during_the_submit_journals_and_cancels_the_accepted_job(comfy, fake):
+    """Interrupt pressed while fal is answering the submit: the answer (the job's handle) is awaited,
+    so the accepted job is journaled and cancelled at fal instead of running on with no handle."""
+    import threading
+
+    from loopback import Recorded
+
+    rid = "live-submit-stop-0004"
+    script_fal_job(fake, rid)
+    base = f"{fake.url}/{APP}/requests/{rid}"
+    submit = fixture("fal/submit.json")
+    submit.update(request_id=rid, response_url=base, status_url=base + "/status", cancel_url=base + "/cancel")
+    arrived = threading.Event()
+
+    def slow_submit(_req: Recorded) -> Reply:
+        arrived.set()
+        return Reply(json=submit, delay=2)
+
+    fake.route("POST", rf"^/{APP}$", slow_submit)
+    earlier = set(journal(comfy))
+    prompt_id = comfy.post_prompt({"1": bridge("a submarine at dawn", provider="fal", seed=51), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    assert arrived.wait(30)
+    comfy.interrupt()
+    entry = comfy.wait_for(prompt_id, timeout=30)
+    assert "execution_interrupted" in status_events(entry)
+    time.sleep(0.5)
+    assert fake.hits("PUT", rf"/requests/{rid}/cancel$"), "the accepted job was left running"
+    assert len([p for p in journal(comfy) if p not in earlier]) == 1
