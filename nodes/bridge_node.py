@@ -15,7 +15,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from ..providers.catalog import AUTO
-from ..providers.client import AUTO_PROVIDER
+from ..providers.client import AUTO_PROVIDER, unknown_provider
 from ..providers.config import schema_providers
 from ..providers.errors import BananaError
 from ..providers.redaction import redact
@@ -134,6 +134,21 @@ class NanoBananaBridge(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             accept_all_inputs=True,  # API prompts written before the options node pass its keys here
         )
+
+    @classmethod
+    def validate_inputs(cls, provider=None, model=None) -> bool | str:
+        """A provider this install lacks (another user's custom gateway): what to do, at /prompt, before
+        anything runs, instead of ComfyUI's bare "Value not in list" (naming `provider` here skips that check).
+
+        `model` is not checked here: ComfyUI hands the DynamicCombo's nested values to every validate_inputs
+        (a DynamicCombo has no list check to skip), and execute() names an unknown model choice."""
+        for value in provider if isinstance(provider, list) else [provider]:
+            if value is None:  # linked from another node: its value is checked when the node runs
+                continue
+            problem = unknown_provider(value) if isinstance(value, str) else f"provider must be a provider id such as 'auto', not {type(value).__name__}."
+            if problem:
+                return problem
+        return True
 
     @classmethod
     async def execute(cls, **kw) -> io.NodeOutput:

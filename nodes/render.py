@@ -19,7 +19,8 @@ from typing import Any, Callable, Protocol
 import torch
 from PIL import Image
 
-from ..providers.client import check_request, resolve
+from ..providers.catalog import ModelOffer, ProviderSpec
+from ..providers.client import AUTO_PROVIDER, check_key_for_run, check_request, resolve
 from ..providers.errors import BananaError, ConfigError, InvalidRequest
 from ..providers.failover import failover_on_refusal, fallback_chain
 from ..providers.outcome import GenerationRequest, ImageInput, Turn
@@ -162,6 +163,14 @@ class DecodeLimitExceeded(ImageDecodeError):
     """Decoding would take more memory than the configured cap allows."""
 
 
+def _stand_in_references(inputs: RenderInputs) -> tuple[ImageInput, ...]:
+    """The first call's references as sizes only (no bytes): enough for the catalog's checks
+    (how many, and the first one's shape for 'match input'), before anything is encoded."""
+    each = inputs.image_mode == EACH_IMAGE
+    tensors = (_flatten(inputs.images[:1])[:1] if each else []) + _flatten(inputs.images[1:] if each else inputs.images)
+    return tuple(ImageInput(b"", "image/png", int(t.shape[-2]), int(t.shape[-3])) for t in tensors)
+
+
 def _encode(images: list[torch.Tensor], max_pixels: int, fmt: EncodeFormat) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
@@ -186,12 +195,22 @@ async def render(
         raise InvalidRequest(f"Unknown on_failure '{inputs.on_failure}'.", hint="Use fail, skip or flag.")
     if inputs.delivery not in (NOW, BATCH):
         raise InvalidRequest(f"Unknown delivery '{inputs.delivery}'.", hint="Use now or batch.")
-    spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None)
-    if inputs.delivery == BATCH:
-        check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
     history = await asyncio.to_thread(load_history, inputs.conversation, inputs.conversation_root) if inputs.conversation is not None else ()
-    pixel_limit = max_decoded_pixels()
     await asyncio.to_thread(_check_inputs, inputs.images)
+
+    def fits(spec: ProviderSpec, offer: ModelOffer) -> None:
+        """Whether this provider can run the request (for "auto": the first with a key that can is used)."""
+        if inputs.delivery == BATCH:
+            check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
+        sizes = _stand_in_references(inputs)
+        check_request(spec, offer, inputs.settings(spec.id, history=history, fallback=(), failover_on_refusal=False).request(prompts[0], sizes, seed=inputs.seed))
+
+    spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None, fits=fits)
+    if inputs.provider != AUTO_PROVIDER:
+        fits(spec, offer)  # what the named provider cannot do comes first: a key would not change it
+        if not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
+            check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
+    pixel_limit = max_decoded_pixels()
 
     images = _flatten(inputs.images)
     subjects: list[torch.Tensor] = []

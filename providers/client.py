@@ -40,7 +40,7 @@ from .catalog import (
     narrowed,
     unknown_model,
 )
-from .config import all_providers, api_keys_for, config_dir, display_path, get_provider, has_key, key_hint
+from .config import KEYS_TAB, all_providers, api_keys_for, config_dir, display_path, get_provider, has_key, key_hint
 from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
 from .engine.auth import Credentials, check_model_id, without_userinfo
 from .engine.error_mapping import _request_id
@@ -493,28 +493,121 @@ def _unhonoured(spec: ProviderSpec, offer: ModelOffer, rule: OptionRule, value: 
 AUTO_PROVIDER = "auto"
 
 
-def choose_provider(model: str) -> ProviderSpec:
-    """For provider "auto": the first provider with a key that offers the model.
+def auto_order() -> list[ProviderSpec]:
+    """Every configured provider in the order "auto" tries them: BANANA_PROVIDER_ORDER first, then the catalog's."""
+    specs = all_providers()
+    preferred = [p.strip() for p in os.environ.get("BANANA_PROVIDER_ORDER", "").split(",") if p.strip()]
+    specs.sort(key=lambda s: preferred.index(s.id) if s.id in preferred else len(preferred))
+    return specs
+
+
+def _names(specs: list[ProviderSpec]) -> str:
+    return ", ".join(f"{s.display_name} ({s.id})" for s in specs)
+
+
+def choose_provider(model: str, fits: Callable[[ProviderSpec], object] | None = None) -> ProviderSpec:
+    """For provider "auto": the first provider with a key that offers the model (and, given `fits`,
+    that can run this request: `fits(spec)` raises a BananaError when it cannot, e.g. a conversation
+    on a provider without turns; then the next one is tried, and if none can, the first one's error
+    is raised).
 
     The order is BANANA_PROVIDER_ORDER (comma-separated ids) if set, then the catalog's order,
     so a shared workflow set to "auto" runs for whoever opens it, with whatever key they have.
     """
-    specs = all_providers()
-    preferred = [p.strip() for p in os.environ.get("BANANA_PROVIDER_ORDER", "").split(",") if p.strip()]
-    specs.sort(key=lambda s: preferred.index(s.id) if s.id in preferred else len(preferred))
-    for spec in specs:
-        if spec.model(model) is not None and has_key(spec):
+    specs = auto_order()
+    keyed = [spec for spec in specs if has_key(spec)]
+    candidates = [spec for spec in keyed if spec.model(model) is not None]
+    if not candidates:
+        keys_file = display_path(config_dir() / "keys.json")
+        if not keyed:
+            raise MissingKey(
+                "No API key is set for any provider.",
+                provider=AUTO_PROVIDER,
+                hint=f"Paste a key for a provider you have an account with in the {KEYS_TAB} and run again (no restart needed), "
+                "or set one before starting ComfyUI (for example BANANA_GOOGLE_API_KEY or GEMINI_API_KEY, or FAL_KEY), or add one to "
+                f"{keys_file}; see the README, 'API keys'.",
+            )
+        offers = sorted({name for spec in keyed for name in spec.model_names})
+        takers = [spec.id for spec in specs if spec.model(model) is not None]
+        raise MissingKey(
+            f"None of the providers you have a key for offers '{model}': {_names(keyed)}.",
+            provider=AUTO_PROVIDER,
+            hint=f"Choose a model they offer ({', '.join(offers)}), or add a key for a provider that offers {model} "
+            f"({', '.join(takers)}) in the {KEYS_TAB}.",
+        )
+    if fits is None:
+        return candidates[0]
+    first_error: BananaError | None = None
+    for spec in candidates:
+        try:
+            fits(spec)
             return spec
-    raise MissingKey(
-        f"No provider with an API key offers '{model}'.",
-        provider=AUTO_PROVIDER,
-        hint="Set a key for any provider (for example BANANA_GOOGLE_API_KEY or GEMINI_API_KEY, or FAL_KEY), or add one to "
-        f"{display_path(config_dir() / 'keys.json')}; see the README, 'API keys'.",
+        except BananaError as exc:
+            first_error = first_error or exc
+    assert first_error is not None
+    raise first_error
+
+
+def unknown_provider(provider_id: str) -> str | None:
+    """What to do when a workflow names a provider this install does not have (a custom gateway from
+    its author's providers.json, or a preset of another version); None when it is known.
+
+    ComfyUI's own check would only say "Value not in list". With a broken providers.json every id
+    passes here: the run then names the file and line.
+    """
+    if provider_id == AUTO_PROVIDER:
+        return None
+    try:
+        specs = auto_order()
+    except BananaError:
+        return None
+    if any(spec.id == provider_id for spec in specs):
+        return None
+    keyed = [spec.id for spec in specs if has_key(spec)]
+    yours = f" or to a provider you have a key for ({', '.join(keyed)})" if keyed else ""
+    provider_id = clip(provider_id, 60)  # a workflow's value: shown, redacted, never at length
+    return (
+        f"The provider '{provider_id}' is not set up on this ComfyUI: the workflow was saved with a provider from its author's setup "
+        f"(a custom gateway in their providers.json). Set provider to 'auto'{yours}, or add a gateway with the id '{provider_id}' "
+        f"to {display_path(config_dir() / 'providers.json')} (see the README, 'Custom gateways')."
     )
 
 
-def resolve(provider_id: str, model: str, model_id_override: str | None = None) -> tuple[ProviderSpec, ModelOffer]:
-    spec = choose_provider(model) if provider_id == AUTO_PROVIDER else get_provider(provider_id)
+def check_key_for_run(spec: ProviderSpec, model: str, *, batch_delivery: bool = False) -> None:
+    """For a provider the workflow names: a MissingKey that says what to do, before anything is prepared.
+
+    A workflow saved by someone else names their provider; when this user has no key for it but has
+    one for a provider that offers the model, the error says to switch to it (or to "auto"), rather
+    than only where a key for the named provider goes.
+    """
+    if has_key(spec):
+        return
+    others = [other for other in auto_order() if other.key_owner != spec.key_owner and other.model(model) is not None and has_key(other)]
+    switch = ""
+    if others:
+        first = others[0]
+        switch = (
+            f"You have a key for {_names(others)}, which offers {model}: set provider to 'auto' (or '{first.id}') to run it there"
+            + (" and delivery to 'now' on the Nano Banana Options node (Batch Mode is Google's only)" if batch_delivery else "")
+            + f". To use {spec.display_name}: "
+        )
+    raise MissingKey(
+        f"No API key for '{spec.display_name}', the provider this node is set to.",
+        provider=spec.id,
+        hint=switch + key_hint(spec, missing=True),
+    )
+
+
+def resolve(
+    provider_id: str, model: str, model_id_override: str | None = None, fits: Callable[[ProviderSpec, ModelOffer], object] | None = None
+) -> tuple[ProviderSpec, ModelOffer]:
+    """The provider and its offer for a run. For "auto", `fits(spec, offer)` (raising a BananaError when
+    that provider cannot run the request) makes it pick the first provider with a key that can."""
+    if provider_id != AUTO_PROVIDER:
+        spec = get_provider(provider_id)
+        return spec, resolve_model(spec, model, model_id_override)
+    check = None if fits is None else (lambda spec: fits(spec, resolve_model(spec, model, model_id_override)))
+    spec = choose_provider(model, check)
     return spec, resolve_model(spec, model, model_id_override)
 
 

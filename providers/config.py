@@ -217,6 +217,10 @@ def api_keys_for(spec: ProviderSpec) -> list[str]:
     raise MissingKey(f"No API key for '{spec.display_name}'.", provider=spec.id, hint=key_hint(spec, missing=True))
 
 
+# Where a user of the UI sets a key (web/js: the sidebar tab with the key icon).
+KEYS_TAB = "Nano Banana keys tab (key icon in ComfyUI's sidebar)"
+
+
 def key_hint(spec: ProviderSpec, *, missing: bool = False) -> str:
     """Where this preset's key is read from: its key owner's variable(s) and keys-file entry.
 
@@ -225,9 +229,9 @@ def key_hint(spec: ProviderSpec, *, missing: bool = False) -> str:
     owner = spec.key_owner
     where = " or ".join([env_name(owner, "API_KEY"), *spec.key_env])
     help_line = f" Get a key at {spec.key_help}." if spec.key_help else ""
-    lead = "Set" if missing else f"Check the key for '{spec.display_name}': it may be wrong, revoked, or lack access to this model. Set"
+    lead = "Paste it" if missing else f"Check the key for '{spec.display_name}': it may be wrong, revoked, or lack access to this model. Paste a new one"
     return (
-        f"{lead} the environment variable {where} before starting ComfyUI, or add "
+        f"{lead} in the {KEYS_TAB} (used by the next run, no restart), or set the environment variable {where} before starting ComfyUI, or add "
         f"\"{owner}\": \"<your key>\" to {display_path(config_dir() / KEYS_FILE)}.{help_line} "
         "Keys are never stored in workflows."
     )

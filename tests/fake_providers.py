@@ -532,7 +532,8 @@ class ProviderFakes:
             return Reply(json={**common, "status": "pending", "progress": 0})
         if phase == "running":
             return Reply(json={**common, "status": "processing", "progress": 50})
-        return Reply(json={**common, "status": "completed", "progress": 100, "results": [self.image_url(job.refs)] * job.count})
+        # One URL per image, as EvoLink's own (the same URL twice is one image, and the pack keeps it once).
+        return Reply(json={**common, "status": "completed", "progress": 100, "results": [f"{self.image_url(job.refs)}?n={n}" for n in range(job.count)]})
 
     def evolink_upload(self, req: Recorded, spec: ProviderSpec) -> Reply:
         body = self._json(req, spec)

@@ -489,3 +489,56 @@ class ComfyUIServer:
 def pack_import_lines(log: str, pack_name: str = DEFAULT_PACK_NAME) -> list[str]:
     """The 'Import times for custom nodes' lines that mention the pack folder."""
     return [line for line in log.splitlines() if "seconds" in line and pack_name in line]
+
+
+# ---- UI workflow -> API prompt --------------------------------------------------------------------
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", "COMFY_DYNAMICCOMBO_V3")
+_SKIPPED_MODES = (2, 4)  # muted, bypassed
+
+
+def _widget_names(spec: Mapping[str, Any], prefix: str, values: list[Any]) -> list[tuple[str, int, Any]]:
+    """(input name, how many widget values it takes, its default) in widget order, following a DynamicCombo's choice."""
+    names: list[tuple[str, int, Any]] = []
+    order = spec.get("input_order") or {section: list(spec.get("input", {}).get(section, {})) for section in ("required", "optional")}
+    for section in ("required", "optional"):
+        for name in order.get(section, []):
+            kind, options = (spec["input"][section][name] + [{}])[:2]
+            if not (isinstance(kind, list) or kind in WIDGET_TYPES):
+                continue
+            names.append((prefix + name, 2 if options.get("control_after_generate") else 1, options.get("default")))
+            if kind == "COMFY_DYNAMICCOMBO_V3":
+                chosen = values[sum(n for _, n, _ in names) - 1] if len(values) >= sum(n for _, n, _ in names) else None
+                option = next((o for o in options.get("options", []) if o["key"] == chosen), None)
+                if option is not None:
+                    names += _widget_names({"input": option["inputs"]}, f"{prefix}{name}.", values)
+    return names
+
+
+def workflow_to_prompt(workflow: Mapping[str, Any], object_info: Mapping[str, Any]) -> dict[str, Any]:
+    """The API-format prompt the frontend's graphToPrompt makes from a saved (UI) workflow.
+
+    Widget values are matched to the node's widget inputs in schema order (a seed's `control after
+    generate` takes a second value; a DynamicCombo's chosen option adds its own widgets, named
+    `model.aspect_ratio`); links become [source node id, output slot]. Nodes unknown to the server
+    (notes) and muted or bypassed nodes are left out; the frontend's `_meta` titles are not added.
+    Checked against frontend 1.43's graphToPrompt for the example workflows.
+    """
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt: dict[str, Any] = {}
+    for node in workflow["nodes"]:
+        spec = object_info.get(node["type"])
+        if spec is None or node.get("mode", 0) in _SKIPPED_MODES:
+            continue
+        values = list(node.get("widgets_values") or [])
+        inputs: dict[str, Any] = {}
+        position = 0
+        for name, width, default in _widget_names(spec, "", values):
+            # A workflow saved before an input existed lacks its value: the frontend gives it the default.
+            inputs[name] = values[position] if position < len(values) else default
+            position += width
+        for slot in node.get("inputs", []):
+            link = links.get(slot.get("link"))
+            if link is not None:
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
