@@ -355,7 +355,7 @@ def _summary(report: dict) -> str:
         return f" ({', '.join(found)})" if found else ""
 
     counts = ", ".join(f"{n} {status}{reasons(status)}" for status, n in report["counts"].items())
-    cost = f" - about {report['cost']:g} {report['cost_unit'] or ''}".rstrip() if report.get("cost") else ""
+    cost = f" - about {money(report['cost'], report['cost_unit'])}" if report.get("cost") else ""
     spend = report.get("spend") or {}
     if spend.get("run") is not None:
         cost += f"\nThis run so far: {money(spend['run'], spend.get('unit'))}; today: {money(spend.get('today') or 0.0, spend.get('unit'))}"

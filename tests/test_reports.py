@@ -158,3 +158,12 @@ def test_no_store_means_no_paths_and_a_plain_message(google):
     with pytest.raises(BatchFailed) as info:
         run(render(RenderInputs(prompts=["a cat", "refuse it"], provider="google", model="Nano Banana", on_failure="fail"), store_root=None))
     assert "are saved" not in str(info.value) and "report" not in str(info.value).lower()  # nothing was saved: nothing claimed
+
+
+def test_the_nodes_status_line_names_the_cost_as_money_like_the_spend_line_below_it():
+    from banana_pack.nodes.render import _summary
+
+    report = {"counts": {"ok": 2}, "items": [], "cost": 0.134424, "cost_unit": "usd", "spend": {"run": 0.134424, "today": 0.4, "unit": "usd"}}
+    assert _summary(report) == "Done: 2 ok - about $0.13\nThis run so far: $0.13; today: $0.40"
+    credits = {"counts": {"ok": 1}, "items": [], "cost": 12.5, "cost_unit": "credits"}
+    assert _summary(credits) == "Done: 1 ok - about 12.5 credits"
