@@ -113,6 +113,10 @@ def test_comfyui_without_any_v3_api_is_named_too(fresh_pack, monkeypatch, caplog
 def test_new_enough_stub_passes_and_outside_comfyui_nothing_is_checked(monkeypatch):
     from banana_pack.nodes import compat
 
+    # Outside ComfyUI, whatever earlier tests imported: a stray `comfy` (a folder of that name beside
+    # the checkout is a namespace package once pytest puts the checkout's parent on sys.path).
+    for name in ("comfy", "folder_paths"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     assert compat.missing_features() is None  # tests, scripts: no ComfyUI to check
     old = _old_comfy_api()
     latest = old["comfy_api.latest"]
