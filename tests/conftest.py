@@ -107,3 +107,13 @@ def loopback_only(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
     yield refused
     assert not refused, f"the test tried to connect outside this machine: {refused}"
+
+
+@pytest.fixture
+def fresh_tokens():
+    """Service-account access tokens are cached per process: each test that uses them starts and ends without any."""
+    from banana_pack.providers.vertex_auth import forget_tokens
+
+    forget_tokens()
+    yield
+    forget_tokens()

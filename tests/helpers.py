@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import re
 import threading
 import time
 from typing import Any, Awaitable
@@ -13,7 +14,7 @@ import pytest
 from PIL import Image
 
 from banana_pack.providers.engine import get_engine
-from loopback import Handler, Recorded, Reply
+from loopback import Handler, Recorded, Reply, fixture
 
 YELLOW_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4f4IBAASRAcjyuzl2AAAAAElFTkSuQmCC"
 BLUE_PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGOQm/AfAAJ9Aa5x8yHNAAAAAElFTkSuQmCC"
@@ -25,6 +26,27 @@ def png_bytes(width: int, height: int, color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+FAL_PRO_APP = "fal-ai/nano-banana-pro"
+
+
+def fal_submit(url: str, rid: str, app: str = FAL_PRO_APP) -> dict:
+    """fal's answer to a submit of job `rid`: its status, result and cancel URLs on the server at `url`."""
+    base = f"{url}/{app}/requests/{rid}"
+    submit = fixture("fal/submit.json")
+    submit.update(request_id=rid, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
+    return submit
+
+
+def fal_job_done(server, rid: str, image: bytes, file: str | None = None) -> None:
+    """Job `rid` on the server is complete: its status says so, and its result links one image there."""
+    file = file or f"{rid}.png"
+    result = fixture("fal/result_single.json")
+    result["images"][0]["url"] = f"{server.url}/files/{file}"
+    server.route("GET", rf"/requests/{rid}/status$", Reply(json=fixture("fal/status_completed.json")))
+    server.route("GET", rf"/requests/{rid}$", Reply(json=result))
+    server.route("GET", rf"^/files/{re.escape(file)}$", Reply(body=image, content_type="image/png"))
 
 
 def point_at(monkeypatch, provider: str, url: str) -> None:

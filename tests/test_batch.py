@@ -25,7 +25,7 @@ from banana_pack.nodes.batch import (
 from banana_pack.nodes.store import ResultStore
 from banana_pack.providers import SafetyRejected
 from banana_pack.providers.outcome import ImageInput
-from helpers import png_bytes, point_at, run
+from helpers import fal_submit, png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -186,9 +186,7 @@ def test_journaled_async_job_is_reattached_after_restart_not_resubmitted(server,
     point_at(monkeypatch, "fal", server.url)
     rid = "job-0001"
     app = "fal-ai/nano-banana-pro"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=rid, response_url=f"{server.url}/{app}/requests/{rid}", status_url=f"{server.url}/{app}/requests/{rid}/status", cancel_url=f"{server.url}/{app}/requests/{rid}/cancel")
-    server.route("POST", rf"^/{app}$", Reply(json=submit))
+    server.route("POST", rf"^/{app}$", Reply(json=fal_submit(server.url, rid, app)))
     server.route("GET", rf"/requests/{rid}/status$", Reply(202, fixture("fal/status_in_progress.json")))
     server.route("PUT", rf"/requests/{rid}/cancel$", Reply(400, {"detail": "already processing"}))
     store = ResultStore(tmp_path)

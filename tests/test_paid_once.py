@@ -14,7 +14,7 @@ from banana_pack.nodes.store import ResultStore
 from banana_pack.providers.client import generate
 from banana_pack.providers.errors import BananaError, MalformedResponse
 from banana_pack.providers.outcome import GenerationRequest
-from helpers import png_bytes, point_at, run
+from helpers import fal_job_done, fal_submit, png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
 FAL_APP = "fal-ai/nano-banana-pro"
@@ -30,15 +30,8 @@ def fal(server, monkeypatch):
     monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *_: 0.01))  # retries at once: only their count matters
     monkeypatch.setenv("FAL_KEY", "fal-paid-once-key:secret-789")
     point_at(monkeypatch, "fal", server.url)
-    base = f"{server.url}/{FAL_APP}/requests/{RID}"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=RID, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
-    server.route("POST", FAL_SUBMIT, Reply(json=submit))
-    server.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
-    result = fixture("fal/result_single.json")
-    result["images"][0]["url"] = f"{server.url}/files/{RID}.png"
-    server.route("GET", rf"/requests/{RID}$", Reply(json=result))
-    server.route("GET", rf"^/files/{RID}\.png$", Reply(body=png_bytes(7, 5), content_type="image/png"))
+    server.route("POST", FAL_SUBMIT, Reply(json=fal_submit(server.url, RID, FAL_APP)))
+    fal_job_done(server, RID, png_bytes(7, 5))
     return server
 
 
@@ -181,9 +174,7 @@ def test_a_neighbours_failure_during_a_submit_journals_the_job_and_waits_no_furt
     The submit used to be dropped mid-answer: a job accepted and billed, its handle lost, and the
     re-run submitted (and paid) a second time."""
     arrived = threading.Event()
-    submit = fixture("fal/submit.json")
-    base = f"{fal.url}/{FAL_APP}/requests/{RID}"
-    submit.update(request_id=RID, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
+    submit = fal_submit(fal.url, RID, FAL_APP)
 
     def slow_submit(_req: Recorded) -> Reply:
         arrived.set()

@@ -23,7 +23,7 @@ from banana_pack.nodes.housekeeping import tidy
 from banana_pack.nodes.store import ResultStore
 from banana_pack.providers.config import all_providers
 from banana_pack.providers.errors import ConfigError
-from helpers import png_bytes, point_at, run
+from helpers import fal_job_done, fal_submit, png_bytes, point_at, run
 from loopback import Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -52,15 +52,8 @@ def fal(server, monkeypatch):
     monkeypatch.setenv("FAL_KEY", "fal-redteam-key:secret-456")
     point_at(monkeypatch, "fal", server.url)
     rid = "job-red"
-    base = f"{server.url}/{FAL_APP}/requests/{rid}"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=rid, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
-    server.route("POST", rf"^/{FAL_APP}$", Reply(json=submit))
-    server.route("GET", rf"/requests/{rid}/status$", Reply(json=fixture("fal/status_completed.json")))
-    result = fixture("fal/result_single.json")
-    result["images"][0]["url"] = f"{server.url}/files/{rid}.png"
-    server.route("GET", rf"/requests/{rid}$", Reply(json=result))
-    server.route("GET", rf"^/files/{rid}\.png$", Reply(body=png_bytes(7, 5), content_type="image/png"))
+    server.route("POST", rf"^/{FAL_APP}$", Reply(json=fal_submit(server.url, rid, FAL_APP)))
+    fal_job_done(server, rid, png_bytes(7, 5))
     return server
 
 

@@ -15,7 +15,6 @@ import pytest
 from banana_pack.nodes.jobs_routes import cancel_job, jobs_summary
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.providers.errors import BananaError
-from banana_pack.providers.vertex_auth import forget_tokens
 from fake_gemini_batch import PENDING, SUCCEEDED, FakeBatchMode
 from helpers import run
 from vertex_fake import TokenEndpoint, service_account_json
@@ -23,11 +22,7 @@ from vertex_fake import TokenEndpoint, service_account_json
 CREATE = r":batchGenerateContent$"
 
 
-@pytest.fixture(autouse=True)
-def fresh_tokens():
-    forget_tokens()
-    yield
-    forget_tokens()
+pytestmark = pytest.mark.usefixtures("fresh_tokens")  # conftest.py: no access token outlives a test
 
 
 # -- a service account's private key is exchanged for a token on every path, never sent itself ------

@@ -19,7 +19,7 @@ import pytest
 
 from banana_pack.nodes.batch import CACHED, OK, BatchSettings, expand_items, run_batch
 from banana_pack.nodes.store import ResultStore
-from helpers import png_bytes, point_at, run
+from helpers import fal_job_done, fal_submit, png_bytes, point_at, run
 from loopback import LoopbackServer, Recorded, Reply, fixture
 
 GEN_PATH = r":generateContent$"
@@ -52,17 +52,11 @@ def fal(server, monkeypatch):
 
 def fal_job(server, rid: str, *, done: bool, width: int) -> dict:
     """Script one fal job on the server; return its submit answer."""
-    base = f"{server.url}/{FAL_APP}/requests/{rid}"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=rid, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
-    status = Reply(json=fixture("fal/status_completed.json")) if done else Reply(202, fixture("fal/status_in_progress.json"))
-    server.route("GET", rf"/requests/{rid}/status$", status)
+    fal_job_done(server, rid, png_bytes(width, 5))
+    if not done:
+        server.route("GET", rf"/requests/{rid}/status$", Reply(202, fixture("fal/status_in_progress.json")))
     server.route("PUT", rf"/requests/{rid}/cancel$", Reply(400, {"detail": "already processing"}))
-    result = fixture("fal/result_single.json")
-    result["images"][0]["url"] = f"{server.url}/files/{rid}.png"
-    server.route("GET", rf"/requests/{rid}$", Reply(json=result))
-    server.route("GET", rf"^/files/{rid}\.png$", Reply(body=png_bytes(width, 5), content_type="image/png"))
-    return submit
+    return fal_submit(server.url, rid, FAL_APP)
 
 
 def only(paths):

@@ -16,7 +16,6 @@ from banana_pack.providers import (
 )
 from banana_pack.providers.config import get_provider
 from banana_pack.providers.protocols.vertex import prepare
-from banana_pack.providers.vertex_auth import forget_tokens
 from gemini_thinking_fake import ThinkingGemini
 from helpers import run
 from loopback import Reply, fixture
@@ -25,11 +24,7 @@ from vertex_fake import GEN_PATH, TokenEndpoint, service_account_json
 TOKEN = "ya29.loopback-access-token-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def fresh_tokens():
-    forget_tokens()
-    yield
-    forget_tokens()
+pytestmark = pytest.mark.usefixtures("fresh_tokens")  # conftest.py: no access token outlives a test
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import json
 import time
 
 import pytest
+from helpers import fal_job_done, fal_submit
 from loopback import LoopbackServer, Reply, fixture
 
 from .comfyui_harness import status_events, status_message
@@ -44,20 +45,18 @@ def comfy(comfyui_server_factory, fake):
 
 
 def script_fal_job(fake, rid: str) -> None:
-    base = f"{fake.url}/{APP}/requests/{rid}"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=rid, response_url=base, status_url=base + "/status", cancel_url=base + "/cancel")
-    fake.route("POST", rf"^/{APP}$", Reply(json=submit))
+    fake.route("POST", rf"^/{APP}$", Reply(json=fal_submit(fake.url, rid, APP)))
     fake.route("GET", rf"/requests/{rid}/status", Reply(202, fixture("fal/status_in_progress.json")))
     fake.route("PUT", rf"/requests/{rid}/cancel$", Reply(json={"status": "CANCELLATION_REQUESTED"}))
 
 
 def finish_fal_job(fake, rid: str) -> None:
-    result = fixture("fal/result_single.json")
-    result["images"][0]["url"] = f"{fake.url}/files/{rid}.png"
-    fake.route("GET", rf"/requests/{rid}/status", Reply(json=fixture("fal/status_completed.json")))
-    fake.route("GET", rf"/requests/{rid}$", Reply(json=result))
-    fake.route("GET", rf"^/files/{rid}\.png$", Reply(body=png(20, 10), content_type="image/png"))
+    fal_job_done(fake, rid, png(20, 10))
+
+
+def previewed(node: dict, node_id: str = "1") -> dict:
+    """`node` under `node_id` and a PreviewImage of its images under the next id."""
+    return {node_id: node, str(int(node_id) + 1): {"class_type": "PreviewImage", "inputs": {"images": [node_id, 0]}}}
 
 
 def journal(comfy) -> list:
@@ -69,12 +68,7 @@ def test_a_failing_neighbour_leaves_the_fal_job_running_and_the_next_run_attache
     script_fal_job(fake, rid)
     fake.route("POST", r":generateContent$", Reply(400, fixture("gemini/error_400.json"), delay=4))
     ours = bridge("a lighthouse at dusk", provider="fal", seed=11)
-    graph = {
-        "1": ours,
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-        "5": bridge("the neighbour that fails", provider="google", seed=12),
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
-    }
+    graph = {**previewed(ours), **previewed(bridge("the neighbour that fails", provider="google", seed=12), "5")}
     entry = comfy.run(graph, timeout=60)
     error = status_message(entry, "execution_error")
     assert error is not None and error["node_id"] == "5", status_events(entry)
@@ -85,7 +79,7 @@ def test_a_failing_neighbour_leaves_the_fal_job_running_and_the_next_run_attache
     assert "left running" in comfy.server.log_text()
 
     finish_fal_job(fake, rid)
-    entry = comfy.run({"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+    entry = comfy.run(previewed(ours), timeout=60)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
     assert len(fake.hits("POST", rf"^/{APP}$")) == 1  # attached to the journaled job: not paid twice
     assert journal(comfy) == []
@@ -95,7 +89,7 @@ def test_interrupt_still_cancels_the_fal_job(comfy, fake):
     rid = "live-interrupt-0002"
     script_fal_job(fake, rid)
     before = len(fake.hits("POST", rf"^/{APP}$"))
-    prompt_id = comfy.post_prompt({"1": bridge("a ship in a storm", provider="fal", seed=21), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    prompt_id = comfy.post_prompt(previewed(bridge("a ship in a storm", provider="fal", seed=21)))
     deadline = time.monotonic() + 30
     while len(fake.hits("POST", rf"^/{APP}$")) == before and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -125,16 +119,11 @@ def test_a_failing_neighbour_does_not_lose_a_synchronous_paid_answer(comfy, fake
 
     fake.route("POST", r":generateContent$", gemini)
     ours = bridge("a paid kite in the wind", provider="google", seed=31)
-    graph = {
-        "1": ours,
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-        "5": bridge("the neighbour that fails", provider="google", seed=32),
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
-    }
+    graph = {**previewed(ours), **previewed(bridge("the neighbour that fails", provider="google", seed=32), "5")}
     entry = comfy.run(graph, timeout=60)
     error = status_message(entry, "execution_error")
     assert error is not None and error["node_id"] == "5", status_events(entry)
-    entry = comfy.run({"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}, timeout=60)
+    entry = comfy.run(previewed(ours), timeout=60)
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
     ours_sent = [r for r in fake.hits("POST", r":generateContent$") if "paid kite" in r.body.decode()]
     assert len(ours_sent) == 1, "the re-run paid for the same image again"
@@ -151,12 +140,7 @@ def test_an_attach_refused_for_the_key_never_submits_the_journaled_job_again(com
     script_fal_job(fake, rid)
     fake.route("POST", r":generateContent$", Reply(400, fixture("gemini/error_400.json"), delay=3))
     ours = bridge("a harbour in the rain", provider="fal", seed=41)
-    graph = {
-        "1": ours,
-        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
-        "5": bridge("the neighbour that fails", provider="google", seed=42),
-        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
-    }
+    graph = {**previewed(ours), **previewed(bridge("the neighbour that fails", provider="google", seed=42), "5")}
     comfy.run(graph, timeout=60)
     time.sleep(1.0)
     submits = lambda: len(fake.hits("POST", rf"^/{APP}$"))  # noqa: E731
@@ -164,7 +148,7 @@ def test_an_attach_refused_for_the_key_never_submits_the_journaled_job_again(com
     assert len(ours_journal()) == 1
 
     fake.route("GET", rf"/requests/{rid}/status", Reply(403, {"detail": "Forbidden"}))
-    alone = {"1": ours, "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    alone = previewed(ours)
     entry = comfy.run(alone, timeout=60)
     error = status_message(entry, "execution_error")
     assert error is not None and "NOT submitted again" in error["exception_message"], status_events(entry)
@@ -186,9 +170,7 @@ def test_interrupt_during_the_submit_journals_and_cancels_the_accepted_job(comfy
 
     rid = "live-submit-stop-0004"
     script_fal_job(fake, rid)
-    base = f"{fake.url}/{APP}/requests/{rid}"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=rid, response_url=base, status_url=base + "/status", cancel_url=base + "/cancel")
+    submit = fal_submit(fake.url, rid, APP)
     arrived = threading.Event()
 
     def slow_submit(_req: Recorded) -> Reply:
@@ -197,7 +179,7 @@ def test_interrupt_during_the_submit_journals_and_cancels_the_accepted_job(comfy
 
     fake.route("POST", rf"^/{APP}$", slow_submit)
     earlier = set(journal(comfy))
-    prompt_id = comfy.post_prompt({"1": bridge("a submarine at dawn", provider="fal", seed=51), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}})
+    prompt_id = comfy.post_prompt(previewed(bridge("a submarine at dawn", provider="fal", seed=51)))
     assert arrived.wait(30)
     comfy.interrupt()
     entry = comfy.wait_for(prompt_id, timeout=30)

@@ -8,7 +8,6 @@ google-auth importable by COMFYUI_PYTHON (or a folder holding it in COMFYUI_PYTH
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import subprocess
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import pytest
 from fake_gemini_batch import PENDING, SUCCEEDED, FakeBatchMode
+from helpers import png_bytes
 from loopback import LoopbackServer, Recorded, Reply, fixture
-from PIL import Image
 
 from .comfyui_harness import status_message
 
@@ -29,19 +28,13 @@ HK_KEY = "sk-live-round3-models-key-9876543210"
 NODE = "NanoBananaBridge"
 
 
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (200, 40, 90)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def echoing_gemini(req: Recorded) -> Reply:
     """A gateway that echoes the key it got inside the thought signatures of a good answer."""
     got = req.headers.get("x-goog-api-key", "")
     body = fixture("gemini/success_single.json")
     body["candidates"][0]["content"]["parts"] = [
         {"text": "done", "thoughtSignature": f"c2ln{got}"},
-        {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png(9, 5)).decode()}, "thoughtSignature": f"auth={got}"},
+        {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png_bytes(9, 5)).decode()}, "thoughtSignature": f"auth={got}"},
     ]
     return Reply(json=body)
 

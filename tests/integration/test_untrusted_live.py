@@ -15,6 +15,7 @@ from urllib.parse import quote
 import pytest
 from PIL import Image
 
+from helpers import fal_job_done, fal_submit
 from loopback import LoopbackServer, Recorded, Reply, fixture
 
 from .comfyui_harness import status_message
@@ -56,15 +57,8 @@ def provider():
     server = LoopbackServer().start()
     server.route("POST", r":generateContent$", echo)
     rid = "live-job"
-    base = f"{server.url}/{FAL_APP}/requests/{rid}"
-    submit = fixture("fal/submit.json")
-    submit.update(request_id=rid, response_url=base, status_url=f"{base}/status", cancel_url=f"{base}/cancel")
-    server.route("POST", rf"^/{FAL_APP}$", Reply(json=submit))
-    server.route("GET", rf"/requests/{rid}/status$", Reply(json=fixture("fal/status_completed.json")))
-    result = fixture("fal/result_single.json")
-    result["images"][0]["url"] = f"{server.url}/files/out.png"
-    server.route("GET", rf"/requests/{rid}$", Reply(json=result))
-    server.route("GET", r"^/files/out\.png$", Reply(body=png(9, 7), content_type="image/png"))
+    server.route("POST", rf"^/{FAL_APP}$", Reply(json=fal_submit(server.url, rid, FAL_APP)))
+    fal_job_done(server, rid, png(9, 7), file="out.png")
     yield server
     server.stop()
 
