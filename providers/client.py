@@ -41,10 +41,8 @@ from .catalog import (
     unknown_model,
 )
 from .config import KEYS_TAB, all_providers, api_keys_for, config_dir, display_path, get_provider, has_key, key_hint
-from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for
+from .engine import GENERATE, IDEMPOTENT, SUBMIT, CallContext, Caller, HttpEngine, PollCadence, PollState, Response, RetryPolicy, error_in_answer, get_engine, limiter_for, mark_maybe_billed, request_id_in
 from .engine.auth import Credentials, check_model_id, without_userinfo
-from .engine.error_mapping import _request_id
-from .engine.transport import _mark_maybe_billed
 from .errors import AuthError, BananaError, ConfigError, InvalidRequest, MalformedResponse, MissingKey, Refusal, UnusableImage
 from .outcome import GeneratedImage, GenerationRequest, GenerationResult
 from .protocols import AsyncFamily, SyncFamily, family_for
@@ -175,7 +173,7 @@ class ProviderCall:
             max_bytes=max_bytes,
         )
         if policy.paid and 200 <= response.status < 300:
-            self.paid_answered, self.paid_request_id = True, _request_id(response.headers)
+            self.paid_answered, self.paid_request_id = True, request_id_in(response.headers)
         return response
 
     async def post_json(self, path_or_url: str, body: Any, *, policy: RetryPolicy = GENERATE, status: str | None = None) -> Response:
@@ -685,7 +683,7 @@ async def generate(
             raise
         # A parser tripped over an answer of an unexpected shape: the generation ran all the same.
         unread = MalformedResponse(f"The provider's answer could not be read: {type(exc).__name__}: {exc}", provider=spec.id, model=offer.model_id)
-        raise _mark_maybe_billed(unread, call.paid_request_id) from None
+        raise mark_maybe_billed(unread, call.paid_request_id) from None
     finally:
         limiter.release()
     result.seconds = time.monotonic() - started
@@ -705,7 +703,7 @@ def paid_answer_failed(error: BananaError, request_id: str | None) -> None:
     if error.in_answer and error.status not in (200, 408, 504, 524):
         return
     hint = error.hint
-    _mark_maybe_billed(error, request_id)
+    mark_maybe_billed(error, request_id)
     if hint and "billed" not in hint:  # what to do about the failure itself stays first
         error.hint = f"{hint}\n{error.hint}"
         error.args = (str(error),)

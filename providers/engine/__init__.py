@@ -25,6 +25,7 @@ from .error_mapping import (
     names_safety,
     parse_error_body,
     read_error_body,
+    request_id_in,
 )
 from .limiter import ProcessLimiter, limiter_for
 from .policy import (
@@ -47,9 +48,12 @@ from .transport import (
     HttpEngine,
     Response,
     get_engine,
+    mark_maybe_billed,
 )
 
 __all__ = [
+    "mark_maybe_billed",
+    "request_id_in",
     "BILLING_RULES",
     "MAX_ANSWER_BYTES",
     "MAX_ERROR_BYTES",

@@ -219,7 +219,7 @@ def error_in_answer(body: Any, caller: Caller, request_id: str | None = None) ->
     return error
 
 
-def _request_id(headers: httpx.Headers) -> str | None:
+def request_id_in(headers: httpx.Headers) -> str | None:
     for name in ("x-request-id", "x-fal-request-id", "request-id", "x-goog-request-id"):
         if headers.get(name):
             return headers[name]

@@ -36,7 +36,7 @@ from .addresses import DownloadScope, bind_checks, checked_addresses, download_s
 from .auth import Credentials, host_of, origin, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
-from .error_mapping import _request_id, error_for_status, is_provider_error, parse_error_body
+from .error_mapping import request_id_in, error_for_status, is_provider_error, parse_error_body
 from .policy import (
     CONNECTION_LOST,
     IDEMPOTENT,
@@ -72,7 +72,7 @@ SUBMIT_STOP_GRACE = 5.0  # seconds a user's stop waits for a submit's answer alr
 DEADLINE_FACTOR = 2.0  # an attempt's overall deadline, in read timeouts: a slow drip cannot hold a call forever
 
 
-def _mark_maybe_billed(error: BananaError, request_id: str | None) -> BananaError:
+def mark_maybe_billed(error: BananaError, request_id: str | None) -> BananaError:
     error.maybe_billed = True
     error.request_id = error.request_id or request_id
     error.hint = MAYBE_BILLED_HINT.format(request_id=f" (request id {error.request_id})" if error.request_id else "")
@@ -128,7 +128,7 @@ class Response:
                 status=self.status,
             )
             if self.paid and 200 <= self.status < 300:
-                _mark_maybe_billed(error, _request_id(self.headers))
+                mark_maybe_billed(error, request_id_in(self.headers))
             raise error from None
 
     def json_object(self) -> dict:
@@ -138,7 +138,7 @@ class Response:
                 f"Expected a JSON object, got {type(body).__name__}.", provider=self.caller.provider, model=self.caller.model or None, status=self.status
             )
             if self.paid and 200 <= self.status < 300:  # like an unparseable answer: the provider ran the request
-                _mark_maybe_billed(error, _request_id(self.headers))
+                mark_maybe_billed(error, request_id_in(self.headers))
             raise error
         return body
 
@@ -173,7 +173,7 @@ class _Failure:
 
 def _failed_answer(response: Response, caller: Caller) -> _Failure:
     """An answer with an error status (a 3xx included: API calls do not follow redirects)."""
-    request_id = _request_id(response.headers)
+    request_id = request_id_in(response.headers)
     if 300 <= response.status < 400:
         location = response.headers.get("location") or ""
         error: BananaError = ConfigError(
@@ -199,7 +199,7 @@ def _failed_exchange(exc: BaseException, caller: Caller, deadline: float) -> _Fa
     """No (complete) answer: past the deadline, a body cut off, or a network error."""
     provider, model = caller.provider, caller.model or None
     if isinstance(exc, _BodyCut):
-        request_id = _request_id(exc.headers)
+        request_id = request_id_in(exc.headers)
         if isinstance(exc.cause, httpx.TimeoutException):
             error: BananaError = TimedOut(f"The answer (HTTP {exc.status}) stopped arriving: {type(exc.cause).__name__}.", provider=provider, model=model, request_id=request_id)
             return _Failure(error, READ_TIMEOUT, request_id=request_id)
@@ -401,7 +401,7 @@ class HttpEngine:
                     response: Response = await self.watch(ctx, exchange, status, paid=policy.paid, grace=SUBMIT_STOP_GRACE if policy.billing == "submit" else 0.0)
                 except Cancelled as stopped:
                     if policy.paid and stopped.sent:  # stopped mid-exchange: the provider may be generating it now
-                        _mark_maybe_billed(stopped, None)
+                        mark_maybe_billed(stopped, None)
                     raise
                 response.paid = policy.paid
                 if 200 <= response.status < 300 or response.status in ok_statuses:
@@ -411,10 +411,10 @@ class HttpEngine:
             except _BodyRefused as refused:  # over a limit, or an encoding not asked for: never resent
                 unread = MalformedResponse(
                     f"The answer (HTTP {refused.status}) was refused: {refused}.",
-                    status=refused.status, request_id=_request_id(refused.headers), provider=caller.provider, model=caller.model or None,
+                    status=refused.status, request_id=request_id_in(refused.headers), provider=caller.provider, model=caller.model or None,
                 )
                 if policy.paid and 200 <= refused.status < 300:
-                    _mark_maybe_billed(unread, unread.request_id)
+                    mark_maybe_billed(unread, unread.request_id)
                 raise unread from None
             except (asyncio.TimeoutError, TimeoutError, _BodyCut, httpx.TransportError) as exc:
                 failure = _failed_exchange(exc, caller, deadline)
@@ -442,7 +442,7 @@ class HttpEngine:
                 # A submit's reported 5xx is not resent because it may hide an accepted job: it says so too.
                 hidden_job = policy.billing == "submit" and failure.outcome == REPORTED_FAILURE
                 if policy.paid and (failure.outcome in MAYBE_BILLED or hidden_job) and error.sent:
-                    _mark_maybe_billed(error, failure.request_id)
+                    mark_maybe_billed(error, failure.request_id)
                 raise error
             delay = self._backoff(attempts if not rate_limited else rate_limited, policy, failure.retry_after)
             log.info("%s: %s; retrying in %.1f s", caller.provider, str(error).splitlines()[0], delay)
