@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .jpeg_rows import RowBuffer, decode_drawing, new_row_buffer
 from .tensors import (
     ImageDecodeError,
     SizePolicy,
@@ -77,6 +78,9 @@ class OutputBatch:
         self._idle.set()
         self._prefaulter: asyncio.Task | None = None
         self._prefaulting: tuple[int, asyncio.Future] | None = None  # (frame, its fill)
+        # JPEG results of the frame size decode into these (one per lane, touched while idle),
+        # not into fresh memory: see jpeg_rows.
+        self._row_buffers: list[RowBuffer] = []
 
     # -- arrivals (on the event loop) ------------------------------------------------------------
 
@@ -120,6 +124,12 @@ class OutputBatch:
 
     async def _prefault(self) -> None:
         assert self._frames is not None
+        for buffer in list(self._row_buffers):
+            await self._idle.wait()
+            if buffer in self._row_buffers:  # out of the pool while it is written
+                self._row_buffers.remove(buffer)
+                await asyncio.shield(asyncio.to_thread(buffer.touch))
+                self._row_buffers.append(buffer)
         for frame in range(len(self._frames)):
             await self._idle.wait()
             if frame in self._claimed:
@@ -147,8 +157,10 @@ class OutputBatch:
                 return
             try:
                 if self._target is not None:
-                    picture, full_scale = await asyncio.to_thread(open_picture, blob)
                     await self._unfaulted(slot)
+                    if await self._decode_drawing(slot, blob):
+                        return
+                    picture, full_scale = await asyncio.to_thread(open_picture, blob)
                     await self._draw_now(slot, picture, full_scale)
                     return
                 self._opening += 1
@@ -186,6 +198,8 @@ class OutputBatch:
             # a machine whose memory is fragmented each huge-page fault then waits for compaction
             # (seconds per 4K frame of a multi-GB batch); small pages fault in steadily.
             self._frames = torch.empty((self._offsets[-1], height, width, 3), dtype=torch.float32).numpy()
+            buffers = (new_row_buffer((width, height)) for _ in range(min(DECODE_LANES, self._offsets[-1])))
+            self._row_buffers = [buffer for buffer in buffers if buffer is not None]
             self._prefaulter = asyncio.ensure_future(self._prefault())
         for slot, (picture, full_scale) in list(self._held.items()):
             del self._held[slot]
@@ -193,6 +207,19 @@ class OutputBatch:
         for slot, blob in list(self._deferred.items()):
             del self._deferred[slot]
             self._spawn(self._take(slot, blob))
+
+    async def _decode_drawing(self, slot: Slot, blob: bytes) -> bool:
+        """Decode a JPEG straight into its frame through a row buffer; False: take the ordinary path."""
+        if not self._row_buffers:
+            return False
+        assert self._frames is not None
+        buffer = self._row_buffers.pop()
+        frame = self._frames[self._offsets[slot[0]] + slot[1]]
+        drawn = await asyncio.to_thread(decode_drawing, blob, frame, buffer)
+        self._row_buffers.append(buffer)  # not when cancelled: its thread may still be writing into it
+        if drawn:
+            self._drawn.add(slot)
+        return drawn
 
     async def _draw(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
         async with self._lanes:
@@ -239,6 +266,7 @@ class OutputBatch:
         while self._tasks:
             await asyncio.gather(*list(self._tasks))
         await self._stop_prefaulting()
+        self._row_buffers = []  # their memory goes back before the output is handed on
         slots = [(index, number) for index, blobs in kept for number in range(len(blobs))]
         if not slots:
             raise ValueError("no images to decode")

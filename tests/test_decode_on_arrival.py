@@ -10,9 +10,10 @@ import io
 import random
 import threading
 
+import numpy as np
 import pytest
 import torch
-from banana_pack.nodes import assemble
+from banana_pack.nodes import assemble, jpeg_rows
 from banana_pack.nodes.assemble import OutputBatch
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.tensors import ImageDecodeError, decode_images, open_picture
@@ -54,6 +55,39 @@ def test_any_arrival_order_gives_the_batch_of_decoding_at_the_end(policy, seed):
     reference = decode_images([results[i][0] for i in range(7)], size_policy=policy)
     assert batch.shape == reference.shape == (7, sizes[0][1], sizes[0][0], 3)
     assert torch.equal(batch, reference)
+
+
+def jpeg_picture(width: int, height: int, seed: int) -> bytes:
+    """A noisy JPEG: rows differ, so a row drawn from the wrong place shows."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("policy", ["resize", "pad", "crop"])
+def test_jpeg_results_decoded_through_row_buffers_give_the_same_batch(monkeypatch, policy):
+    """Results of the frame size decode into reused row buffers (nodes/jpeg_rows.py), the others
+    the ordinary way: together, in any order, the batch of decoding them all at the end."""
+    monkeypatch.setattr(jpeg_rows, "_FEED_BYTES", 1000)  # many bands per image
+    through_rows = []
+    original = assemble.decode_drawing
+
+    def counted(blob, frame, buffer):
+        drawn = original(blob, frame, buffer)
+        through_rows.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(assemble, "decode_drawing", counted)
+    rng = random.Random(7)
+    sizes = [(96, 64)] * 6 + [(64, 96), (50, 50)]
+    results = {i: [jpeg_picture(*sizes[i], i)] for i in range(len(sizes))}
+    order = list(range(len(sizes)))
+    rng.shuffle(order)
+    batch = asyncio.run(assemble_in(order, results, [1] * len(sizes), policy))
+    assert torch.equal(batch, decode_images([results[i][0] for i in range(len(sizes))], size_policy=policy))
+    if jpeg_rows.new_row_buffer((8, 8)) is not None:  # Pillow 11.2 and later
+        assert through_rows.count(True) >= 1 and through_rows.count(False) >= 1
 
 
 def test_failed_items_and_short_answers_are_compacted_out():
