@@ -263,15 +263,19 @@ class OutputBatch:
 
         `check` sees all those images first (in a thread) and may raise to refuse them.
         """
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks))
-        await self._stop_prefaulting()
-        self._row_buffers = []  # their memory goes back before the output is handed on
         slots = [(index, number) for index, blobs in kept for number in range(len(blobs))]
         if not slots:
             raise ValueError("no images to decode")
-        if check is not None:
-            await asyncio.to_thread(check, [blob for _, item_blobs in kept for blob in item_blobs])
+        # The check reads headers while the last decodes run, not after them.
+        checking = asyncio.ensure_future(asyncio.to_thread(check, [blob for _, item_blobs in kept for blob in item_blobs])) if check else None
+        try:
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks))
+        finally:
+            if checking is not None:
+                await checking
+        await self._stop_prefaulting()
+        self._row_buffers = []  # their memory goes back before the output is handed on
         for slot in slots:
             if slot in self._errors:
                 raise self._errors[slot]
@@ -279,6 +283,10 @@ class OutputBatch:
             self._frames = None  # let it go before the full-size fallback allocates its own
             blobs = [blob for _, item_blobs in kept for blob in item_blobs]
             return await asyncio.to_thread(decode_images, blobs, size_policy=self._policy)
+        if all(self._offsets[index] + number == position for position, (index, number) in enumerate(slots)):
+            frames, self._frames = self._frames, None  # nothing to move (no item fell short)
+            assert frames is not None
+            return torch.from_numpy(frames[: len(slots)])
         return torch.from_numpy(await asyncio.to_thread(self._compact, slots))
 
     def _compact(self, slots: list[Slot]) -> np.ndarray:
