@@ -260,7 +260,7 @@ class ProviderCall:
         on_base_url = ref.startswith("/") and not ref.startswith("/9j/")
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
-    async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
+    async def fetch_images(self, refs: list[str], spares: list[str] | tuple[str, ...] = ()) -> list[GeneratedImage]:
         """fetch_image for each, concurrently, in order.
 
         At most max_images are fetched: a provider that sends more than were asked for does not get
@@ -269,12 +269,14 @@ class ProviderCall:
         end carrying every payload of the answer, to be saved. A link that cannot be downloaded does
         not stop the rest either: the next image of the answer beyond the count takes its place (a
         link the model wrote in its text, which a prompt can steer, must not push the paid image
-        out), else the images that did arrive are returned (paid for: saved and cached) with a
-        warning per lost one; only when none arrived is the first failure raised.
+        out), then the `spares` in order (the answer's images that are no result of their own, such
+        as a gateway's drafts before its final image: fetched only to stand in), else the images
+        that did arrive are returned (paid for: saved and cached) with a warning per lost one; only
+        when none arrived is the first failure raised.
         """
-        spares = list(refs)
+        ordered = list(refs)
         refs = self._within_count(refs)
-        del spares[: len(refs)]
+        spares = ordered[len(refs):] + list(spares)
 
         async def fetch(ref: str) -> GeneratedImage | BananaError:
             try:
@@ -297,7 +299,7 @@ class ProviderCall:
             while spares and isinstance(fetched[n], BananaError) and not isinstance(fetched[n], UnusableImage):
                 fetched[n] = await fetch(spares.pop(0))
             if isinstance(fetched[n], GeneratedImage) or isinstance(fetched[n], UnusableImage):
-                self.notes.append(f"Image {n + 1} of the answer could not be downloaded; the next one took its place: {clip(item.message, 200)}")
+                self.notes.append(f"Image {n + 1} of the answer could not be downloaded; another image of the same answer took its place: {clip(item.message, 200)}")
             else:
                 lost.append(item)
                 self.notes.append(f"Image {n + 1} of {len(fetched)} could not be downloaded, the others are kept: {clip(item.message, 200)}")

@@ -258,7 +258,7 @@ def test_only_the_requested_number_of_images_is_used(hk):
 
 def test_inline_images_beyond_the_count_are_dropped_too(google):
     answer = fixture("gemini/success_single.json")
-    # Thirty distinct images (an image repeated in one turn counts once: see outcome.final_images).
+    # Thirty distinct images (an image repeated in one turn counts once: see outcome.final_positions).
     answer["candidates"][0]["content"]["parts"] = [{"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png_bytes(n + 1, 1)).decode()}} for n in range(30)]
     google.route("POST", GEN, reply(200, answer))
     result = gen()

@@ -1,0 +1,107 @@
+"""No paid image is lost: which image of an answer is the result, and what happens to the others.
+
+APIYI's presets keep only a turn's last image (its drafts come as ordinary parts first). A link the
+model writes in its text is no result of the turn's own: it must not push the real, paid image out.
+Every answer here comes from the loopback server, as the provider would send it.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from banana_pack.providers.client import generate
+from banana_pack.providers.errors import BananaError
+from banana_pack.providers.outcome import GenerationRequest
+from helpers import png_bytes, run
+from loopback import Reply
+
+GEMINI_PATH = r"^/apiyi/models/[^/]+:generateContent$"
+CHAT_PATH = r"^/apiyi_chat/chat/completions$"
+
+
+@pytest.fixture
+def presets(server, monkeypatch):
+    from banana_pack.providers.engine.transport import HttpEngine
+    from fake_providers import point_presets_at, script_all
+
+    monkeypatch.setattr(HttpEngine, "_backoff", staticmethod(lambda *_: 0.01))
+    point_presets_at(server, monkeypatch.setenv)
+    script_all(server)
+    server.route("GET", r"^/gone/", Reply(404, body=b"not found", content_type="text/plain"))
+    return server
+
+
+def inline(width: int, height: int) -> dict:
+    return {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png_bytes(width, height)).decode()}}
+
+
+def gemini_answer(*parts: dict) -> dict:
+    return {
+        "candidates": [{"content": {"role": "model", "parts": list(parts)}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"candidatesTokenCount": 1290},
+        "responseId": "resp-kept-1",
+    }
+
+
+def sizes(result) -> list[tuple[int, int]]:
+    return [(im.width, im.height) for im in result.images]
+
+
+def apiyi(count: int = 1):
+    return run(generate("apiyi", "Nano Banana Pro", GenerationRequest(prompt="a red kite", count=count)))
+
+
+@pytest.mark.parametrize("link", ["markdown", "bare"])
+def test_a_link_written_after_the_real_image_does_not_replace_it_as_last(presets, link):
+    """APIYI (native): a draft, the real image, then text with a link that cannot be downloaded.
+    The link used to be the turn's "last image": it was the only one fetched, it failed, and the call
+    failed with the paid image discarded."""
+    url = f"{presets.url}/gone/copy.png"
+    text = f"Here is a copy: ![copy]({url})" if link == "markdown" else f"A copy is at {url}"
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(2, 2), inline(6, 3), {"text": text})))
+    result = apiyi()
+    assert sizes(result) == [(6, 3)]
+
+
+def test_a_chat_answer_with_a_link_after_the_real_image_keeps_the_real_image(presets):
+    """APIYI (chat): message.images carries the real image; the text links a copy that is gone."""
+    data_uri = "data:image/png;base64," + base64.b64encode(png_bytes(6, 3)).decode()
+    message = {"role": "assistant", "content": f"Done. Copy: {presets.url}/gone/copy.png", "images": [{"type": "image_url", "image_url": {"url": data_uri}}]}
+    presets.route("POST", CHAT_PATH, Reply(json={"id": "chatcmpl-kept", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}))
+    result = run(generate("apiyi_chat", "Nano Banana Pro", GenerationRequest(prompt="a red kite")))
+    assert sizes(result) == [(6, 3)]
+
+
+def test_when_the_kept_image_cannot_be_fetched_the_turns_other_paid_image_takes_its_place(presets):
+    """The turn's last image is a link that fails: the image the provider sent before it (paid for in
+    the same answer) is the result, with a warning saying so, instead of failing the paid call."""
+    gone = {"fileData": {"mimeType": "image/png", "fileUri": f"{presets.url}/gone/final.png"}}
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(5, 4), gone)))
+    result = apiyi()
+    assert sizes(result) == [(5, 4)]
+    assert any("could not be downloaded" in w and "took its place" in w for w in result.warnings)
+
+
+def test_a_turn_of_drafts_still_gives_only_its_last_image(presets):
+    """keep_images "last" still means one result per turn when everything arrives."""
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(2, 2), inline(3, 3), inline(6, 3))))
+    assert sizes(apiyi()) == [(6, 3)]
+
+
+def test_a_turn_with_only_links_keeps_the_last_link(presets):
+    """Without any inline image the links in the text are the results: the last one is kept."""
+    presets.route("GET", r"^/files/a\.png$", Reply(body=png_bytes(2, 2), content_type="image/png"))
+    presets.route("GET", r"^/files/b\.png$", Reply(body=png_bytes(7, 2), content_type="image/png"))
+    text = f"Draft ![a]({presets.url}/files/a.png) and final ![b]({presets.url}/files/b.png)"
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer({"text": text})))
+    assert sizes(apiyi()) == [(7, 2)]
+
+
+def test_when_no_image_of_the_turn_arrives_the_error_names_the_request(presets):
+    """Every image of the answer fails: the call fails, saying it may have been billed."""
+    gone = {"fileData": {"mimeType": "image/png", "fileUri": f"{presets.url}/gone/final.png"}}
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(gone)))
+    with pytest.raises(BananaError) as caught:
+        apiyi()
+    assert caught.value.maybe_billed
