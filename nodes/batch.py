@@ -102,6 +102,7 @@ class ItemOutcome:
     failover: list[dict[str, Any]] = field(default_factory=list)  # attempts that moved on: provider, key_slot, error
     seconds: float | None = None
     files: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)  # images beyond the count asked for: saved, not in the output
     text: str = ""
     warnings: list[str] = field(default_factory=list)
     sources: list[dict[str, str]] = field(default_factory=list)  # search grounding: {"title", "uri"}
@@ -273,11 +274,16 @@ async def run_batch(
                 extras = _extras(result)
                 try:
                     paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
-                    outcome.files = [store.view_path(p) for p in paths]
+                    name_saved(outcome, store, result, paths)
                     for image in result.thought_images:  # paid for too: kept by hash
                         await asyncio.to_thread(put_blob, store.root, image.data)
                 except OSError as exc:  # the folder is unusable (a planted file in its place): keep the paid images in the graph
                     result.warnings.append(redact(f"Not saved to {store.view_path(store.root)}: {type(exc).__name__}: {exc.strerror or exc}. The images are in this node's output only."))
+            elif result.extra_images:
+                result.warnings.append(
+                    f"{len(result.extra_images)} extra image(s) beyond the {item.count} asked for came with this answer (paid for); "
+                    "they are not in the output and were not kept, because save_to is empty: set save_to to keep them."
+                )
             outcome.thought_images, outcome.model_parts = result.thought_images, result.model_parts
             outcome.sources, outcome.search_queries = result.sources, result.search_queries
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
@@ -396,6 +402,18 @@ def job_id(handle: dict | None) -> str | None:
         return None
     value = handle.get("request_id") or handle.get("task_id")
     return str(value) if value else None
+
+
+def name_saved(outcome: ItemOutcome, store: ResultStore, result: GenerationResult, paths: list) -> None:
+    """The saved files on the outcome (store.save's paths: the results, then the extra images), and a
+    warning naming where the extra images went: they were paid for, and the output does not show them."""
+    names = [store.view_path(p) for p in paths]
+    outcome.files, outcome.extra_files = names[: len(result.images)], names[len(result.images) :]
+    if outcome.extra_files:
+        result.warnings.append(
+            f"{len(outcome.extra_files)} extra image(s) beyond the count asked for came with this answer (paid for): "
+            f"not in the output, saved as {', '.join(outcome.extra_files)}."
+        )
 
 
 def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance: dict[str, Any]) -> list[str]:

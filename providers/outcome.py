@@ -134,6 +134,9 @@ class GenerationResult:
     # The model's turn as a conversation continues it: [{"text"} | {"image": index into images}] each
     # with its "thought_signature" when the model gave one. None: this protocol has no multi-turn.
     model_parts: list[dict[str, Any]] | None = None
+    # Images beyond the count asked for: paid with the same call, so saved with the result, but not
+    # in the node's output (which has the count asked for).
+    extra_images: list[GeneratedImage] = field(default_factory=list)
 
 
 def format_sources(sources: list[dict[str, str]]) -> str:

@@ -105,3 +105,83 @@ def test_when_no_image_of_the_turn_arrives_the_error_names_the_request(presets):
     with pytest.raises(BananaError) as caught:
         apiyi()
     assert caught.value.maybe_billed
+
+
+# -- images beyond the count asked for ------------------------------------------------------------
+
+
+def gemini_batch(root, count: int = 1):
+    from banana_pack.nodes.batch import BatchSettings, expand_items, run_batch
+    from banana_pack.nodes.store import ResultStore
+
+    settings = BatchSettings(provider="apiyi", model="Nano Banana Pro", use_cache=False)
+    store = ResultStore(root) if root is not None else None
+    (outcome,) = run(run_batch(expand_items(["a red kite"], [], count=count, max_count=1), settings, store=store))
+    return outcome
+
+
+def saved_images(root) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    found = []
+    for path in sorted(root.glob("*/*.png")):
+        with Image.open(path) as im:
+            found.append(im.size)
+    return sorted(found)
+
+
+def test_images_beyond_the_count_asked_for_are_saved_though_not_in_the_output(presets, tmp_path, monkeypatch):
+    """One image asked for, three distinct ones answered (APIYI_KEEP_IMAGES=all: no drafts here), one of
+    them a link: the output holds the first, and the other two, paid with the same call, reach disk
+    too. They used to be dropped unseen (the link never even downloaded)."""
+    presets.route("GET", r"^/files/third\.png$", Reply(body=png_bytes(9, 2), content_type="image/png"))
+    text = f"and one more ![third]({presets.url}/files/third.png)"
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(6, 3), inline(4, 4), {"text": text})))
+    monkeypatch.setenv("BANANA_APIYI_KEEP_IMAGES", "all")
+    outcome = gemini_batch(tmp_path)
+    assert outcome.status == "ok" and [(im.width, im.height) for im in outcome.images] == [(6, 3)]
+    assert saved_images(tmp_path) == [(4, 4), (6, 3), (9, 2)]
+    assert len(outcome.files) == 1 and len(outcome.extra_files) == 2
+    assert all((tmp_path / f).is_file() for f in outcome.extra_files)
+    said = " ".join(outcome.warnings)
+    assert "2 extra image(s)" in said and all(f in said for f in outcome.extra_files)
+    assert outcome.report()["extra_files"] == outcome.extra_files
+
+
+def test_extra_images_of_an_async_provider_are_saved(server, monkeypatch, tmp_path):
+    """EvoLink-style task services answer with a list of URLs: two for the one asked, both saved."""
+    from banana_pack.nodes.batch import BatchSettings, expand_items, run_batch
+    from banana_pack.nodes.store import ResultStore
+    from fake_providers import point_presets_at, script_all
+
+    point_presets_at(server, monkeypatch.setenv)
+    script_all(server)
+    done = {"id": "task-extra", "status": "completed", "progress": 100, "results": [f"{server.url}/files/e1.png", f"{server.url}/files/e2.png"]}
+    server.route("GET", r"^/evolink/tasks/", Reply(json=done))
+    server.route("GET", r"^/files/e1\.png$", Reply(body=png_bytes(3, 1), content_type="image/png"))
+    server.route("GET", r"^/files/e2\.png$", Reply(body=png_bytes(1, 3), content_type="image/png"))
+    settings = BatchSettings(provider="evolink", model="Nano Banana Pro", use_cache=False)
+    (outcome,) = run(run_batch(expand_items(["a red kite"], []), settings, store=ResultStore(tmp_path)))
+    assert outcome.status == "ok", outcome.message
+    assert saved_images(tmp_path) == [(1, 3), (3, 1)] and len(outcome.extra_files) == 1
+
+
+def test_without_save_to_the_report_says_the_extra_images_were_not_kept(presets, monkeypatch):
+    monkeypatch.setenv("BANANA_APIYI_KEEP_IMAGES", "all")
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(6, 3), inline(4, 4))))
+    outcome = gemini_batch(None)
+    assert outcome.status == "ok" and len(outcome.images) == 1
+    assert any("1 extra image(s)" in w and "save_to" in w for w in outcome.warnings)
+
+
+def test_a_flood_of_links_beyond_the_count_is_not_all_downloaded(presets, monkeypatch):
+    """A hostile answer with 40 links for one image: the extras kept are capped (MAX_EXTRA_IMAGES)."""
+    from banana_pack.providers.client import MAX_EXTRA_IMAGES
+
+    monkeypatch.setenv("BANANA_APIYI_KEEP_IMAGES", "all")
+    presets.route("GET", r"^/flood/", Reply(body=png_bytes(2, 2), content_type="image/png"))
+    text = " ".join(f"![x]({presets.url}/flood/{n}.png)" for n in range(40))
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(6, 3), {"text": text})))
+    result = apiyi()
+    assert len(result.images) == 1 and len(result.extra_images) == MAX_EXTRA_IMAGES
+    assert len(presets.hits("GET", r"^/flood/")) == MAX_EXTRA_IMAGES

@@ -175,7 +175,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if sources:
         text = "\n\n".join(t for t in (text, format_sources(sources)) if t)
 
-    images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs], spares=spares)
+    images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs], spare_refs=spares)
     finish = next((r for r in finish_reasons if r != "STOP"), finish_reasons[0] if finish_reasons else None)
     if images:
         result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)

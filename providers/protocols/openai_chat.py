@@ -137,7 +137,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     finish = next((f for f in finishes if f != "stop"), finishes[0] if finishes else None)
     native = next((n for n in natives if n.upper() != "STOP"), None)
     if refs:
-        result = call.result(await call.fetch_images(refs, spares=spares), text=text, finish_reason=finish, request_id=request_id, usage=usage)
+        result = call.result(await call.fetch_images(refs, spare_refs=spares), text=text, finish_reason=finish, request_id=request_id, usage=usage)
         if finish not in (None, "stop"):
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
         return result
