@@ -88,7 +88,10 @@ class ProviderCall:
     @property
     def caller(self) -> Caller:
         spec = self.provider
-        return Caller(provider=spec.id, model=self.model.model_id, read_timeout=spec.read_timeout, base_url=spec.base_url, own_hosts=tuple(spec.auth_hosts))
+        return Caller(
+            provider=spec.id, model=self.model.model_id, read_timeout=spec.read_timeout, base_url=spec.base_url, own_hosts=tuple(spec.auth_hosts),
+            rate_limit_may_bill=spec.rate_limit_may_bill,
+        )
 
     # -- options: catalog values are typed, values from BANANA_<ID>_<OPTION> arrive as strings -------
 
