@@ -80,6 +80,8 @@ class ProviderCall:
     max_images: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings gathered on the way, added to the result
     extra_images: list[GeneratedImage] = field(default_factory=list)  # beyond max_images, added to the result
+    # fetch_images: result position -> the answer's other image (its ref) that took the place of one that could not be fetched
+    stood_in: dict[int, str] = field(default_factory=dict)
     # A paid request of this call got a 2xx answer: the provider ran it, so whatever fails after
     # (parsing it, downloading its images) fails a billed generation (see paid_answer_failed).
     paid_answered: bool = False
@@ -310,7 +312,8 @@ class ProviderCall:
             if not isinstance(item, BananaError) or isinstance(item, UnusableImage):
                 continue
             while spares and isinstance(fetched[n], BananaError) and not isinstance(fetched[n], UnusableImage):
-                fetched[n] = await fetch(spares.pop(0))
+                self.stood_in[n] = spares.pop(0)
+                fetched[n] = await fetch(self.stood_in[n])
             if isinstance(fetched[n], GeneratedImage) or isinstance(fetched[n], UnusableImage):
                 self.notes.append(f"Image {n + 1} of the answer could not be downloaded; another image of the same answer took its place: {clip(item.message, 200)}")
             else:

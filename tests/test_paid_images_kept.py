@@ -185,3 +185,14 @@ def test_a_flood_of_links_beyond_the_count_is_not_all_downloaded(presets, monkey
     result = apiyi()
     assert len(result.images) == 1 and len(result.extra_images) == MAX_EXTRA_IMAGES
     assert len(presets.hits("GET", r"^/flood/")) == MAX_EXTRA_IMAGES
+
+
+def test_an_image_that_stood_in_carries_its_own_signature_into_the_conversation(presets):
+    """The model's turn for a conversation pairs each image with the signature the model gave it;
+    the stand-in must not inherit the signature of the image it replaced (Gemini 3 validates them)."""
+    draft = {**inline(5, 4), "thoughtSignature": "c2lnLWRyYWZ0"}
+    gone = {"fileData": {"mimeType": "image/png", "fileUri": f"{presets.url}/gone/final.png"}, "thoughtSignature": "c2lnLWZpbmFs"}
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(draft, gone)))
+    result = apiyi()
+    assert sizes(result) == [(5, 4)]
+    assert result.model_parts == [{"image": 0, "thought_signature": "c2lnLWRyYWZ0"}]

@@ -120,6 +120,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     thought_refs: list[str] = []
     texts: list[str] = []
     model_parts: list[dict[str, Any]] = []  # the model's turn, for a conversation to send back
+    signature_of: dict[str, str] = {}  # the first candidate's image refs -> the signature the model gave each
     sources: list[dict[str, str]] = []
     queries: list[str] = []
     finish_reasons: list[str] = []
@@ -170,6 +171,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         refs += [turn[n] for n in position]
         spares += [turn[n][0] for n in spare_positions(turn, results, frozenset(linked))]
         if number == 0:  # a conversation continues from the first candidate, with its kept images only
+            signature_of = {turn[p["image"]][0]: p["thought_signature"] for p in parts if "image" in p and "thought_signature" in p}
             model_parts = [({**p, "image": position[p["image"]]} if "image" in p else p) for p in parts if "image" not in p or p["image"] in position]
     text = "\n".join(t.strip() for t in texts if t.strip())
     if sources:
@@ -180,7 +182,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if images:
         result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)
         result.thought_images = [await call.fetch_image(ref) for ref in thought_refs]
-        kept = [p for p in model_parts if p.get("image", 0) < len(images)]  # extra images beyond the count are no results
+        kept = [_stood_in(call, p, signature_of) for p in model_parts if p.get("image", 0) < len(images)]  # extra images beyond the count are no results
         result.sources, result.search_queries, result.model_parts = sources, queries, kept
         if finish and finish != "STOP":
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
@@ -198,6 +200,16 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         # APIYI's "highest priority" signal: nothing was generated, a review-stage rejection.
         raise SafetyRejected("Nothing was generated (candidatesTokenCount is 0): rejected at review.", stage=SafetyStage.OUTPUT_BLOCKED, reason=finish or "STOP", **details)
     raise NoImageReturned("The model finished without an image or any text.", reason=finish or "STOP", **details)
+
+
+def _stood_in(call, part: dict[str, Any], signature_of: dict[str, str]) -> dict[str, Any]:
+    """A model part whose image another of the answer's images replaced (its own could not be fetched)
+    carries that image's signature, or none: a signature is only valid with the image it was given for."""
+    ref = call.stood_in.get(part["image"]) if "image" in part else None
+    if ref is None:
+        return part
+    replaced = {k: v for k, v in part.items() if k != "thought_signature"}
+    return {**replaced, "thought_signature": signature_of[ref]} if ref in signature_of else replaced
 
 
 def read_grounding(metadata: Any, sources: list[dict[str, str]], queries: list[str]) -> None:
