@@ -278,7 +278,7 @@ class ProviderCall:
         fetched too, at most MAX_EXTRA_IMAGES, and kept apart (extra_images, saved with the result but
         not in the output; a warning says so). Bytes that are not a usable image do not stop the
         rest: they were paid for, so one UnusableImage is raised at the end carrying every payload of
-        the answer, to be saved. A link that cannot be downloaded does not stop the rest either: the
+        the answer (the spare_refs' too), to be saved. A link that cannot be downloaded does not stop the rest either: the
         next image of the answer beyond the count takes its place (a link the model wrote in its text,
         which a prompt can steer, must not push the paid image out), then the `spare_refs` in order (the
         answer's images that are no result of their own, such as a gateway's drafts before its final
@@ -326,8 +326,10 @@ class ProviderCall:
         fetched = [item for item in fetched if not (isinstance(item, BananaError) and not isinstance(item, UnusableImage))]
         unusable = [item for item in fetched if isinstance(item, UnusableImage)]
         if unusable:
+            # The answer's other images (a gateway's drafts) were paid with it too: saved with the unusable bytes.
+            others = await self._extras(fetch_all, spares[max(0, len(beyond) - used) :])
             first = unusable[0]
-            first.payloads = [p for item in fetched for p in (item.payloads if isinstance(item, UnusableImage) else [item])] + extras
+            first.payloads = [p for item in fetched for p in (item.payloads if isinstance(item, UnusableImage) else [item])] + extras + others
             if len(unusable) > 1:
                 first.message += f" ({len(unusable)} of {len(fetched)} results are unusable.)"
                 first.args = (str(first),)

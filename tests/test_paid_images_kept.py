@@ -196,3 +196,17 @@ def test_an_image_that_stood_in_carries_its_own_signature_into_the_conversation(
     result = apiyi()
     assert sizes(result) == [(5, 4)]
     assert result.model_parts == [{"image": 0, "thought_signature": "c2lnLWRyYWZ0"}]
+
+
+def test_when_the_kept_image_is_unusable_the_turns_other_images_are_kept_with_its_bytes(presets, tmp_path):
+    """The turn's last image is bytes that are no usable image: the call fails with them saved (.bin),
+    and the draft before it, paid with the same answer, is saved with them instead of lost."""
+    from banana_pack.providers.errors import UnusableImage
+
+    garbage = {"inlineData": {"mimeType": "image/png", "data": base64.b64encode(b"\x00\x01 not an image at all" * 4).decode()}}
+    presets.route("POST", GEMINI_PATH, Reply(json=gemini_answer(inline(5, 4), garbage)))
+    with pytest.raises(UnusableImage) as caught:
+        apiyi()
+    assert sorted((p.mime, p.width) for p in caught.value.payloads) == [("application/octet-stream", None), ("image/png", 5)]
+    outcome = gemini_batch(tmp_path)
+    assert outcome.status == "failed" and saved_images(tmp_path) == [(5, 4)] and len(list(tmp_path.glob("*/*.bin"))) == 1
