@@ -16,15 +16,18 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
+from pathlib import Path
 from typing import Any
 
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
 from ..providers.client import resolve
+from ..providers.config import config_dir, warn_once
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, InvalidRequest, Refusal, UnusableImage
+from ..providers.errors import BananaError, Cancelled, ConfigError, InvalidRequest, Refusal, UnusableImage
 from ..providers.failover import generate_with_failover
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
 from ..providers.redaction import redact, redact_data
+from .housekeeping import tidy_once
 from .store import ResultStore, put_blob, read_blob, request_key
 
 # Statuses in the report.
@@ -102,6 +105,7 @@ class ItemOutcome:
     failover: list[dict[str, Any]] = field(default_factory=list)  # attempts that moved on: provider, key_slot, error
     seconds: float | None = None
     files: list[str] = field(default_factory=list)
+    extra_files: list[str] = field(default_factory=list)  # images beyond the count asked for: saved, not in the output
     text: str = ""
     warnings: list[str] = field(default_factory=list)
     sources: list[dict[str, str]] = field(default_factory=list)  # search grounding: {"title", "uri"}
@@ -199,6 +203,7 @@ async def run_batch(
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
+    journal = store if store is not None else await asyncio.to_thread(job_journal_without_store)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = [_key_fields(spec.id, offer.model_id, r) for r in requests]
@@ -226,14 +231,14 @@ async def run_batch(
 
         def on_task(handle: dict) -> None:
             outcome.request_id = job_id(handle)  # known from the submit on, so even a cancelled item names its job
-            if store is not None:
-                store.remember_task(key, handle, provenance)
+            if journal is not None:
+                journal.remember_task(key, handle, provenance)
 
         ctx = CallContext(
             cancel_check=cancel_check,
             on_status=lambda text: update(f"item {item.index + 1}: {text}"),
             on_task=on_task,
-            resume_task=store.pending_task(key) if store is not None else None,
+            resume_task=await asyncio.to_thread(journal.pending_task, key) if journal is not None else None,
         )
         outcome.request_id = job_id(ctx.resume_task)
 
@@ -254,8 +259,8 @@ async def run_batch(
             try:
                 result = await serve(ctx)
             except Refusal:
-                if store is not None:
-                    store.forget_task(key)  # that job is over; a re-run is a new request
+                if journal is not None:
+                    journal.forget_task(key)  # that job is over; a re-run is a new request
                 raise
             except BananaError as exc:
                 if ctx.resume_task is None:
@@ -266,18 +271,25 @@ async def run_batch(
                     say_journal_kept(exc, outcome.request_id)
                     raise
                 # The provider says the journaled job expired or failed: run it anew.
-                if store is not None:  # (a resumed task implies a store)
-                    store.forget_task(key)
+                if journal is not None:  # (a resumed task implies a journal)
+                    journal.forget_task(key)
                 result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 extras = _extras(result)
                 try:
                     paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
-                    outcome.files = [store.view_path(p) for p in paths]
+                    name_saved(outcome, store, result, paths)
                     for image in result.thought_images:  # paid for too: kept by hash
                         await asyncio.to_thread(put_blob, store.root, image.data)
                 except OSError as exc:  # the folder is unusable (a planted file in its place): keep the paid images in the graph
                     result.warnings.append(redact(f"Not saved to {store.view_path(store.root)}: {type(exc).__name__}: {exc.strerror or exc}. The images are in this node's output only."))
+            elif journal is not None:
+                await asyncio.to_thread(journal.forget_task, key)  # collected: store.save does this where there is a store
+            if store is None and result.extra_images:
+                result.warnings.append(
+                    f"{len(result.extra_images)} extra image(s) beyond the {item.count} asked for came with this answer (paid for); "
+                    "they are not in the output and were not kept, because save_to is empty: set save_to to keep them."
+                )
             outcome.thought_images, outcome.model_parts = result.thought_images, result.model_parts
             outcome.sources, outcome.search_queries = result.sources, result.search_queries
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
@@ -296,6 +308,8 @@ async def run_batch(
         except UnusableImage as exc:
             if store is not None and exc.payloads:
                 outcome.files = await asyncio.to_thread(save_unusable, store, key, exc, provenance)
+            elif journal is not None and exc.payloads:
+                await asyncio.to_thread(journal.forget_task, key)  # its answer arrived: collected, as store.save records
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             progress.failed += 1
         except BananaError as exc:
@@ -371,6 +385,31 @@ def release_keys(keys: list[str]) -> None:
         _claimed.difference_update(keys)
 
 
+JOURNAL_WITHOUT_STORE = "jobs"  # under the pack's config folder
+
+
+def journal_without_store_root() -> Path | None:
+    """Where a run without a result store (save_to empty) journals its accepted asynchronous jobs: the
+    pack's config folder, never ComfyUI's output folder (config_dir refuses a folder ComfyUI serves).
+    None when the config folder is refused."""
+    try:
+        return config_dir() / JOURNAL_WITHOUT_STORE
+    except ConfigError as exc:
+        warn_once("Nano Banana Bridge: no job journal without save_to (%s); a re-run cannot attach to an accepted job.", exc.headline())
+        return None
+
+
+def job_journal_without_store() -> ResultStore | None:
+    """The journal of a run without a result store, so a re-run after a stop, a timeout or a crash
+    attaches to its accepted jobs instead of paying again. Only journal entries are written there,
+    signed like a save folder's (the jobs tab lists them too)."""
+    root = journal_without_store_root()
+    if root is None:
+        return None
+    tidy_once(root)  # expired entries go, as in a save folder at its first use
+    return ResultStore(root)
+
+
 def job_is_over(error: BananaError) -> bool:
     """Whether a journaled job's error is the provider's word that the job is gone or failed for good,
     so the request may be submitted anew: not found or expired (404, 410), rejected (422), or a final
@@ -396,6 +435,18 @@ def job_id(handle: dict | None) -> str | None:
         return None
     value = handle.get("request_id") or handle.get("task_id")
     return str(value) if value else None
+
+
+def name_saved(outcome: ItemOutcome, store: ResultStore, result: GenerationResult, paths: list) -> None:
+    """The saved files on the outcome (store.save's paths: the results, then the extra images), and a
+    warning naming where the extra images went: they were paid for, and the output does not show them."""
+    names = [store.view_path(p) for p in paths]
+    outcome.files, outcome.extra_files = names[: len(result.images)], names[len(result.images) :]
+    if outcome.extra_files:
+        result.warnings.append(
+            f"{len(outcome.extra_files)} extra image(s) beyond the count asked for came with this answer (paid for): "
+            f"not in the output, saved as {', '.join(outcome.extra_files)}."
+        )
 
 
 def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance: dict[str, Any]) -> list[str]:

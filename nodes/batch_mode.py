@@ -46,6 +46,7 @@ from .batch import (
     _key_fields,
     _request,
     claim_keys,
+    name_saved,
     release_keys,
 )
 from .spend import RunSpend
@@ -267,7 +268,7 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
             price_result(result, call.model, request.resolution, discount=spend.discount)
             result.request_id = result.request_id or f"{name}#{entry}"
             paths = await asyncio.to_thread(store.save, key, result, {**provenance, "delivery": "batch", "batch": name})  # on disk before any decoding
-            outcome.files = [store.view_path(p) for p in paths]
+            name_saved(outcome, store, result, paths)
             outcome.status, outcome.images, outcome.text = OK, result.images, redact(result.text)
             outcome.request_id, outcome.cost, outcome.cost_unit = result.request_id, result.cost, result.cost_unit
             outcome.cost_source, outcome.usage = result.cost_source, result.usage

@@ -210,11 +210,14 @@ class ResultStore:
     # -- saving on arrival ---------------------------------------------------------------------
 
     def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
-        """Write every image's original bytes, then the cache entry, then each sidecar; return the image paths.
+        """Write every image's original bytes, then the cache entry, then each sidecar; return the
+        paths of result.images, then of result.extra_images.
 
         cache=False: keep the bytes without answering later requests from them (unusable results,
         saved as .bin because they were paid for). The cache entry comes before the sidecars: once
         the images are on disk, what keeps a re-run from paying for them again follows first.
+        Extra images (beyond the count asked for) are saved as `<stem>_extra<n>`, named in the
+        sidecars, and are not part of the cache entry: a cached answer has the count asked for.
         """
         now = dt.datetime.now()
         folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
@@ -224,6 +227,11 @@ class ResultStore:
             path = folder / f"{stem}_{n}.{image.extension}"
             _atomic_write(path, image.data)
             paths.append(path)
+        extra_paths: list[Path] = []
+        for n, image in enumerate(result.extra_images):
+            path = folder / f"{stem}_extra{n}.{image.extension}"
+            _atomic_write(path, image.data)
+            extra_paths.append(path)
         sidecar = {
             **provenance,
             "provider": result.provider,
@@ -239,6 +247,8 @@ class ResultStore:
             "saved_at": now.isoformat(timespec="seconds"),
             "cache_key": key,
         }
+        if extra_paths:
+            sidecar["extra_files"] = [p.name for p in extra_paths]
         if cache:
             files = [{"path": p.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(image.data).hexdigest(), "bytes": len(image.data)} for p, image in zip(paths, result.images)]
             # The images are on disk: bookkeeping that a planted file blocks must not fail the paid result.
@@ -246,12 +256,13 @@ class ResultStore:
                 self._write_entry(self._cache_path(key), _CACHE, key, {"files": files, "text": result.text, "meta": sidecar})
             except OSError as exc:
                 _ignore(self._cache_path(key), f"could not write the cache entry ({type(exc).__name__}); the result is saved, but not cached")
-        for n, path in enumerate(paths):
-            image = result.images[n]
+        for n, (path, image) in enumerate(zip(paths + extra_paths, result.images + result.extra_images)):
             details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
+            if n >= len(paths):
+                details["extra"] = True  # beyond the count asked for: not in the node's output
             _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         self.forget_task(key)
-        return paths
+        return paths + extra_paths
 
     # -- the cache -----------------------------------------------------------------------------
 

@@ -222,6 +222,10 @@ class ProviderSpec:
     # https hosts besides the base URL's origin that may receive the key ("host" or "*.domain"); see engine/auth.py.
     auth_hosts: tuple[str, ...] = ()
     honours: frozenset[str] | None = None  # FAMILY_GATED options it carries; None: its family's FAMILY_OPTIONS
+    # A 429 from it may come after the request was billed (a reseller that bills a request when it
+    # arrives): the engine then never resends a paid request it answered with 429 (policy.py,
+    # RATE_LIMITED_MAY_BILL). Settable per provider in providers.json ("rate_limit_may_bill").
+    rate_limit_may_bill: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "models", tuple(narrowed(offer, self.honoured_options) for offer in self.models))
@@ -372,6 +376,9 @@ PRESETS: tuple[ProviderSpec, ...] = (
         read_timeout=600.0,  # APIYI: 360 s, 600 s for 4K or many references
         # Its gateway sends interim drafts as ordinary image parts before the final one (providers.md 2.4).
         options=_freeze({"keep_images": "last"}),
+        # APIYI bills a synchronous call on receipt (providers.md 2.4) and calls its 429s upstream
+        # capacity; whether a 429'd call was billed is UNVERIFIED, so it is never resent.
+        rate_limit_may_bill=True,
     ),
     ProviderSpec(
         id="apiyi_chat",
@@ -385,6 +392,7 @@ PRESETS: tuple[ProviderSpec, ...] = (
         key_help="https://api.apiyi.com (token page); keys start with sk-",
         read_timeout=600.0,
         options=_freeze({"size_controls": "none", "keep_images": "last"}),
+        rate_limit_may_bill=True,  # as apiyi: billed on receipt
     ),
     ProviderSpec(
         id="openai_hk",

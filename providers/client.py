@@ -54,6 +54,10 @@ LOST_SUBMIT_HINT = (
     "check the provider's dashboard or request history before queueing the same request again."
 )
 log = logging.getLogger("nano_banana_bridge")
+# Images beyond the count asked for are paid for and kept (result.extra_images), up to this many a
+# call: no Nano Banana call makes more, and a hostile answer listing a thousand links gets no more
+# downloads than that.
+MAX_EXTRA_IMAGES = 8
 _OFF = ("", "none", "null", "false")  # option values that mean "not set" (the environment sends strings)
 _ON = ("1", "true", "yes", "on")
 
@@ -64,7 +68,8 @@ class ProviderCall:
 
     The key never reaches protocol code as a header: send() hands the engine the provider's
     Credentials, which attach it only for the provider's origin (engine/auth.py).
-    max_images: the most images this call may return (the request's count); extra ones are dropped.
+    max_images: the most images this call returns as results (the request's count); extra ones are
+    kept apart (extra_images, at most MAX_EXTRA_IMAGES), paid for: saved, not in the output.
     """
 
     engine: HttpEngine
@@ -74,6 +79,9 @@ class ProviderCall:
     api_key: str = field(repr=False)
     max_images: int | None = None
     notes: list[str] = field(default_factory=list)  # warnings gathered on the way, added to the result
+    extra_images: list[GeneratedImage] = field(default_factory=list)  # beyond max_images, added to the result
+    # fetch_images: result position -> the answer's other image (its ref) that took the place of one that could not be fetched
+    stood_in: dict[int, str] = field(default_factory=dict)
     # A paid request of this call got a 2xx answer: the provider ran it, so whatever fails after
     # (parsing it, downloading its images) fails a billed generation (see paid_answer_failed).
     paid_answered: bool = False
@@ -82,7 +90,10 @@ class ProviderCall:
     @property
     def caller(self) -> Caller:
         spec = self.provider
-        return Caller(provider=spec.id, model=self.model.model_id, read_timeout=spec.read_timeout, base_url=spec.base_url, own_hosts=tuple(spec.auth_hosts))
+        return Caller(
+            provider=spec.id, model=self.model.model_id, read_timeout=spec.read_timeout, base_url=spec.base_url, own_hosts=tuple(spec.auth_hosts),
+            rate_limit_may_bill=spec.rate_limit_may_bill,
+        )
 
     # -- options: catalog values are typed, values from BANANA_<ID>_<OPTION> arrive as strings -------
 
@@ -260,21 +271,24 @@ class ProviderCall:
         on_base_url = ref.startswith("/") and not ref.startswith("/9j/")
         return await self.engine.fetch_image(self.ctx, self.caller, self.url(ref) if on_base_url else ref)
 
-    async def fetch_images(self, refs: list[str]) -> list[GeneratedImage]:
+    async def fetch_images(self, refs: list[str], spare_refs: list[str] | tuple[str, ...] = ()) -> list[GeneratedImage]:
         """fetch_image for each, concurrently, in order.
 
-        At most max_images are fetched: a provider that sends more than were asked for does not get
-        the extra ones downloaded, decoded or billed to memory (a warning says so). Bytes that are not
-        a usable image do not stop the rest: they were paid for, so one UnusableImage is raised at the
-        end carrying every payload of the answer, to be saved. A link that cannot be downloaded does
-        not stop the rest either: the next image of the answer beyond the count takes its place (a
-        link the model wrote in its text, which a prompt can steer, must not push the paid image
-        out), else the images that did arrive are returned (paid for: saved and cached) with a
-        warning per lost one; only when none arrived is the first failure raised.
+        The first max_images are the results. The ones beyond were paid with the same call: they are
+        fetched too, at most MAX_EXTRA_IMAGES, and kept apart (extra_images, saved with the result but
+        not in the output; a warning says so). Bytes that are not a usable image do not stop the
+        rest: they were paid for, so one UnusableImage is raised at the end carrying every payload of
+        the answer (the spare_refs' too), to be saved. A link that cannot be downloaded does not stop the rest either: the
+        next image of the answer beyond the count takes its place (a link the model wrote in its text,
+        which a prompt can steer, must not push the paid image out), then the `spare_refs` in order (the
+        answer's images that are no result of their own, such as a gateway's drafts before its final
+        image: fetched only to stand in), else the images that did arrive are returned (paid for:
+        saved and cached) with a warning per lost one; only when none arrived is the first failure raised.
         """
-        spares = list(refs)
+        ordered = list(refs)
         refs = self._within_count(refs)
-        del spares[: len(refs)]
+        beyond = ordered[len(refs):]
+        spares = beyond + list(spare_refs)
 
         async def fetch(ref: str) -> GeneratedImage | BananaError:
             try:
@@ -282,41 +296,67 @@ class ProviderCall:
             except BananaError as exc:  # an UnusableImage too: its bytes are kept below
                 return exc
 
-        tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
-        try:
-            fetched = list(await asyncio.gather(*tasks))
-        except BaseException:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+        async def fetch_all(refs: list[str]) -> list[GeneratedImage | BananaError]:
+            tasks = [asyncio.ensure_future(fetch(ref)) for ref in refs]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+
+        fetched = await fetch_all(refs)
         lost: list[BananaError] = []
         for n, item in enumerate(fetched):
             if not isinstance(item, BananaError) or isinstance(item, UnusableImage):
                 continue
             while spares and isinstance(fetched[n], BananaError) and not isinstance(fetched[n], UnusableImage):
-                fetched[n] = await fetch(spares.pop(0))
+                self.stood_in[n] = spares.pop(0)
+                fetched[n] = await fetch(self.stood_in[n])
             if isinstance(fetched[n], GeneratedImage) or isinstance(fetched[n], UnusableImage):
-                self.notes.append(f"Image {n + 1} of the answer could not be downloaded; the next one took its place: {clip(item.message, 200)}")
+                self.notes.append(f"Image {n + 1} of the answer could not be downloaded; another image of the same answer took its place: {clip(item.message, 200)}")
             else:
                 lost.append(item)
                 self.notes.append(f"Image {n + 1} of {len(fetched)} could not be downloaded, the others are kept: {clip(item.message, 200)}")
         if lost and len(lost) == len(fetched):
             raise lost[0]
+        used = len(beyond) + len(spare_refs) - len(spares)  # spares taken from the front: `beyond` first
+        extras = await self._extras(fetch_all, beyond[used:])
         fetched = [item for item in fetched if not (isinstance(item, BananaError) and not isinstance(item, UnusableImage))]
         unusable = [item for item in fetched if isinstance(item, UnusableImage)]
         if unusable:
+            # The answer's other images (a gateway's drafts) were paid with it too: saved with the unusable bytes.
+            others = await self._extras(fetch_all, spares[max(0, len(beyond) - used) :])
             first = unusable[0]
-            first.payloads = [p for item in fetched for p in (item.payloads if isinstance(item, UnusableImage) else [item])]
+            first.payloads = [p for item in fetched for p in (item.payloads if isinstance(item, UnusableImage) else [item])] + extras + others
             if len(unusable) > 1:
                 first.message += f" ({len(unusable)} of {len(fetched)} results are unusable.)"
                 first.args = (str(first),)
             raise first
+        self.extra_images += extras
         return [item for item in fetched if isinstance(item, GeneratedImage)]
+
+    async def _extras(self, fetch_all: Callable[[list[str]], Awaitable[list[GeneratedImage | BananaError]]], refs: list[str]) -> list[GeneratedImage]:
+        """The images beyond the count, at most MAX_EXTRA_IMAGES: paid for, kept apart. One that cannot be
+        fetched is a warning (it is no result); unusable bytes are kept as they are (saved as .bin)."""
+        extras: list[GeneratedImage] = []
+        for n, item in enumerate(await fetch_all(refs[:MAX_EXTRA_IMAGES])):
+            if isinstance(item, GeneratedImage):
+                extras.append(item)
+            elif isinstance(item, UnusableImage):
+                extras += item.payloads
+            else:
+                self.notes.append(f"Extra image {n + 1} (beyond the count asked for) could not be downloaded: {clip(item.message, 200)}")
+        return extras
 
     def _within_count(self, items: list) -> list:
         if self.max_images is not None and len(items) > self.max_images:
-            note = f"{self.provider.display_name} returned {len(items)} images for {self.max_images} asked; the extra ones were dropped."
+            beyond = len(items) - self.max_images
+            kept = f"the other {min(beyond, MAX_EXTRA_IMAGES)} are kept apart (saved with the result, not in the output)"
+            if beyond > MAX_EXTRA_IMAGES:
+                kept += f"; {beyond - MAX_EXTRA_IMAGES} more were ignored"
+            note = f"{self.provider.display_name} returned {len(items)} images for {self.max_images} asked: the output has {self.max_images}, {kept}."
             if note not in self.notes:
                 self.notes.append(note)
             return items[: self.max_images]
@@ -324,9 +364,11 @@ class ProviderCall:
 
     def result(self, images: list[GeneratedImage], *, asked: int | None = None, **fields: Any) -> GenerationResult:
         """The result; with `asked`, a warning when the provider returned fewer images than that.
-        More than max_images are cut to max_images, with a warning."""
-        images = self._within_count(images)
-        result = GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, **fields)
+        More than max_images are cut to max_images, the others kept as extra_images, with a warning."""
+        kept = self._within_count(images)
+        self.extra_images += images[len(kept) :][: max(0, MAX_EXTRA_IMAGES - len(self.extra_images))]
+        images = kept
+        result = GenerationResult(provider=self.provider.id, model=self.model.model_id, images=images, extra_images=list(self.extra_images), **fields)
         result.warnings.extend(self.notes)
         if asked is not None and len(images) < asked:
             result.warnings.append(f"Asked for {asked} images, {self.provider.display_name} returned {len(images)}.")

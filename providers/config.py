@@ -285,6 +285,8 @@ def _apply_settings(spec: ProviderSpec, settings: Mapping[str, Any]) -> Provider
                 changes[field_name] = cast(raw)
             except ValueError:
                 raise ConfigError(f"{env_name(spec.id, suffix)} must be a number, got {raw!r}.") from None
+    if isinstance(settings.get("rate_limit_may_bill"), bool):  # the user knows how their gateway bills a 429
+        changes["rate_limit_may_bill"] = settings["rate_limit_may_bill"]
     options = dict(spec.options)
     options.update(settings.get("options") or {})
     for option in spec.options:

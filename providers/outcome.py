@@ -134,6 +134,9 @@ class GenerationResult:
     # The model's turn as a conversation continues it: [{"text"} | {"image": index into images}] each
     # with its "thought_signature" when the model gave one. None: this protocol has no multi-turn.
     model_parts: list[dict[str, Any]] | None = None
+    # Images beyond the count asked for: paid with the same call, so saved with the result, but not
+    # in the node's output (which has the count asked for).
+    extra_images: list[GeneratedImage] = field(default_factory=list)
 
 
 def format_sources(sources: list[dict[str, str]]) -> str:
@@ -263,20 +266,35 @@ def image_refs_in_text(text: str) -> tuple[list[str], str]:
 Ref = TypeVar("Ref", bound=Hashable)
 
 
-def final_images(turn: list[Ref], keep_last: bool) -> list[Ref]:
-    """The results among one turn's images (a Gemini candidate, a chat choice), in order.
+def final_positions(turn: list[Ref], keep_last: bool, linked: frozenset[int] = frozenset()) -> list[int]:
+    """The positions in `turn` of its results (a Gemini candidate's images, a chat choice's), in order.
 
     Google marks its interim drafts `thought: true` and the protocol skips them. Some gateways
     (APIYI, providers.md 2.4) send the drafts as ordinary image parts before the final one: a
     preset that does sets the option keep_images "last", and only the turn's last image is a
     result. Everywhere, an image sent twice in one turn is one result, at its last position.
+
+    keep_last keeps the last image the provider sent as one (inline data, a file part, an images[]
+    entry), not a link in the model's text after it (`linked`): the text is the model's, a prompt
+    steers it, and a link there must not push the paid image out. Only a turn with nothing but
+    links keeps its last link.
     """
-    return [turn[n] for n in final_positions(turn, keep_last)]
-
-
-def final_positions(turn: list[Ref], keep_last: bool) -> list[int]:
-    """The positions in `turn` of its results (see final_images)."""
     if keep_last:
-        return [len(turn) - 1] if turn else []
+        sent = [n for n in range(len(turn)) if n not in linked]
+        return [(sent or list(range(len(turn))))[-1]] if turn else []
     last_position = {ref: n for n, ref in enumerate(turn)}
     return [n for n, ref in enumerate(turn) if last_position[ref] == n]
+
+
+def spare_positions(turn: list[Ref], kept: list[int], linked: frozenset[int] = frozenset()) -> list[int]:
+    """The turn's other images, each once, in the order they take a kept one's place when it cannot
+    be fetched: the provider's own images latest first (the draft nearest the final), then the links
+    in its text. They were paid for with the turn: a failed download must not lose all of them."""
+    seen = {turn[n] for n in kept}
+    latest_first = list(reversed(range(len(turn))))
+    spares = []
+    for n in [n for n in latest_first if n not in linked] + [n for n in latest_first if n in linked]:
+        if turn[n] not in seen:
+            seen.add(turn[n])
+            spares.append(n)
+    return spares

@@ -143,10 +143,10 @@ def test_several_images(setup, provider):
     asked = 2 if provider == "evolink" else 1
     result = gen(provider, "Nano Banana Pro", count=asked)
     # EvoLink's results[] and result_data[] name the same two URLs; APIMaster's two for one asked:
-    # only the count asked for is used (and downloaded), with a warning.
-    assert len(result.images) == asked
-    assert len(setup.hits("GET", r"^/(generated|imgs)/")) == asked
-    assert any("extra ones were dropped" in w for w in result.warnings) == (asked == 1)
+    # the count asked for is the result, the other one (paid for too) is downloaded and kept apart.
+    assert len(result.images) == asked and len(result.extra_images) == 2 - asked
+    assert len(setup.hits("GET", r"^/(generated|imgs)/")) == 2
+    assert any("kept apart" in w for w in result.warnings) == (asked == 1)
 
 
 def test_evolink_usage_is_kept(setup):

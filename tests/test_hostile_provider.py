@@ -248,21 +248,26 @@ def test_inline_base64_image_has_the_download_size_limit(google, monkeypatch):
 
 
 def test_only_the_requested_number_of_images_is_used(hk):
+    """The count asked for is the result; the extra images (paid for, kept apart and saved) are capped."""
+    from banana_pack.providers.client import MAX_EXTRA_IMAGES
+
     urls = [{"url": f"{hk.url}/cdn/{i}.png"} for i in range(20)]
     hk.route("POST", r"^/v1/images/generations$", reply(200, {"data": urls}))
     hk.route("GET", r"^/cdn/", reply(200, raw=png_bytes(2, 2), headers={"Content-Type": "image/png"}))
     result = gen("openai_hk", "Nano Banana Pro")
-    assert len(result.images) == 1 and hk.count("GET", r"^/cdn/") == 1
-    assert any("returned 20 images for 1 asked" in w for w in result.warnings)
+    assert len(result.images) == 1 and len(result.extra_images) == MAX_EXTRA_IMAGES
+    assert hk.count("GET", r"^/cdn/") == 1 + MAX_EXTRA_IMAGES
+    assert any("returned 20 images for 1 asked" in w and f"{19 - MAX_EXTRA_IMAGES} more were ignored" in w for w in result.warnings)
 
 
 def test_inline_images_beyond_the_count_are_dropped_too(google):
     answer = fixture("gemini/success_single.json")
-    # Thirty distinct images (an image repeated in one turn counts once: see outcome.final_images).
+    # Thirty distinct images (an image repeated in one turn counts once: see outcome.final_positions).
     answer["candidates"][0]["content"]["parts"] = [{"inlineData": {"mimeType": "image/png", "data": base64.b64encode(png_bytes(n + 1, 1)).decode()}} for n in range(30)]
     google.route("POST", GEN, reply(200, answer))
     result = gen()
     assert len(result.images) == 1 and any("returned 30 images for 1 asked" in w for w in result.warnings)
+    assert [im.width for im in result.extra_images] == list(range(2, 10))  # the first extras, up to the cap
 
 
 def test_a_workflow_naming_a_url_as_model_id_override_is_refused_by_the_node(fal, other, tmp_path):

@@ -36,7 +36,8 @@ def fal(server, monkeypatch):
 
 
 def once(settings, root):
-    (outcome,) = run(run_batch(expand_items(["a lighthouse"], [], seed=11), settings, store=ResultStore(root)))
+    """One run of one item; root None: without a result store (save_to empty)."""
+    (outcome,) = run(run_batch(expand_items(["a lighthouse"], [], seed=11), settings, store=ResultStore(root) if root is not None else None))
     return outcome
 
 
@@ -487,3 +488,71 @@ def test_a_link_the_model_wrote_to_a_private_host_does_not_drop_the_paid_image(c
     result = run(generate("openai_hk_chat", "Nano Banana Pro", GenerationRequest(prompt="a red kite")))
     assert [(im.width, im.height) for im in result.images] == [(6, 3)]
     assert any("10.1.2.3" in warning for warning in result.warnings)
+
+
+# -- no save folder: the job journal lives in the pack's config folder ----------------------------------
+
+
+def test_without_save_to_a_rerun_attaches_to_the_fal_job_instead_of_paying_again(fal, isolated_config):
+    """save_to empty (no result store): the accepted job used to be journaled nowhere, so the re-run
+    after a failed wait (a stop, a timeout, a crash) submitted and paid for it again."""
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    first = once(FAL, None)
+    assert first.status == "failed" and first.request_id == RID
+    (entry,) = (isolated_config / "jobs" / ".journal").glob("*.json")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    second = once(FAL, None)
+    assert second.status == "ok" and [(im.width, im.height) for im in second.images] == [(7, 5)]
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+    assert not entry.exists(), "the collected job stays journaled"
+
+
+def test_without_save_to_a_stopped_evolink_job_is_collected_by_the_next_run(evolink, isolated_config):
+    evolink.route("GET", EVOLINK_TASK, Reply(503, body=b"busy", content_type="text/plain"))
+    assert once(EVOLINK, None).status == "failed"
+    evolink.route("GET", EVOLINK_TASK, Reply(json=evolink.done))
+    assert once(EVOLINK, None).status == "ok"
+    assert len(evolink.hits("POST", EVOLINK_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+    assert not list((isolated_config / "jobs" / ".journal").glob("*.json"))
+
+
+def test_without_save_to_the_node_journals_the_job_outside_the_output_folder(fal, isolated_config, tmp_path):
+    """Through the node's render(), as ComfyUI runs it with save_to empty: nothing is written under
+    the output folder (anyone who reaches ComfyUI can write there), and the re-run attaches."""
+    from banana_pack.nodes.render import RenderInputs, render
+
+    output = tmp_path / "output"
+    output.mkdir()
+    inputs = RenderInputs(provider="fal", model="Nano Banana Pro", prompts=["a lighthouse"], seed=11, resolution="1K")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    with pytest.raises(BananaError):
+        run(render(inputs, store_root=None, output_root=output))
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    done = run(render(inputs, store_root=None, output_root=output))
+    assert tuple(done.images.shape[:3]) == (1, 5, 7)
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+    assert not any(output.rglob("*")), "the journal was written under ComfyUI's output folder"
+
+
+def test_the_jobs_tab_lists_and_cancels_a_job_journaled_without_save_to(fal, isolated_config, tmp_path):
+    """A re-run's error for a journaled job says the jobs tab lists it: so it must, without save_to too."""
+    from banana_pack.nodes.jobs_routes import cancel_job, jobs_summary
+
+    output = tmp_path / "output"
+    output.mkdir()
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    assert once(FAL, None).status == "failed"
+    (job,) = run(jobs_summary(base=output, with_status=False))["jobs"]
+    assert job["task_id"] == RID and job["provider"] == "fal" and job["id"].startswith("config:") and job["can_cancel"]
+    fal.route("PUT", rf"/requests/{RID}/cancel$", Reply(json={"status": "CANCELLATION_REQUESTED"}))
+    status, _ = run(cancel_job({"id": job["id"]}, base=output))
+    assert status == 200 and len(fal.hits("PUT", rf"/requests/{RID}/cancel$")) == 1
+    assert run(cancel_job({"id": "config:" + "0" * 64}, base=output))[0] == 404
+
+
+def test_without_save_to_a_job_whose_answer_was_unusable_is_not_attached_again(fal, isolated_config):
+    """Its answer arrived (bytes that are no image): the job is collected, as with a save folder, so the
+    re-run is a new request instead of fetching the same unusable bytes for as long as the job lives."""
+    fal.route("GET", rf"^/files/{RID}\.png$", Reply(body=b"\x00 not an image" * 8, content_type="image/png"))
+    assert once(FAL, None).reason == "unusable_image"
+    assert not list((isolated_config / "jobs" / ".journal").glob("*.json"))

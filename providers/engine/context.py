@@ -59,3 +59,4 @@ class Caller:
     read_timeout: float = 360.0
     base_url: str = ""
     own_hosts: tuple[str, ...] = ()
+    rate_limit_may_bill: bool = False  # the catalog's word: a 429 from it may come after billing

@@ -18,6 +18,7 @@ import httpx
 
 # How a request ended, as far as the billing rules care.
 RATE_LIMITED = "rate_limited"
+RATE_LIMITED_MAY_BILL = "rate_limited_may_bill"
 REPORTED_FAILURE = "reported_failure"
 NEVER_CONNECTED = "never_connected"
 OTHER_STATUS = "other_status"
@@ -41,6 +42,11 @@ class BillingRule:
 
 BILLING_RULES: tuple[BillingRule, ...] = (
     BillingRule(RATE_LIMITED, "HTTP 429 (rate limited; not an empty balance or a used-up daily quota)", True, True, True, "refused before any work"),
+    BillingRule(
+        RATE_LIMITED_MAY_BILL,
+        "HTTP 429 from a provider that bills a request when it arrives (the catalog's rate_limit_may_bill: APIYI)",
+        False, False, True, "it may have been billed on arrival",
+    ),
     BillingRule(REPORTED_FAILURE, "HTTP 500, 502 or 503 with the provider's own JSON error envelope", True, False, True, "the provider reports that it failed"),
     BillingRule(NEVER_CONNECTED, "the connection never opened (connect error or connect timeout)", True, True, True, "nothing was sent"),
     BillingRule(UNREPORTED_FAILURE, "HTTP 500, 502 or 503 without the provider's error envelope (a proxy's page, an API gateway's {\"message\"} JSON, an empty body)", False, False, True, "no word from the provider: it may have run"),
@@ -53,17 +59,19 @@ BILLING_RULES: tuple[BillingRule, ...] = (
 )
 RULES_BY_OUTCOME = {rule.outcome: rule for rule in BILLING_RULES}
 # Outcomes after which a paid request may have been processed (and billed) by the provider.
-MAYBE_BILLED = frozenset({UNREPORTED_FAILURE, GATEWAY_TIMEOUT, READ_TIMEOUT, CONNECTION_LOST, TRUNCATED})
+MAYBE_BILLED = frozenset({UNREPORTED_FAILURE, GATEWAY_TIMEOUT, READ_TIMEOUT, CONNECTION_LOST, TRUNCATED, RATE_LIMITED_MAY_BILL})
 MAYBE_BILLED_HINT = (
     "This call may have been processed and billed by the provider, so it was NOT sent again: check the provider's "
     "dashboard or request history{request_id} before running the same request again."
 )
 
 
-def status_outcome(status: int, provider_error: bool) -> str:
-    """The outcome of an answer with an error status; provider_error: the body is the provider's own JSON error envelope (error_mapping.is_provider_error)."""
+def status_outcome(status: int, provider_error: bool, rate_limit_may_bill: bool = False) -> str:
+    """The outcome of an answer with an error status; provider_error: the body is the provider's own JSON
+    error envelope (error_mapping.is_provider_error); rate_limit_may_bill: the catalog says a 429 from this
+    provider may come after the request was billed."""
     if status == 429:
-        return RATE_LIMITED
+        return RATE_LIMITED_MAY_BILL if rate_limit_may_bill else RATE_LIMITED
     if status in (408, 504, 524):
         return GATEWAY_TIMEOUT
     if status in (500, 502, 503):

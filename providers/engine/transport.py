@@ -43,6 +43,7 @@ from .policy import (
     MAYBE_BILLED,
     MAYBE_BILLED_HINT,
     NEVER_CONNECTED,
+    RATE_LIMITED_MAY_BILL,
     READ_TIMEOUT,
     REDIRECTED,
     REPORTED_FAILURE,
@@ -191,7 +192,7 @@ def _failed_answer(response: Response, caller: Caller) -> _Failure:
     if retry_after is None:
         retry_after = envelope.retry_after
     error = error_for_status(response.status, envelope, caller, request_id=request_id)
-    outcome = status_outcome(response.status, provider_error=is_provider_error(envelope.body))
+    outcome = status_outcome(response.status, provider_error=is_provider_error(envelope.body), rate_limit_may_bill=caller.rate_limit_may_bill)
     return _Failure(error, outcome, answered=True, request_id=request_id, retry_after=retry_after, hint=retry_hint(response.headers))
 
 
@@ -441,7 +442,9 @@ class HttpEngine:
             if not retryable or not budget_left:
                 # A submit's reported 5xx is not resent because it may hide an accepted job: it says so too.
                 hidden_job = policy.billing == "submit" and failure.outcome == REPORTED_FAILURE
-                if policy.paid and (failure.outcome in MAYBE_BILLED or hidden_job) and error.sent:
+                # An empty balance or a used-up quota (exhausted), even as a 429, was no generation.
+                no_work = failure.outcome == RATE_LIMITED_MAY_BILL and getattr(error, "exhausted", False)
+                if policy.paid and (failure.outcome in MAYBE_BILLED or hidden_job) and error.sent and not no_work:
                     mark_maybe_billed(error, failure.request_id)
                 raise error
             delay = self._backoff(attempts if not rate_limited else rate_limited, policy, failure.retry_after)

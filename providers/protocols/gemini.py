@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import NoImageReturned, SafetyRejected, SafetyStage
-from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, Turn, final_positions, format_sources, image_refs_in_text
+from ..outcome import GeneratedImage, GenerationRequest, GenerationResult, Turn, final_positions, format_sources, image_refs_in_text, spare_positions
 
 # Output withheld by a policy filter: final, rephrase.
 SAFETY_FINISH_REASONS = frozenset(
@@ -116,9 +116,11 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         raise NoImageReturned("The response had no candidates.", reason="NO_CANDIDATES", candidates_token_count=token_count, request_id=request_id, **common)
 
     refs: list[tuple[str, str | None]] = []  # (payload or URL, declared MIME)
+    spares: list[str] = []  # the turns' other images, for a result that cannot be fetched
     thought_refs: list[str] = []
     texts: list[str] = []
     model_parts: list[dict[str, Any]] = []  # the model's turn, for a conversation to send back
+    signature_of: dict[str, str] = {}  # the first candidate's image refs -> the signature the model gave each
     sources: list[dict[str, str]] = []
     queries: list[str] = []
     finish_reasons: list[str] = []
@@ -134,6 +136,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
             finish_messages.append(str(message))
         turn: list[tuple[str, str | None]] = []  # this candidate's images, before drafts and repeats are dropped
         parts: list[dict[str, Any]] = []  # its parts for a conversation; "image" indexes `turn`
+        linked: set[int] = set()  # positions in `turn` of links the model wrote in its text
         for part in (candidate.get("content") or {}).get("parts") or []:
             if not isinstance(part, dict):
                 continue
@@ -156,26 +159,30 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
                 parts.append({"image": len(turn) - 1, **signed})
             elif isinstance(part.get("text"), str):
                 found, rest = image_refs_in_text(part["text"])
+                linked.update(range(len(turn), len(turn) + len(found)))
                 turn += [(ref, None) for ref in found]
                 parts.append({"text": part["text"] if not found else rest, **signed})
                 parts += [{"image": len(turn) - len(found) + n} for n in range(len(found))]
                 if rest:
                     texts.append(rest)
-        # Drafts a gateway sent as ordinary parts and repeated images are not results (final_images).
-        position = {n: len(refs) + k for k, n in enumerate(final_positions(turn, keep_last))}
+        # Drafts a gateway sent as ordinary parts and repeated images are not results (final_positions).
+        results = final_positions(turn, keep_last, frozenset(linked))
+        position = {n: len(refs) + k for k, n in enumerate(results)}
         refs += [turn[n] for n in position]
+        spares += [turn[n][0] for n in spare_positions(turn, results, frozenset(linked))]
         if number == 0:  # a conversation continues from the first candidate, with its kept images only
+            signature_of = {turn[p["image"]][0]: p["thought_signature"] for p in parts if "image" in p and "thought_signature" in p}
             model_parts = [({**p, "image": position[p["image"]]} if "image" in p else p) for p in parts if "image" not in p or p["image"] in position]
     text = "\n".join(t.strip() for t in texts if t.strip())
     if sources:
         text = "\n\n".join(t for t in (text, format_sources(sources)) if t)
 
-    images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs])  # at most the count asked for
+    images: list[GeneratedImage] = await call.fetch_images([ref for ref, _ in refs], spare_refs=spares)
     finish = next((r for r in finish_reasons if r != "STOP"), finish_reasons[0] if finish_reasons else None)
     if images:
         result = call.result(images, text=text, finish_reason=finish, request_id=request_id, usage=usage)
         result.thought_images = [await call.fetch_image(ref) for ref in thought_refs]
-        kept = [p for p in model_parts if p.get("image", 0) < len(images)]  # extra images beyond the count were dropped
+        kept = [_stood_in(call, p, signature_of) for p in model_parts if p.get("image", 0) < len(images)]  # extra images beyond the count are no results
         result.sources, result.search_queries, result.model_parts = sources, queries, kept
         if finish and finish != "STOP":
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
@@ -193,6 +200,16 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         # APIYI's "highest priority" signal: nothing was generated, a review-stage rejection.
         raise SafetyRejected("Nothing was generated (candidatesTokenCount is 0): rejected at review.", stage=SafetyStage.OUTPUT_BLOCKED, reason=finish or "STOP", **details)
     raise NoImageReturned("The model finished without an image or any text.", reason=finish or "STOP", **details)
+
+
+def _stood_in(call, part: dict[str, Any], signature_of: dict[str, str]) -> dict[str, Any]:
+    """A model part whose image another of the answer's images replaced (its own could not be fetched)
+    carries that image's signature, or none: a signature is only valid with the image it was given for."""
+    ref = call.stood_in.get(part["image"]) if "image" in part else None
+    if ref is None:
+        return part
+    replaced = {k: v for k, v in part.items() if k != "thought_signature"}
+    return {**replaced, "thought_signature": signature_of[ref]} if ref in signature_of else replaced
 
 
 def read_grounding(metadata: Any, sources: list[dict[str, str]], queries: list[str]) -> None:

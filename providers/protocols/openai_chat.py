@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError, NoImageReturned, SafetyRejected, SafetyStage
-from ..outcome import GenerationRequest, GenerationResult, final_images, image_refs_in_text
+from ..outcome import GenerationRequest, GenerationResult, final_positions, image_refs_in_text, spare_positions
 from .gemini import SAFETY_FINISH_REASONS
 from .openai_images import ratio_value, resolution_value, unsent_warnings
 
@@ -87,7 +87,9 @@ def image_ref(item: Any) -> str | None:
     return None
 
 
-def read_message(message: dict[str, Any], refs: list[str], texts: list[str]) -> None:
+def read_message(message: dict[str, Any], refs: list[str], texts: list[str], linked: set[int] | None = None) -> None:
+    """The message's images into `refs`, its text into `texts`; `linked` gets the positions in
+    `refs` of links the model wrote in its text (not images the gateway sent as such)."""
     refs += [ref for ref in map(image_ref, message.get("images") or []) if ref]
     content = message.get("content")
     parts = content if isinstance(content, list) else [content]
@@ -95,6 +97,8 @@ def read_message(message: dict[str, Any], refs: list[str], texts: list[str]) -> 
         text = part if isinstance(part, str) else part.get("text") if isinstance(part, dict) else None
         if isinstance(text, str):
             found, rest = image_refs_in_text(text)
+            if linked is not None:
+                linked.update(range(len(refs), len(refs) + len(found)))
             refs += found
             if rest:
                 texts.append(rest)
@@ -107,6 +111,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     if not choices and body.get("error"):
         raise call.error_in_answer(body, str(body.get("id") or "") or None)
     refs: list[str] = []
+    spares: list[str] = []  # the choices' other images, for a result that cannot be fetched
     texts: list[str] = []
     refusals: list[str] = []
     finishes: list[str] = []
@@ -116,8 +121,11 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
         message = choice.get("message")
         message = message if isinstance(message, dict) else {}
         turn: list[str] = []
-        read_message(message, turn, texts)
-        refs += final_images(turn, keep_last)
+        linked: set[int] = set()
+        read_message(message, turn, texts, linked)
+        kept = final_positions(turn, keep_last, frozenset(linked))
+        refs += [turn[n] for n in kept]
+        spares += [turn[n] for n in spare_positions(turn, kept, frozenset(linked))]
         if isinstance(message.get("refusal"), str) and message["refusal"].strip():
             refusals.append(message["refusal"].strip())
         finishes += [str(choice["finish_reason"])] if choice.get("finish_reason") else []
@@ -129,7 +137,7 @@ async def parse_response(call, body: dict[str, Any]) -> GenerationResult:
     finish = next((f for f in finishes if f != "stop"), finishes[0] if finishes else None)
     native = next((n for n in natives if n.upper() != "STOP"), None)
     if refs:
-        result = call.result(await call.fetch_images(refs), text=text, finish_reason=finish, request_id=request_id, usage=usage)
+        result = call.result(await call.fetch_images(refs, spare_refs=spares), text=text, finish_reason=finish, request_id=request_id, usage=usage)
         if finish not in (None, "stop"):
             result.warnings.append(f"The model finished with {finish}; the image may be incomplete.")
         return result
