@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import builtins
 import json
+import traceback
 
 import pytest
 from banana_pack.providers import (
     AuthError,
+    BananaError,
     ConfigError,
     GenerationRequest,
     SafetyRejected,
@@ -195,3 +197,49 @@ def test_the_key_file_path_is_not_a_secret_but_its_private_key_is(vertex, tmp_pa
     private_key = json.loads(key_file.read_text())["private_key"]
     assert redact(f"saved in {tmp_path}/output") == f"saved in {tmp_path}/output"
     assert "PRIVATE KEY" not in redact(f"oops: {private_key}")
+
+
+# -- the assertion and the access token are secrets too -----------------------------------------------
+
+
+class EchoingTokenEndpoint:
+    """A token endpoint (or a gateway in front of one) that echoes the form it was sent in its error."""
+
+    def __init__(self, status: int, shape: str) -> None:
+        self.status, self.shape, self.sent = status, shape, []
+
+    def __call__(self, req):
+        from urllib.parse import parse_qs
+
+        assertion = parse_qs(req.body.decode())["assertion"][0]
+        self.sent.append(assertion)
+        said = f"Bad request: grant_type=jwt-bearer&assertion={assertion}"
+        if self.shape == "text":
+            return Reply(self.status, body=said.encode(), content_type="text/plain")
+        return Reply(self.status, {"error": {"code": self.status, "message": said, "status": "INVALID_ARGUMENT"}})
+
+
+@pytest.mark.parametrize("status", [400, 501])  # the AuthError it becomes, and the engine's own error
+@pytest.mark.parametrize("shape", ["text", "google"])
+def test_a_token_endpoint_echoing_the_signed_assertion_does_not_show_it(vertex, status, shape, caplog):
+    """The assertion is a bearer credential for an hour: whoever holds it gets access tokens for the account."""
+    endpoint = EchoingTokenEndpoint(status, shape)
+    vertex.route("POST", r"^/token$", endpoint)
+    with pytest.raises(BananaError) as caught:
+        gen()
+    (assertion,) = set(endpoint.sent)
+    signature = assertion.rsplit(".", 1)[1]
+    shown = "\n".join([str(caught.value), repr(caught.value), "".join(traceback.format_exception(caught.value))] + [r.getMessage() for r in caplog.records])
+    assert "Bad request" in str(caught.value)  # the endpoint's words are shown...
+    assert signature[:8] not in shown and signature[-8:] not in shown and signature[100:120] not in shown  # ...without the signature
+
+
+def test_a_token_answer_that_is_not_json_never_shows_the_access_token(vertex):
+    """Some OAuth servers answer form-encoded: the "expected JSON" error quoted the body, token and all."""
+    vertex.route("POST", r"^/token$", Reply(200, body=f"access_token={TOKEN}&expires_in=3599&token_type=Bearer".encode(), content_type="application/x-www-form-urlencoded"))
+    with pytest.raises(BananaError) as caught:
+        gen()
+    text = str(caught.value)
+    assert "token endpoint" in text and "JSON" in text
+    assert "loopback-access-token" not in text and "loopback-access-token" not in "".join(traceback.format_exception(caught.value))
+    assert vertex.hits("POST", GEN_PATH) == []
