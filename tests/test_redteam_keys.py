@@ -327,6 +327,23 @@ def test_an_error_page_in_another_charset_does_not_carry_the_key_past_redaction(
         assert ECHO_KEY[:8] not in text_form and ECHO_KEY[-8:] not in text_form, shown
 
 
+@pytest.mark.parametrize("charset", ["idna", "undefined", "rot13", "no-such-charset"])
+def test_an_error_page_in_a_charset_python_cannot_read_it_with_is_still_a_typed_error(charset, server, monkeypatch):
+    """Python knows `idna` and `undefined` but neither decodes with errors="replace": the UnicodeError
+    left the engine as itself, not as the provider's error with its status."""
+    from banana_pack.providers import GenerationRequest, UpstreamUnavailable, generate
+    from loopback import Reply
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    body = f"Upstream failed \xff for x-goog-api-key: {ECHO_KEY}".encode("latin-1")
+    server.route("POST", r":generateContent$", Reply(501, body=body, content_type=f"text/plain; charset={charset}"))
+    with pytest.raises(UpstreamUnavailable) as failed:
+        run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a cat")))
+    shown = str(failed.value)
+    assert failed.value.status == 501 and "Upstream failed" in shown and ECHO_KEY[:8] not in shown
+
+
 # -- a gateway on this machine is never reached through a proxy -------------------------------------
 
 

@@ -95,7 +95,7 @@ def _decoded(content: bytes, content_type: str) -> str:
             break
     try:
         text = content[start:].decode(encoding, "replace")
-    except LookupError:  # a charset Python does not know
+    except (LookupError, UnicodeError):  # a charset Python does not know, or cannot decode leniently (idna, undefined)
         text = content[start:].decode("utf-8", "replace")
     return text.replace("\x00", "")
 
