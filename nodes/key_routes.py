@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 from ..providers.client import provider_call
 from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, get_provider, schema_providers
-from ..providers.engine import CallContext, get_engine
+from ..providers.engine import CallContext, Response, get_engine
 from ..providers.errors import BananaError, ConfigError
-from ..providers.redaction import redact, redact_data, register_secret
+from ..providers.redaction import clip, redact, redact_data, register_secret
 from .server_routes import json_answer, register_once
 
 log = logging.getLogger("nano_banana_bridge")
@@ -43,6 +43,7 @@ MAX_KEY_LENGTH = 4096
 MAX_BODY = 16_384
 TEST_TIMEOUT = 30.0
 ANSWER_EXCERPT = 400
+TEST_ANSWER_BYTES = 1 << 20  # an accepted answer is read this far (a gateway's long model list), not the engine's 128 MB
 
 # The cheapest authenticated call per protocol family: (path on the base URL, statuses that mean
 # "the key was accepted"). Gemini's models.list and the OpenAI-style GET /models cost nothing; fal's
@@ -239,14 +240,15 @@ def _owner_status(owner: str, message: str) -> dict:
 # -- testing --------------------------------------------------------------------------------------
 
 
-def _excerpt(content: bytes) -> str:
-    text = content.decode("utf-8", "replace")
+def _excerpt(response: Response) -> str:
+    """The start of an accepted answer, for the page: read in its own charset as the engine reads an
+    error page (a UTF-16 or UTF-7 echo of the key would pass redaction unread), redacted, then cut."""
+    text = response.text()
     try:  # strings redacted before serialising: escaping them again could hide a key escaped twice already
         text = json.dumps(redact_data(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
         text = " ".join(text.split())
-    text = redact(text)
-    return text if len(text) <= ANSWER_EXCERPT else text[: ANSWER_EXCERPT - 3] + "..."
+    return clip(text, ANSWER_EXCERPT - 3)
 
 
 async def try_key(body: Any) -> tuple[int, dict]:
@@ -267,13 +269,16 @@ async def try_key(body: Any) -> tuple[int, dict]:
     try:
         # provider_call settles the endpoint and the credential (Vertex: a service-account key becomes an access token).
         call = await asyncio.wait_for(provider_call(spec, spec.models[0], CallContext(), get_engine()), TEST_TIMEOUT)
-        response = await asyncio.wait_for(call.get(str(probe), status=f"Testing the key for {spec.display_name}", ok_statuses=tuple(ok_statuses)), TEST_TIMEOUT)
+        testing = call.get(str(probe), status=f"Testing the key for {spec.display_name}", ok_statuses=tuple(ok_statuses), max_bytes=TEST_ANSWER_BYTES)
+        response = await asyncio.wait_for(testing, TEST_TIMEOUT)
     except BananaError as exc:
+        if exc.status is not None and (200 <= exc.status < 300 or exc.status in ok_statuses):  # accepted; its answer was not readable
+            return 200, {"ok": True, "status": exc.status, "answer": f"key accepted, but the answer is not shown: {redact(exc.message)}"}
         return 200, {"ok": False, "status": exc.status, "answer": redact(str(exc))}
     except asyncio.TimeoutError:
         return 200, {"ok": False, "status": None, "answer": f"No answer from {spec.display_name} within {TEST_TIMEOUT:.0f} s."}
     what = "key accepted" + (f" (HTTP {response.status} for a made-up request, as expected)" if response.status in ok_statuses else "")
-    return 200, {"ok": True, "status": response.status, "answer": f"{what}: {_excerpt(response.content)}", "url": redact(call.url(str(probe)))}
+    return 200, {"ok": True, "status": response.status, "answer": f"{what}: {_excerpt(response)}", "url": redact(call.url(str(probe)))}
 
 
 # -- aiohttp glue ---------------------------------------------------------------------------------
