@@ -31,9 +31,9 @@ from ..providers.protocols import gemini_batch
 from ..providers.redaction import redact
 from .batch_mode import supports_batch
 from .comfy_glue import output_dir
-from .key_routes import guarded_write
+from .key_routes import guarded_read, guarded_write
 from .ledger import Ledger, today
-from .server_routes import json_answer, register_once
+from .server_routes import register_once
 from .store import ResultStore
 
 log = logging.getLogger("nano_banana_bridge")
@@ -191,7 +191,7 @@ async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str
 def register_jobs_routes(routes, web) -> None:
     @routes.get(ROUTE)
     async def jobs(request):
-        return json_answer(web, 200, await jobs_summary(with_status=request.query.get("status", "1") != "0"))
+        return await guarded_read(web, request, lambda: jobs_summary(with_status=request.query.get("status", "1") != "0"))
 
     @routes.post(CANCEL_ROUTE)
     async def cancel(request):

@@ -139,6 +139,21 @@ def names_this_machine(host: str | None) -> bool:
     return name in ("localhost", "0.0.0.0", "::") or name.endswith(".localhost") or is_loopback(name)
 
 
+def refuse_cross_origin(headers: Mapping[str, str]) -> tuple[int, dict] | None:
+    """Why a browser request from another site or origin is refused, on every route of the pack, or None.
+
+    ComfyUI refuses those itself, except when started with --enable-cors-header: then it tells the
+    browser that any site may read every answer (the jobs and spend, which keys are set) and send
+    JSON. The pack's own pages are the same origin: their reads carry no Origin, their writes this one."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if lowered.get("sec-fetch-site", "") == "cross-site":
+        return 403, {"error": "Refused a request from another web site."}
+    origin, host = lowered.get("origin"), lowered.get("host")
+    if origin and host and urlsplit(origin).netloc.lower() != host.lower():
+        return 403, {"error": "Refused a request from another origin."}
+    return None
+
+
 def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, dict] | None:
     """Why this request may not write or test keys, or None when it may."""
     remote_allowed = remote_writes_allowed()
@@ -149,11 +164,9 @@ def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, d
         # DNS rebinding: a web page whose own name now resolves to 127.0.0.1 reaches this server
         # from loopback, as its own origin (so Origin equals Host); only the name gives it away.
         return 403, {"error": f"Keys can be set only at a localhost or loopback address (this request named '{lowered.get('host') or 'no host'}'). Behind a proxy, set {REMOTE_WRITES_ENV}=1."}
-    if lowered.get("sec-fetch-site", "") == "cross-site":
-        return 403, {"error": "Refused a request from another web site."}
-    origin, host = lowered.get("origin"), lowered.get("host")
-    if origin and host and urlsplit(origin).netloc.lower() != host.lower():
-        return 403, {"error": "Refused a request from another origin."}
+    refused = refuse_cross_origin(headers)
+    if refused:
+        return refused
     if not lowered.get("content-type", "").lower().startswith("application/json"):
         return 415, {"error": "Send JSON (Content-Type: application/json)."}
     return None
@@ -283,6 +296,15 @@ async def try_key(body: Any) -> tuple[int, dict]:
 
 # -- aiohttp glue ---------------------------------------------------------------------------------
 
+async def guarded_read(web, request, answer: Callable[[], Any]):
+    """A GET: refused to another site or origin (refuse_cross_origin); `answer()` (plain or async) gives the JSON."""
+    refused = refuse_cross_origin(request.headers)
+    if refused:
+        return json_answer(web, *refused)
+    result = answer()
+    return json_answer(web, 200, await result if asyncio.iscoroutine(result) else result)
+
+
 async def guarded_write(web, request, handler: Callable[[Any], Any]):
     """A POST that writes or spends: refused unless refuse_write allows it, with a JSON body of at
     most MAX_BODY bytes; `handler(body)` (plain or async) gives the (status, JSON) answer."""
@@ -303,8 +325,8 @@ async def guarded_write(web, request, handler: Callable[[Any], Any]):
 @register_once
 def register_key_routes(routes, web) -> None:
     @routes.get(ROUTE)
-    async def keys_status(_request):
-        return json_answer(web, 200, key_status())
+    async def keys_status(request):
+        return await guarded_read(web, request, key_status)
 
     @routes.post(ROUTE)
     async def keys_set(request):
