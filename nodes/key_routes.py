@@ -260,7 +260,7 @@ def _excerpt(response: Response) -> str:
     try:  # strings redacted before serialising: escaping them again could hide a key escaped twice already
         text = json.dumps(redact_data(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
-        text = " ".join(text.split())
+        text = " ".join(redact(text).split())  # redacted first: folded, a key's wrapped base64 no longer looks wrapped
     return clip(text, ANSWER_EXCERPT - 3)
 
 

@@ -385,6 +385,24 @@ def test_the_keys_tab_test_answer_reads_the_body_in_its_own_charset_before_redac
     assert "x-goog-api-key" in shown and "\x00" not in shown  # the body was read, in its own charset
 
 
+def test_the_keys_tab_test_answer_redacts_before_it_folds_lines(server, monkeypatch):
+    """A plain-text answer is shown on one line: folding it first turned the line breaks of wrapped
+    base64 into spaces, which redaction does not take for a wrapped line, and a line that held
+    neither end of a long key was shown."""
+    from banana_pack.nodes.key_routes import try_key
+    from loopback import Reply
+    from test_redaction_echoes import LONG_KEY, leaked, mime
+
+    dump, evidence = mime(LONG_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", LONG_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url + "/v1beta")
+    server.route("GET", r"/v1beta/models", Reply(200, body=f"Request dump:\r\n{dump}\r\n".encode(), content_type="text/plain"))
+    status, answer = run(try_key({"provider": "google"}))
+    assert answer["ok"] is True and "Request dump:" in answer["answer"]
+    for line in evidence.split("\r\n"):
+        assert leaked(answer["answer"], line) is None, answer["answer"]
+
+
 def test_the_keys_tab_test_reads_an_accepted_answer_only_up_to_a_limit(server, monkeypatch):
     """An accepted answer is read up to key_routes.TEST_ANSWER_BYTES (the engine's default was 128 MB):
     over it, the key still counts as accepted, and nothing of the body is shown."""
