@@ -53,6 +53,7 @@ import logging
 import re
 import string
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from itertools import product
@@ -251,15 +252,33 @@ def _matcher(secrets: set[str]) -> _Matcher:
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_expiry: dict[str, float] = {}  # the secrets that stop being secrets (time.time()): access tokens, signed assertions
+_EXPIRY_GRACE = 600.0  # seconds a credential is kept past its expiry (clock skew between here and its issuer)
 _state: _Matcher | None = None
 
 
-def register_secret(value: str | None) -> None:
+def register_secret(value: str | None, expires_at: float | None = None) -> None:
+    """Redact `value` from now on; with `expires_at`, until that time (and a grace) has passed.
+
+    An access token or a signed assertion grants nothing once expired, and a Vertex service account
+    gets a new pair every hour: kept forever, they grew the search without end (every redaction scans
+    for every secret). Expired ones are dropped when the next secret is registered. A value also
+    registered without an expiry (a key) is never dropped."""
     global _state
     if not value or len(value) < _MIN_SECRET_LENGTH:
         return
     with _lock:
-        if value in _secrets:
+        now = time.time()
+        expired = [old for old, at in _expiry.items() if at + _EXPIRY_GRACE <= now and old != value]
+        for old in expired:
+            _secrets.discard(old)
+            del _expiry[old]
+        known = value in _secrets
+        if expires_at is None:
+            _expiry.pop(value, None)
+        elif not known or value in _expiry:
+            _expiry[value] = max(expires_at, _expiry.get(value, expires_at))
+        if known and not expired:
             return
         _secrets.add(value)
         _state = _matcher(_secrets)

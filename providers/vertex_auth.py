@@ -9,6 +9,7 @@ cached per service account until a minute before they expire, for the whole proc
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -90,7 +91,7 @@ async def service_account_token(engine: HttpEngine, ctx: CallContext, spec: Prov
     # The assertion buys access tokens until it expires, so a token endpoint or a gateway echoing the
     # form must not show it. Its signature is the part only the key can make (the header and claims
     # are no secret, and alike in every assertion of the account): redacting it is enough.
-    register_secret(assertion.rsplit(".", 1)[-1])
+    register_secret(assertion.rsplit(".", 1)[-1], expires_at=time.time() + LIFETIME)
     form = {"grant_type": GRANT_TYPE, "assertion": assertion}
     try:
         response = await engine.request(ctx, caller, "POST", info["token_uri"], data=form, policy=IDEMPOTENT, status="Getting a Vertex AI access token", max_bytes=64 * 1024)
@@ -117,11 +118,11 @@ async def service_account_token(engine: HttpEngine, ctx: CallContext, spec: Prov
     token, expires_in = body.get("access_token"), body.get("expires_in", LIFETIME)
     if not isinstance(token, str) or not token:
         raise AuthError("The token endpoint answered without an access_token.", provider=spec.id)
-    register_secret(token)
     try:
         expiry = time.time() + float(expires_in)
     except (TypeError, ValueError):
         expiry = time.time() + 300
+    register_secret(token, expires_at=expiry if math.isfinite(expiry) else None)
     with _lock:
         _tokens[slot] = (token, expiry)
     return spec, token

@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import json
 import traceback
+import uuid
 
 import pytest
 from banana_pack.providers import (
@@ -243,3 +244,37 @@ def test_a_token_answer_that_is_not_json_never_shows_the_access_token(vertex):
     assert "token endpoint" in text and "JSON" in text
     assert "loopback-access-token" not in text and "loopback-access-token" not in "".join(traceback.format_exception(caught.value))
     assert vertex.hits("POST", GEN_PATH) == []
+
+
+class ShortLivedTokens(TokenEndpoint):
+    """Hands out a new token per grant, already expired (past redaction's grace): every call gets a new one."""
+
+    def __call__(self, req):
+        reply = super().__call__(req)
+        if reply.status != 200:
+            return reply
+        self.handed_out.append(f"ya29.{uuid.uuid4().hex}{uuid.uuid4().hex}")
+        return Reply(json={"access_token": self.handed_out[-1], "expires_in": -1000, "token_type": "Bearer"})
+
+
+def test_expired_tokens_leave_the_redaction_search_live_ones_and_keys_stay(vertex):
+    """A service account gets a new token and a new signed assertion every hour: registered forever,
+    they made every redaction (every log line) slower all day long. An expired one is dropped when the
+    next secret is registered; the live ones, and keys, stay."""
+    from banana_pack.providers.redaction import MARKER, redact, register_secret
+
+    tokens = ShortLivedTokens()
+    tokens.handed_out = []
+    vertex.route("POST", r"^/token$", tokens)
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    key = "AIza-permanent-key-also-seen-as-a-token-42"
+    register_secret(key)
+    register_secret(key, expires_at=0)  # the same text later registered as expiring: a key stays a key
+    for _ in range(3):
+        gen()
+    first, second, last = tokens.handed_out
+    assert redact(f"old: {first} {second}") == f"old: {first} {second}"  # expired, dropped
+    assert redact(f"live: {last}") == f"live: {MARKER}"  # the newest stays until the next registration
+    assert redact(key) == MARKER
+    signatures = [r.body.decode().rsplit(".", 1)[1] for r in vertex.hits("POST", r"^/token$")]
+    assert len(signatures) == 3 and all(redact(s) == MARKER for s in signatures)  # assertions live an hour
