@@ -126,6 +126,7 @@ def test_a_refused_key_is_an_auth_error_without_the_key(vertex):
         gen()
     text = str(caught.value) + (caught.value.hint or "")
     assert "banana@sa-project" in text and "PRIVATE KEY" not in text
+    assert "invalid_grant: Invalid JWT Signature." in text  # the endpoint's code and its words (error_description)
     assert vertex.hits("POST", GEN_PATH) == []
 
 
@@ -217,11 +218,13 @@ class EchoingTokenEndpoint:
         said = f"Bad request: grant_type=jwt-bearer&assertion={assertion}"
         if self.shape == "text":
             return Reply(self.status, body=said.encode(), content_type="text/plain")
+        if self.shape == "oauth":  # RFC 6749's error answer, as Google's token endpoint writes it
+            return Reply(self.status, {"error": "invalid_grant", "error_description": said})
         return Reply(self.status, {"error": {"code": self.status, "message": said, "status": "INVALID_ARGUMENT"}})
 
 
 @pytest.mark.parametrize("status", [400, 501])  # the AuthError it becomes, and the engine's own error
-@pytest.mark.parametrize("shape", ["text", "google"])
+@pytest.mark.parametrize("shape", ["text", "google", "oauth"])
 def test_a_token_endpoint_echoing_the_signed_assertion_does_not_show_it(vertex, status, shape, caplog):
     """The assertion is a bearer credential for an hour: whoever holds it gets access tokens for the account."""
     endpoint = EchoingTokenEndpoint(status, shape)

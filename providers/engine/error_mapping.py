@@ -129,8 +129,9 @@ def read_error_body(body: Any) -> ErrorEnvelope:
         envelope.flagged = bool(moderation or envelope.labels or metadata.get("flagged_input"))
         stage = str(moderation.get("moderation_stage") or "").lower()
         envelope.stage = stage if stage in ("input", "output") else "input" if metadata.get("flagged_input") else None
-    elif isinstance(err, str):  # Vydra: {"error": "...", "code": "..."}
-        envelope.message = err
+    elif isinstance(err, str):  # Vydra: {"error": "...", "code": "..."}; OAuth 2.0 (RFC 6749): a code, and error_description in words
+        described = body.get("error_description")
+        envelope.message = f"{err}: {described}" if isinstance(described, str) and described.strip() else err
     detail = body.get("detail")
     if isinstance(detail, list):  # fal / FastAPI validation errors
         parts = []
