@@ -397,6 +397,8 @@ _HEX_DIGITS = re.compile(r"[0-9a-f]+")
 
 def _hex_spans(low: str, matcher: _Matcher) -> list[tuple[int, int]]:
     """Spans of keys in hex dumps: each run decoded (as Latin-1: one character a byte) and searched as text."""
+    if not any(digit in low for digit in "234567"):  # six str.find outrun one regex scan of a text without them
+        return []
     spans = []
     for run in _HEX_RUN.finditer(low):
         # Bare digits may be read from the wrong one (`32333435` read from its 2nd digit is `23 33 43`): read both ways.
