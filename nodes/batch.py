@@ -453,7 +453,8 @@ def save_unusable(store: ResultStore, key: str, error: UnusableImage, provenance
     """Bytes that are not a usable image were still paid for: on disk (.bin, with a sidecar) before the error is shown."""
     kept = GenerationResult(provider=error.provider or "", model=error.model or "", images=error.payloads, request_id=error.request_id, warnings=[str(error)])
     paths = [str(p) for p in store.save(key, kept, provenance, cache=False)]
-    error.hint = f"The provider's bytes are saved as {', '.join(paths)}. {error.hint}"
+    # Named relative to the output folder: the error reaches /history, which any page that reaches ComfyUI reads.
+    error.hint = f"The provider's bytes are saved as {', '.join(store.view_path(p) for p in paths)} in the output folder. {error.hint}"
     error.args = (str(error),)
     return paths
 

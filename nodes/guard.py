@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..providers.catalog import ProviderSpec
-from ..providers.config import env_name, user_settings
+from ..providers.config import display_path, env_name, user_settings
 from ..providers.errors import BananaError, ConfigError
 from .ledger import Ledger, today
 
@@ -127,8 +127,11 @@ class SpendGuard:
             else:
                 recorded = self.ledger.spent(unit=limit.unit, run_id=run, provider=limit.provider)
         except (sqlite3.Error, OSError) as exc:
-            # A limit that cannot be checked is not waived: refuse, and say where the ledger is.
-            raise ConfigError(f"Cannot check {limit.describe()}: the cost ledger {self.ledger.path} cannot be read ({exc}).", hint="Check that the config folder is writable; nothing was sent.") from None
+            # A limit that cannot be checked is not waived: refuse, and say where the ledger is (as users
+            # know the place: the message reaches /history, and an OSError's own text is the absolute path).
+            why = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else str(exc)
+            where = display_path(self.ledger.path)
+            raise ConfigError(f"Cannot check {limit.describe()}: the cost ledger {where} cannot be read ({why}).", hint="Check that the config folder is writable; nothing was sent.") from None
         return recorded + self._in_flight(limit, run)
 
     @contextmanager

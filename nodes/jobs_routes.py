@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..providers.client import ProviderCall, provider_call, resolve_model
-from ..providers.config import get_provider
+from ..providers.config import display_path, get_provider
 from ..providers.engine import IDEMPOTENT, CallContext, get_engine
 from ..providers.errors import BananaError, ConfigError
 from ..providers.failover import HANDLE_KEY_SLOT, HANDLE_PROVIDER
@@ -34,9 +34,9 @@ from ..providers.redaction import redact
 from .batch import journal_without_store_root
 from .batch_mode import supports_batch
 from .comfy_glue import output_dir
-from .key_routes import guarded_write
+from .key_routes import guarded_read, guarded_write
 from .ledger import Ledger, today
-from .server_routes import json_answer, register_once
+from .server_routes import register_once
 from .store import ResultStore
 
 log = logging.getLogger("nano_banana_bridge")
@@ -176,16 +176,19 @@ async def jobs_summary(with_status: bool = True, base: Path | None = None) -> di
         ledger = Ledger()
     except ConfigError as exc:  # the config folder is refused (one ComfyUI serves): no ledger to show
         return {"jobs": jobs, "spend": {"days": [], "today": {}, "ledger": None, "error": exc.headline()}}
+    shown = display_path(ledger.path)  # any page that reaches ComfyUI reads this: no absolute path (home folder, user name)
     try:
         days = await asyncio.to_thread(ledger.by_day, 30)
         error = None
-    except (sqlite3.Error, OSError) as exc:
-        days, error = [], f"The ledger {ledger.path} cannot be read: {exc}"
+    except sqlite3.Error as exc:
+        days, error = [], f"The ledger {shown} cannot be read: {redact(exc)}"
+    except OSError as exc:  # its text names the absolute path
+        days, error = [], f"The ledger {shown} cannot be read: {exc.strerror or type(exc).__name__}"
     totals: dict[str, float] = {}
     for row in days:
         if row["day"] == today():
             totals[row["unit"]] = round(totals.get(row["unit"], 0.0) + row["cost"], 6)
-    return {"jobs": jobs, "spend": {"days": days, "today": totals, "ledger": str(ledger.path), "error": error}}
+    return {"jobs": jobs, "spend": {"days": days, "today": totals, "ledger": shown, "error": error}}
 
 
 async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str, Any]]:
@@ -212,7 +215,7 @@ async def cancel_job(body: Any, base: Path | None = None) -> tuple[int, dict[str
 def register_jobs_routes(routes, web) -> None:
     @routes.get(ROUTE)
     async def jobs(request):
-        return json_answer(web, 200, await jobs_summary(with_status=request.query.get("status", "1") != "0"))
+        return await guarded_read(web, request, lambda: jobs_summary(with_status=request.query.get("status", "1") != "0"))
 
     @routes.post(CANCEL_ROUTE)
     async def cancel(request):

@@ -29,9 +29,9 @@ from urllib.parse import urlsplit
 
 from ..providers.client import provider_call
 from ..providers.config import KEYS_FILE, config_dir, display_path, env_name, get_provider, schema_providers
-from ..providers.engine import CallContext, get_engine
+from ..providers.engine import CallContext, Response, get_engine
 from ..providers.errors import BananaError, ConfigError
-from ..providers.redaction import redact, redact_data, register_secret
+from ..providers.redaction import clip, redact, redact_data, register_secret
 from .server_routes import json_answer, register_once
 
 log = logging.getLogger("nano_banana_bridge")
@@ -43,6 +43,7 @@ MAX_KEY_LENGTH = 4096
 MAX_BODY = 16_384
 TEST_TIMEOUT = 30.0
 ANSWER_EXCERPT = 400
+TEST_ANSWER_BYTES = 1 << 20  # an accepted answer is read this far (a gateway's long model list), not the engine's 128 MB
 
 # The cheapest authenticated call per protocol family: (path on the base URL, statuses that mean
 # "the key was accepted"). Gemini's models.list and the OpenAI-style GET /models cost nothing; fal's
@@ -138,6 +139,21 @@ def names_this_machine(host: str | None) -> bool:
     return name in ("localhost", "0.0.0.0", "::") or name.endswith(".localhost") or is_loopback(name)
 
 
+def refuse_cross_origin(headers: Mapping[str, str]) -> tuple[int, dict] | None:
+    """Why a browser request from another site or origin is refused, on every route of the pack, or None.
+
+    ComfyUI refuses those itself, except when started with --enable-cors-header: then it tells the
+    browser that any site may read every answer (the jobs and spend, which keys are set) and send
+    JSON. The pack's own pages are the same origin: their reads carry no Origin, their writes this one."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    if lowered.get("sec-fetch-site", "") == "cross-site":
+        return 403, {"error": "Refused a request from another web site."}
+    origin, host = lowered.get("origin"), lowered.get("host")
+    if origin and host and urlsplit(origin).netloc.lower() != host.lower():
+        return 403, {"error": "Refused a request from another origin."}
+    return None
+
+
 def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, dict] | None:
     """Why this request may not write or test keys, or None when it may."""
     remote_allowed = remote_writes_allowed()
@@ -148,11 +164,9 @@ def refuse_write(remote: str | None, headers: Mapping[str, str]) -> tuple[int, d
         # DNS rebinding: a web page whose own name now resolves to 127.0.0.1 reaches this server
         # from loopback, as its own origin (so Origin equals Host); only the name gives it away.
         return 403, {"error": f"Keys can be set only at a localhost or loopback address (this request named '{lowered.get('host') or 'no host'}'). Behind a proxy, set {REMOTE_WRITES_ENV}=1."}
-    if lowered.get("sec-fetch-site", "") == "cross-site":
-        return 403, {"error": "Refused a request from another web site."}
-    origin, host = lowered.get("origin"), lowered.get("host")
-    if origin and host and urlsplit(origin).netloc.lower() != host.lower():
-        return 403, {"error": "Refused a request from another origin."}
+    refused = refuse_cross_origin(headers)
+    if refused:
+        return refused
     if not lowered.get("content-type", "").lower().startswith("application/json"):
         return 415, {"error": "Send JSON (Content-Type: application/json)."}
     return None
@@ -239,14 +253,15 @@ def _owner_status(owner: str, message: str) -> dict:
 # -- testing --------------------------------------------------------------------------------------
 
 
-def _excerpt(content: bytes) -> str:
-    text = content.decode("utf-8", "replace")
+def _excerpt(response: Response) -> str:
+    """The start of an accepted answer, for the page: read in its own charset as the engine reads an
+    error page (a UTF-16 or UTF-7 echo of the key would pass redaction unread), redacted, then cut."""
+    text = response.text()
     try:  # strings redacted before serialising: escaping them again could hide a key escaped twice already
         text = json.dumps(redact_data(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
     except ValueError:
-        text = " ".join(text.split())
-    text = redact(text)
-    return text if len(text) <= ANSWER_EXCERPT else text[: ANSWER_EXCERPT - 3] + "..."
+        text = " ".join(redact(text).split())  # redacted first: folded, a key's wrapped base64 no longer looks wrapped
+    return clip(text, ANSWER_EXCERPT - 3)
 
 
 async def try_key(body: Any) -> tuple[int, dict]:
@@ -267,16 +282,28 @@ async def try_key(body: Any) -> tuple[int, dict]:
     try:
         # provider_call settles the endpoint and the credential (Vertex: a service-account key becomes an access token).
         call = await asyncio.wait_for(provider_call(spec, spec.models[0], CallContext(), get_engine()), TEST_TIMEOUT)
-        response = await asyncio.wait_for(call.get(str(probe), status=f"Testing the key for {spec.display_name}", ok_statuses=tuple(ok_statuses)), TEST_TIMEOUT)
+        testing = call.get(str(probe), status=f"Testing the key for {spec.display_name}", ok_statuses=tuple(ok_statuses), max_bytes=TEST_ANSWER_BYTES)
+        response = await asyncio.wait_for(testing, TEST_TIMEOUT)
     except BananaError as exc:
+        if exc.status is not None and (200 <= exc.status < 300 or exc.status in ok_statuses):  # accepted; its answer was not readable
+            return 200, {"ok": True, "status": exc.status, "answer": f"key accepted, but the answer is not shown: {redact(exc.message)}"}
         return 200, {"ok": False, "status": exc.status, "answer": redact(str(exc))}
     except asyncio.TimeoutError:
         return 200, {"ok": False, "status": None, "answer": f"No answer from {spec.display_name} within {TEST_TIMEOUT:.0f} s."}
     what = "key accepted" + (f" (HTTP {response.status} for a made-up request, as expected)" if response.status in ok_statuses else "")
-    return 200, {"ok": True, "status": response.status, "answer": f"{what}: {_excerpt(response.content)}", "url": redact(call.url(str(probe)))}
+    return 200, {"ok": True, "status": response.status, "answer": f"{what}: {_excerpt(response)}", "url": redact(call.url(str(probe)))}
 
 
 # -- aiohttp glue ---------------------------------------------------------------------------------
+
+async def guarded_read(web, request, answer: Callable[[], Any]):
+    """A GET: refused to another site or origin (refuse_cross_origin); `answer()` (plain or async) gives the JSON."""
+    refused = refuse_cross_origin(request.headers)
+    if refused:
+        return json_answer(web, *refused)
+    result = answer()
+    return json_answer(web, 200, await result if asyncio.iscoroutine(result) else result)
+
 
 async def guarded_write(web, request, handler: Callable[[Any], Any]):
     """A POST that writes or spends: refused unless refuse_write allows it, with a JSON body of at
@@ -298,8 +325,8 @@ async def guarded_write(web, request, handler: Callable[[Any], Any]):
 @register_once
 def register_key_routes(routes, web) -> None:
     @routes.get(ROUTE)
-    async def keys_status(_request):
-        return json_answer(web, 200, key_status())
+    async def keys_status(request):
+        return await guarded_read(web, request, key_status)
 
     @routes.post(ROUTE)
     async def keys_set(request):

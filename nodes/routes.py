@@ -22,6 +22,7 @@ from ..providers.config import (
 )
 from ..providers.errors import BananaError, ConfigError
 from .batch_mode import batch_discount, supports_batch
+from .key_routes import guarded_read
 from .server_routes import register_once
 
 log = logging.getLogger("nano_banana_bridge")
@@ -107,9 +108,9 @@ async def models_summary(provider_id: str, *, refresh: bool = False) -> dict:
 @register_once
 def register_routes(routes, web) -> None:
     @routes.get(ROUTE)
-    async def catalog(_request):
-        return web.json_response(catalog_answer())
+    async def catalog(request):
+        return await guarded_read(web, request, catalog_answer)
 
     @routes.get(MODELS_ROUTE)
-    async def models(request):
-        return web.json_response(await models_summary(request.query.get("provider", ""), refresh=request.query.get("refresh") in ("1", "true")))
+    async def models(request):  # a refresh calls the provider with the key: never for another site
+        return await guarded_read(web, request, lambda: models_summary(request.query.get("provider", ""), refresh=request.query.get("refresh") in ("1", "true")))

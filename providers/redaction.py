@@ -21,6 +21,13 @@ The forms, and why each occurs:
   standard and URL-safe alphabets. Each is found without the characters at its edges, which also
   hold bits of what precedes or follows the key (so it is found after any user name); an edge
   character next to a match is then redacted with it.
+- Base64 wrapped over lines: a gateway's debug dump in MIME style (76 columns, CRLF), PEM style (64,
+  LF), a folded header, or quoted in JSON with its breaks escaped once or twice. A long key's base64
+  fills whole lines that hold neither end of it, so the text is searched once more with every line
+  break that follows 8 or more base64 characters taken out.
+- Hex: a dump of the request bytes (`6b65`, `6b 65`, `6B:65`, xxd's `6b65 7920`, `\x6b\x65`, `%6B%65`,
+  `0x6b 0x65`). Runs of 8 or more printable-ASCII bytes (a key's, whose every byte starts with a
+  digit from 2 to 7) are decoded and searched as text, so a hex dump of any form above is found too.
 
 Truncate only after redacting (`clip`): a key cut in half by a [:200] no longer matches. For text
 that was cut before it got here (a provider's truncated echo, a model's words), the first or last
@@ -32,17 +39,21 @@ Speed (benchmarks/bench_redaction.py): the text is lower-cased once; str.find lo
 and last 8 characters of each key and alignment as written without escapes, or, in text that holds
 an escape character (`%`, `\`, `&`), one regex of literal alternatives (no repetition) looks for
 them however they are written; each hit is extended by plain comparisons as far as the key goes.
-All of it is linear in the text (a hit's extension costs at most the key's length).
+All of it is linear in the text (a hit's extension costs at most the key's length). The wrapped
+and hex passes cost a regex scan each that starts from a literal (a line feed) or a rare character
+class (a digit 2 to 7); a text without line feeds skips the first, and only hex runs are decoded.
 """
 
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import logging
 import re
 import string
 import threading
+import time
 from dataclasses import dataclass
 from functools import cache
 from itertools import product
@@ -241,15 +252,33 @@ def _matcher(secrets: set[str]) -> _Matcher:
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_expiry: dict[str, float] = {}  # the secrets that stop being secrets (time.time()): access tokens, signed assertions
+_EXPIRY_GRACE = 600.0  # seconds a credential is kept past its expiry (clock skew between here and its issuer)
 _state: _Matcher | None = None
 
 
-def register_secret(value: str | None) -> None:
+def register_secret(value: str | None, expires_at: float | None = None) -> None:
+    """Redact `value` from now on; with `expires_at`, until that time (and a grace) has passed.
+
+    An access token or a signed assertion grants nothing once expired, and a Vertex service account
+    gets a new pair every hour: kept forever, they grew the search without end (every redaction scans
+    for every secret). Expired ones are dropped when the next secret is registered. A value also
+    registered without an expiry (a key) is never dropped."""
     global _state
     if not value or len(value) < _MIN_SECRET_LENGTH:
         return
     with _lock:
-        if value in _secrets:
+        now = time.time()
+        expired = [old for old, at in _expiry.items() if at + _EXPIRY_GRACE <= now and old != value]
+        for old in expired:
+            _secrets.discard(old)
+            del _expiry[old]
+        known = value in _secrets
+        if expires_at is None:
+            _expiry.pop(value, None)
+        elif not known or value in _expiry:
+            _expiry[value] = max(expires_at, _expiry.get(value, expires_at))
+        if known and not expired:
             return
         _secrets.add(value)
         _state = _matcher(_secrets)
@@ -310,12 +339,85 @@ def _spans(low: str, matcher: _Matcher) -> list[tuple[int, int]]:
     return spans
 
 
+# A line break inside base64: MIME wraps at 76 columns, PEM at 64, a folded header indents the next
+# line, a dump quoted in JSON escapes the break (once or twice). Each regex starts with a literal,
+# which the regex engine finds as fast as str.find; _break_start takes in what precedes it.
+_LINE_FEEDS = (re.compile(r"\n[ \t]*(?=[a-z0-9+/_-])"), re.compile(r"\\n[ \t]*(?=[a-z0-9+/_-])"))
+_BASE64_RUN = re.compile(f"[a-z0-9+/_-]{{{_MIN_PIECE}}}")
+
+
+def _break_start(low: str, at: int) -> int:
+    """Where the line break whose line feed (`\n`, or an escaped `\\n`) is at `at` begins."""
+    if low[at] == "\n":
+        return at - 1 if at and low[at - 1] == "\r" else at
+    at -= low.endswith("\\", 0, at)  # escaped twice: `\\\\n`
+    if low.endswith("r", 0, at):
+        carriage = at - 2 - low.endswith("\\\\r", 0, at)  # `\\r` or `\\\\r`
+        return carriage if low.endswith("\\r", 0, at) else at
+    return at
+
+
+def _unwrapped_spans(low: str, matcher: _Matcher) -> list[tuple[int, int]]:
+    """Spans of keys written across line breaks (base64 wrapped over lines), found in the text with
+    every break that follows at least _MIN_PIECE base64 characters taken out (a shorter first line
+    holds less of a key than a cut piece, which is not redacted either)."""
+    if "\n" not in low and "\\n" not in low:  # no line feed, escaped or not
+        return []
+    breaks = sorted((_break_start(low, m.start()), m.end()) for rx in _LINE_FEEDS for m in rx.finditer(low))
+    kept, cuts = [], []  # cuts: (where in the joined text the character after a break lands, characters taken out so far)
+    at = removed = 0
+    for start, end in breaks:
+        if start < at + _MIN_PIECE or not _BASE64_RUN.fullmatch(low, start - _MIN_PIECE, start):
+            continue
+        kept.append(low[at:start])
+        removed += end - start
+        at = end
+        cuts.append((end - removed, removed))
+    if not cuts:
+        return []
+    kept.append(low[at:])
+    joined, starts = "".join(kept), [where for where, _ in cuts]
+
+    def original(index: int) -> int:
+        k = bisect.bisect_right(starts, index)
+        return index + (cuts[k - 1][1] if k else 0)
+
+    return [(original(start), original(end - 1) + 1) for start, end in _spans(joined, matcher) if end > start]
+
+
+# Hex: runs of at least _MIN_PIECE bytes of printable ASCII (what keys are made of: 0x20 to 0x7e, so
+# each byte's first digit is 2 to 7, which ordinary text seldom holds), each two hex digits, apart by
+# nothing, at most two of space, colon, comma, dot or dash, or the next byte's \x, % or 0x: `6b65`,
+# `6b 65`, `6B:65`, `\x6b\x65`, `%6B%65`, `0x6b 0x65`, xxd's `6b65 7920`.
+_HEX_SEPARATOR = r"(?:\\x|%|\s?0x|[\s:,.-]{0,2})"
+_HEX_RUN = re.compile(f"[2-7][0-9a-f](?:{_HEX_SEPARATOR}[2-7][0-9a-f]){{{_MIN_PIECE - 1},}}")
+_HEX_BYTE = re.compile(f"([2-7][0-9a-f]){_HEX_SEPARATOR}")
+_HEX_DIGITS = re.compile(r"[0-9a-f]+")
+
+
+def _hex_spans(low: str, matcher: _Matcher) -> list[tuple[int, int]]:
+    """Spans of keys in hex dumps: each run decoded (as Latin-1: one character a byte) and searched as text."""
+    if not any(digit in low for digit in "234567"):  # six str.find outrun one regex scan of a text without them
+        return []
+    spans = []
+    for run in _HEX_RUN.finditer(low):
+        # Bare digits may be read from the wrong one (`32333435` read from its 2nd digit is `23 33 43`): read both ways.
+        for shift in (0, 1) if _HEX_DIGITS.fullmatch(low, run.start(), run.end()) else (0,):
+            pairs = [pair for pair in _HEX_BYTE.finditer(low, run.start() + shift, run.end())]
+            if len(pairs) < _MIN_PIECE:
+                continue
+            decoded = _lower(bytes(int(pair.group(1), 16) for pair in pairs).decode("latin-1"))
+            spans += [(pairs[start].start(), pairs[end - 1].start() + 2) for start, end in _spans(decoded, matcher) if end > start]
+    return spans
+
+
 def redact(text: object) -> str:
     s = text if isinstance(text, str) else str(text)
     matcher = _state
     if matcher is None or not s:
         return s
-    spans = _spans(_lower(s), matcher)
+    low = _lower(s)
+    spans = _spans(low, matcher) + _unwrapped_spans(low, matcher) + _hex_spans(low, matcher)
     if not spans:
         return s
     out, kept = [], 0

@@ -9,6 +9,7 @@ cached per service account until a minute before they expire, for the whole proc
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from .catalog import ProviderSpec
 from .engine import IDEMPOTENT, CallContext, Caller, HttpEngine
-from .errors import AuthError, BananaError, ConfigError
+from .errors import AuthError, BananaError, ConfigError, MalformedResponse
 from .redaction import register_secret
 
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -86,10 +87,14 @@ async def service_account_token(engine: HttpEngine, ctx: CallContext, spec: Prov
     if cached and cached[1] > time.time() + 60:
         return spec, cached[0]
     caller = Caller(provider=spec.id, model="", read_timeout=60.0)
-    form = {"grant_type": GRANT_TYPE, "assertion": signed_assertion(info, spec)}
+    assertion = signed_assertion(info, spec)
+    # The assertion buys access tokens until it expires, so a token endpoint or a gateway echoing the
+    # form must not show it. Its signature is the part only the key can make (the header and claims
+    # are no secret, and alike in every assertion of the account): redacting it is enough.
+    register_secret(assertion.rsplit(".", 1)[-1], expires_at=time.time() + LIFETIME)
+    form = {"grant_type": GRANT_TYPE, "assertion": assertion}
     try:
         response = await engine.request(ctx, caller, "POST", info["token_uri"], data=form, policy=IDEMPOTENT, status="Getting a Vertex AI access token", max_bytes=64 * 1024)
-        body = response.json_object()
     except BananaError as exc:
         if exc.status in (400, 401, 403):
             raise AuthError(
@@ -99,14 +104,25 @@ async def service_account_token(engine: HttpEngine, ctx: CallContext, spec: Prov
                 hint="The key may be revoked or deleted, or the account disabled: create a new key in the Google Cloud console.",
             ) from None
         raise
+    try:
+        body = response.json_object()
+    except MalformedResponse:
+        # Never quoted: an answer that is not the expected JSON (form-encoded, say) may still hold the token.
+        content_type = response.headers.get("content-type", "")[:60]
+        raise MalformedResponse(
+            f"The token endpoint answered HTTP {response.status} with {len(response.content)} bytes that are not a JSON object (content-type '{content_type}'); not shown, as it may hold a token.",
+            provider=spec.id,
+            status=response.status,
+            hint="Check the service account's token_uri: it should be Google's token endpoint (https://oauth2.googleapis.com/token).",
+        ) from None
     token, expires_in = body.get("access_token"), body.get("expires_in", LIFETIME)
     if not isinstance(token, str) or not token:
         raise AuthError("The token endpoint answered without an access_token.", provider=spec.id)
-    register_secret(token)
     try:
         expiry = time.time() + float(expires_in)
     except (TypeError, ValueError):
         expiry = time.time() + 300
+    register_secret(token, expires_at=expiry if math.isfinite(expiry) else None)
     with _lock:
         _tokens[slot] = (token, expiry)
     return spec, token

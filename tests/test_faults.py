@@ -147,7 +147,8 @@ def test_unrecognised_inline_bytes_are_saved_as_bin_with_sidecar_before_the_erro
     assert not (tmp_path / "out" / ".cache").exists() or not any((tmp_path / "out" / ".cache").iterdir())  # not a cache answer
     with pytest.raises(MalformedResponse) as info:
         settle([outcome], "fail")
-    assert str(saved) in str(info.value) and "not a usable image" in str(info.value)
+    assert store.view_path(saved) in str(info.value) and "not a usable image" in str(info.value)
+    assert str(tmp_path) not in str(info.value)  # shown in /history: relative to the output folder, never absolute
 
 
 def test_unrecognised_download_keeps_every_image_of_the_answer(server, monkeypatch, tmp_path):
@@ -168,4 +169,4 @@ def test_unrecognised_download_keeps_every_image_of_the_answer(server, monkeypat
     by_ext = {f.rsplit(".", 1)[1]: f for f in files}
     assert open(by_ext["bin"], "rb").read() == tiff and open(by_ext["png"], "rb").read()[:4] == b"\x89PNG"
     assert json.loads(open(by_ext["bin"][:-4] + ".json").read())["mime"] == "application/octet-stream"
-    assert "not a usable image" in outcome.message and by_ext["bin"] in outcome.message
+    assert "not a usable image" in outcome.message and store.view_path(by_ext["bin"]) in outcome.message and str(tmp_path) not in outcome.message

@@ -81,3 +81,24 @@ def test_spend_per_day_and_provider_from_the_ledger(tmp_path, isolated_config):
     assert rows[("google", "usd")]["calls"] == 2 and rows[("google", "usd")]["cost"] == pytest.approx(0.135) and rows[("google", "usd")]["refused"] == 1
     assert summary["spend"]["today"] == {"usd": pytest.approx(0.285), "credits": 8.0}
     assert all(r["day"] == today() for r in rows.values())
+
+
+@pytest.mark.parametrize("ledger_state", ["readable", "unreadable"])
+def test_the_panel_names_no_absolute_path(ledger_state, google, tmp_path, isolated_config, monkeypatch):
+    """Any page that reaches ComfyUI reads GET /nano_banana_bridge/jobs (a DNS-rebinding page too): it
+    gave the ledger's absolute path (the home folder, the user name), and an unreadable ledger's
+    OSError named it again. Only the config-relative name (as the keys tab shows keys.json) is given."""
+    output = tmp_path / "output"
+    journal_a_batch(google, output)
+    if ledger_state == "readable":
+        Ledger().record(LedgerEntry(provider="google", model="m", outcome=OK, cost=0.1))
+    else:  # a folder where the ledger's file should be
+        (isolated_config / LEDGER_FILE).unlink(missing_ok=True)
+        (isolated_config / LEDGER_FILE).mkdir()
+    summary = run(jobs_summary(base=output))
+    shown = json.dumps(summary)
+    assert summary["jobs"] and str(tmp_path) not in shown and str(output) not in shown, shown
+    spend = summary["spend"]
+    assert spend["ledger"] == f"$BANANA_CONFIG_DIR/{LEDGER_FILE}"
+    if ledger_state == "unreadable":
+        assert spend["error"] and "$BANANA_CONFIG_DIR/ledger.sqlite3 cannot be read" in spend["error"], spend

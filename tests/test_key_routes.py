@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from banana_pack.nodes.key_routes import key_status, refuse_write, set_key, try_key
+from banana_pack.nodes.key_routes import key_status, refuse_cross_origin, refuse_write, set_key, try_key
 from banana_pack.providers.config import has_key, get_provider
 from helpers import run
 from loopback import Reply, fixture
@@ -111,6 +111,25 @@ def test_cross_site_and_non_json_requests_are_refused():
     assert refuse_write("127.0.0.1", {**JSON, "Origin": "https://evil.example"})[0] == 403
     assert refuse_write("127.0.0.1", {**JSON, "Origin": "http://127.0.0.1:8188"}) is None
     assert refuse_write("127.0.0.1", {**JSON, "Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+
+
+@pytest.mark.parametrize(
+    "headers, refused",
+    [
+        ({"Host": "127.0.0.1:8188"}, False),  # the pack's own panel: a same-origin read has no Origin
+        ({"Host": "127.0.0.1:8188", "Origin": "http://127.0.0.1:8188", "Sec-Fetch-Site": "same-origin"}, False),
+        ({"Host": "gpu-box:8188"}, False),  # ComfyUI on the LAN, read by its own page
+        ({"Host": "127.0.0.1:8188", "Origin": "https://attacker.example", "Sec-Fetch-Site": "cross-site"}, True),
+        ({"Host": "127.0.0.1:8188", "Sec-Fetch-Site": "cross-site"}, True),
+        ({"Host": "localhost:8188", "Origin": "http://localhost:3000", "Sec-Fetch-Site": "same-site"}, True),
+        ({"Host": "127.0.0.1:8188", "Origin": "null"}, True),  # a sandboxed frame
+    ],
+)
+def test_reads_are_refused_to_another_site_or_origin(headers, refused):
+    """Every GET of the pack goes through refuse_cross_origin: ComfyUI started with --enable-cors-header
+    lets any site read any answer (tests/integration/test_redteam_keys_live.py runs it in ComfyUI)."""
+    answer = refuse_cross_origin(headers)
+    assert (answer is not None and answer[0] == 403) if refused else answer is None, answer
 
 
 def test_the_status_route_never_carries_a_key(isolated_config, monkeypatch):

@@ -13,10 +13,12 @@ the node returns, writes or logs is then searched for every 8-character run of t
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import logging
 import traceback
+from typing import Callable
 from urllib.parse import quote
 
 import pytest
@@ -40,6 +42,54 @@ def b64(text: str) -> str:
 def go_json(text: str) -> str:
     """Go's encoding/json: \\" and \\\\, and <, > and & as \\u003c, \\u003e, \\u0026."""
     return json.dumps(text)[1:-1].replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def wrapped(text: str, width: int, sep: str) -> tuple[str, Callable[[int], int]]:
+    """`text` broken into lines of `width` (MIME: 76, PEM: 64), and where each character went."""
+    lines = sep.join(text[i : i + width] for i in range(0, len(text), width))
+    return lines, lambda i: i + (i // width) * len(sep)
+
+
+def mime(key: str, width: int = 76, sep: str = "\r\n") -> tuple[str, str]:
+    """A gateway's debug dump: the request's headers, base64-encoded and wrapped, with a whole line
+    inside the key's part (a long key: a fal key is 69 characters, its base64 over 90)."""
+    for pad in range(width):
+        data = f"Request headers:\r\nx-pad: {'x' * pad}\r\nauthorization: Key {key}\r\n".encode()
+        start = len(data.split(key.encode())[0])
+        first, last = start * 4 // 3 + 3, (start + len(key.encode())) * 4 // 3 - 3  # the characters that hold the key's bits alone
+        if -(-first // width) * width + width <= last:
+            break
+    else:
+        raise AssertionError("the key is too short to fill a line")
+    lines, moved = wrapped(base64.b64encode(data).decode(), width, sep)
+    return lines, lines[moved(first) : moved(last)]
+
+
+def wrapped_echoes(key: str) -> dict[str, tuple[str, str]]:
+    """Base64 wrapped over lines: MIME at 76 columns, PEM at 64, a folded header, a dump quoted in JSON."""
+    return {
+        "MIME base64, CRLF": mime(key),
+        "PEM-width base64, LF": mime(key, 64, "\n"),
+        "folded base64": mime(key, 76, "\r\n "),
+        "wrapped base64, JSON-escaped breaks": mime(key, 76, "\\r\\n"),
+    }
+
+
+def hex_forms(key: str) -> dict[str, tuple[str, str]]:
+    data = key.encode()
+    forms = {
+        "hex": data.hex(),
+        "hex, upper case": data.hex().upper(),
+        "hex, spaced": " ".join(f"{b:02x}" for b in data),
+        "hex, colons": ":".join(f"{b:02X}" for b in data),
+        "hex dump, xxd groups": " ".join(data.hex()[i : i + 4] for i in range(0, 2 * len(data), 4)),
+        "hex, \\x escapes": "".join(f"\\x{b:02x}" for b in data),
+        "hex, 0x bytes": " ".join(f"0x{b:02x}" for b in data),
+        "percent-encoded bytes": "".join(f"%{b:02X}" for b in data),
+    }
+    forms = {name: (text, text) for name, text in forms.items()}
+    forms["hex, after an odd digit"] = ("f" + data.hex(), data.hex())  # a contiguous run whose bytes start one digit in
+    return forms
 
 
 def echoes(key: str) -> dict[str, tuple[str, str]]:
@@ -73,10 +123,17 @@ def echoes(key: str) -> dict[str, tuple[str, str]]:
         "JSON inside JSON": (json.dumps(json.dumps(key))[1:-1],) * 2,
         "HTML-escaped": (html.escape(key),) * 2,
         "bytes repr": (repr(key.encode())[2:-1],) * 2,
+        # hex dumps
+        **hex_forms(key),
     }
 
 
 ECHOES = echoes(KEY)
+# A key long enough that its base64 fills a whole wrapped line (a fal key, key id and secret, is 69
+# characters): the line holds neither end of the key, which is all the search looked for.
+LONG_KEY = "0f3c2d4e-1a2b-4c3d-9e8f-0123456789ab:Zq7Vx2Kp9Lm4Tn8RbWc3/Yd6Hs1Jf5Gt0Pa"
+# name -> (the key, what the gateway echoes, the key's part of it)
+CASES = {**{name: (KEY, *echo) for name, echo in ECHOES.items()}, **{f"long key, {name}": (LONG_KEY, *echo) for name, echo in wrapped_echoes(LONG_KEY).items()}}
 
 
 def leaked(text: str, evidence: str) -> str | None:
@@ -90,8 +147,8 @@ def assert_clean(where: str, text: str, evidence: str) -> None:
 
 
 def in_header(echo: str) -> bool:
-    """A proxy echoes a header value as it was sent or re-encoded, never JSON-escaped."""
-    return "\\" not in echo
+    """A proxy echoes a header value as it was sent or re-encoded, never JSON-escaped, on one line."""
+    return "\\" not in echo and "\n" not in echo
 
 
 def gateway_reply(echo: str):
@@ -122,8 +179,8 @@ def every_log_line(caplog, monkeypatch):
     return caplog
 
 
-def google(server, monkeypatch, echo: str) -> None:
-    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", KEY)
+def google(server, monkeypatch, echo: str, key: str = KEY) -> None:
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", key)
     monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
     server.route("POST", GEN_PATH, gateway_reply(echo))
 
@@ -132,10 +189,10 @@ def inputs(prompts: str, on_failure: str = "fail") -> RenderInputs:
     return RenderInputs(prompts=[prompts], prompt_per_line=True, provider="google", model="Nano Banana Pro", resolution="1K", on_failure=on_failure)
 
 
-@pytest.mark.parametrize("name", list(ECHOES))
+@pytest.mark.parametrize("name", list(CASES))
 def test_an_echoed_key_reaches_no_output_report_sidecar_status_or_log(name, server, monkeypatch, tmp_path, every_log_line):
-    echo, evidence = ECHOES[name]
-    google(server, monkeypatch, echo)
+    key, echo, evidence = CASES[name]
+    google(server, monkeypatch, echo, key)
     sink = ProgressLines()
     out = run(render(inputs("draw a cat\njson error please\nplain error please", "flag"), store_root=tmp_path / "store", progress=sink))
     assert out.report["counts"] == {"ok": 1, "failed": 2}
@@ -154,11 +211,11 @@ def test_an_echoed_key_reaches_no_output_report_sidecar_status_or_log(name, serv
     assert_clean("the log", logged, evidence)
 
 
-@pytest.mark.parametrize("name", list(ECHOES))
+@pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("prompt", ["json error", "plain error"])
 def test_an_echoed_key_reaches_no_exception(name, prompt, server, monkeypatch, tmp_path, every_log_line):
-    echo, evidence = ECHOES[name]
-    google(server, monkeypatch, echo)
+    key, echo, evidence = CASES[name]
+    google(server, monkeypatch, echo, key)
     with pytest.raises(BananaError) as info:
         run(render(inputs(prompt), store_root=tmp_path / "store"))
     exc = info.value
@@ -170,12 +227,12 @@ def test_an_echoed_key_reaches_no_exception(name, prompt, server, monkeypatch, t
     assert_clean("the log", "\n".join(record.getMessage() for record in every_log_line.records), evidence)
 
 
-@pytest.mark.parametrize("name", list(ECHOES))
+@pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("status", [200, 401])
 def test_the_keys_tab_test_button_shows_the_gateways_words_without_the_key(name, status, server, monkeypatch, every_log_line):
     """The Test button answers the browser with the provider's own words, accepted or not."""
-    echo, evidence = ECHOES[name]
-    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", KEY)
+    key, echo, evidence = CASES[name]
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", key)
     monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url + "/v1beta")
     said = f"Request headers: Authorization: {echo}"
     answer_body = {"models": [], "debug": said} if status == 200 else {"error": {"code": status, "message": said, "status": "UNAUTHENTICATED"}}
@@ -238,10 +295,23 @@ def test_redact_covers_every_echoed_form_and_alignment():
             assert MARKER in shown, f"{name}: nothing redacted in {text!r}"
             assert leaked(shown, evidence) is None, f"{name}: {leaked(shown, evidence)!r} left in {shown!r}"
     # Cut pieces of the raw key and of its escaped forms still go from 8 characters.
-    for piece in (UNIT_KEY[:8], UNIT_KEY[-8:], quote(UNIT_KEY, safe="")[:14], json.dumps(UNIT_KEY)[1:-1].upper()[-12:]):
+    data = UNIT_KEY.encode()
+    for piece in (UNIT_KEY[:8], UNIT_KEY[-8:], quote(UNIT_KEY, safe="")[:14], json.dumps(UNIT_KEY)[1:-1].upper()[-12:], data[:8].hex(), " ".join(f"{b:02x}" for b in data[-9:])):
         assert redact(f"cut: {piece}") == f"cut: {MARKER}", piece
     shown = redact_data({"h": [f"Basic {b64('u:' + UNIT_KEY)}"], "n": 1})
     assert shown["n"] == 1 and MARKER in shown["h"][0] and leaked(shown["h"][0], b64("u:" + UNIT_KEY)[5:-4]) is None
+    # Wrapped base64 of a key long enough to fill a line, and a line break a few characters into a key's base64.
+    long_key = LONG_KEY.replace("0f3c", "a9e1")
+    register_secret(long_key)
+    for name, (echo, evidence) in wrapped_echoes(long_key).items():
+        for text in (echo, f"dump:\n{echo}\n-- end", f"{echo}{echo}"):
+            shown = redact(text)
+            assert leaked(shown, evidence) is None, f"{name}: {leaked(shown, evidence)!r} left in {shown!r}"
+    user = "gateway-user:"  # 13 bytes: the key's part of the base64 starts at character 18
+    encoded = b64(user + UNIT_KEY)
+    for inside in range(1, 8):  # a piece too short to be found alone, before the break
+        shown = redact(encoded[: 18 + inside] + "\r\n" + encoded[18 + inside :])
+        assert shown.startswith(encoded[:16]) and shown.index(MARKER) <= 18, (inside, shown)
 
 
 def test_redact_leaves_ordinary_text_alone():
@@ -256,6 +326,12 @@ def test_redact_leaves_ordinary_text_alone():
         html.escape("<p>sk-unit is a prefix, &amp; so is sk-</p>"),
         "%2F%2f%252F \\u002f \\/ &amp;&#39; " * 20,
         "SK-UNIT is a prefix, and so is sk-",
+        # hex that is not the key: digests, ids, a dump of other bytes; base64 wrapped over lines
+        "sha256 " + hashlib.sha256(b"x").hexdigest() + " request 7d9e1f20-5c4b-4a39-8e7d-6f5a4b3c2d1e",
+        " ".join(f"{b:02x}" for b in png_bytes(8, 8)),
+        wrapped(image, 76, "\r\n")[0],
+        wrapped(base64.b64encode(b"a lighthouse at dusk, " * 20).decode(), 64, "\n")[0],
+        "A photograph of a lighthouse\nat dusk, with the beam\nsweeping over calm water\n" * 10,
     ]
     for text in texts:
         assert redact(text) == text, text[:80]

@@ -327,6 +327,97 @@ def test_an_error_page_in_another_charset_does_not_carry_the_key_past_redaction(
         assert ECHO_KEY[:8] not in text_form and ECHO_KEY[-8:] not in text_form, shown
 
 
+@pytest.mark.parametrize("charset", ["idna", "undefined", "rot13", "no-such-charset"])
+def test_an_error_page_in_a_charset_python_cannot_read_it_with_is_still_a_typed_error(charset, server, monkeypatch):
+    """Python knows `idna` and `undefined` but neither decodes with errors="replace": the UnicodeError
+    left the engine as itself, not as the provider's error with its status."""
+    from banana_pack.providers import GenerationRequest, UpstreamUnavailable, generate
+    from loopback import Reply
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    body = f"Upstream failed \xff for x-goog-api-key: {ECHO_KEY}".encode("latin-1")
+    server.route("POST", r":generateContent$", Reply(501, body=body, content_type=f"text/plain; charset={charset}"))
+    with pytest.raises(UpstreamUnavailable) as failed:
+        run(generate("google", "Nano Banana Pro", GenerationRequest(prompt="a cat")))
+    shown = str(failed.value)
+    assert failed.value.status == 501 and "Upstream failed" in shown and ECHO_KEY[:8] not in shown
+
+
+def utf7_spelled_out(text: str) -> bytes:
+    """UTF-7 may write any character in its base64 form, letters and digits included (RFC 2152)."""
+    import base64
+
+    return b"+" + base64.b64encode(text.encode("utf-16-be")).rstrip(b"=") + b"-"
+
+
+KEYS_TAB_ECHOES = {
+    # name: (body, Content-Type)
+    "JSON in UTF-16, no BOM": (json.dumps({"models": [], "debug": f"You sent x-goog-api-key: {ECHO_KEY}"}).encode("utf-16-le"), "application/json"),
+    "JSON in UTF-32": (json.dumps({"models": [], "debug": f"You sent x-goog-api-key: {ECHO_KEY}"}).encode("utf-32"), "application/json"),
+    "text, charset=utf-16": (f"You sent x-goog-api-key: {ECHO_KEY}".encode("utf-16"), "text/plain; charset=utf-16"),
+    "text, charset=utf-16-le": (f"You sent x-goog-api-key: {ECHO_KEY}".encode("utf-16-le"), "text/plain; charset=utf-16-le"),
+    "text, UTF-16 by its BOM": (b"\xfe\xff" + f"You sent x-goog-api-key: {ECHO_KEY}".encode("utf-16-be"), "text/plain"),
+    "text, charset=utf-7": (b"You sent x-goog-api-key: " + utf7_spelled_out(ECHO_KEY), "text/plain; charset=utf-7"),
+    "JSON, charset=utf-7": (b'{"models": [], "debug": "You sent x-goog-api-key: ' + utf7_spelled_out(ECHO_KEY) + b'"}', "application/json; charset=utf-7"),
+    "text, charset=latin-1": (f"Vous avez envoyé x-goog-api-key: {ECHO_KEY}".encode("latin-1"), "text/plain; charset=iso-8859-1"),
+}
+
+
+@pytest.mark.parametrize("name", list(KEYS_TAB_ECHOES))
+def test_the_keys_tab_test_answer_reads_the_body_in_its_own_charset_before_redacting(name, server, monkeypatch):
+    """The Test button's answer reaches the page. It read an accepted answer's body as UTF-8 only: a
+    UTF-16 or UTF-32 echo of the key came out with NULs between its characters, a UTF-7 one spelled in
+    base64, and redaction matched neither (the page reads both back with one line of script)."""
+    from banana_pack.nodes.key_routes import try_key
+    from loopback import Reply
+
+    body, content_type = KEYS_TAB_ECHOES[name]
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url + "/v1beta")
+    server.route("GET", r"/v1beta/models", Reply(200, body=body, content_type=content_type))
+    status, answer = run(try_key({"provider": "google"}))
+    assert status == 200 and answer["ok"] is True and answer["status"] == 200
+    shown = answer["answer"]
+    readable = shown.replace("\x00", "")  # as a page reads it back
+    assert ECHO_KEY[:8] not in readable and ECHO_KEY[-8:] not in readable, shown
+    assert utf7_spelled_out(ECHO_KEY).decode()[1:12] not in shown, shown
+    assert "x-goog-api-key" in shown and "\x00" not in shown  # the body was read, in its own charset
+
+
+def test_the_keys_tab_test_answer_redacts_before_it_folds_lines(server, monkeypatch):
+    """A plain-text answer is shown on one line: folding it first turned the line breaks of wrapped
+    base64 into spaces, which redaction does not take for a wrapped line, and a line that held
+    neither end of a long key was shown."""
+    from banana_pack.nodes.key_routes import try_key
+    from loopback import Reply
+    from test_redaction_echoes import LONG_KEY, leaked, mime
+
+    dump, evidence = mime(LONG_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", LONG_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url + "/v1beta")
+    server.route("GET", r"/v1beta/models", Reply(200, body=f"Request dump:\r\n{dump}\r\n".encode(), content_type="text/plain"))
+    status, answer = run(try_key({"provider": "google"}))
+    assert answer["ok"] is True and "Request dump:" in answer["answer"]
+    for line in evidence.split("\r\n"):
+        assert leaked(answer["answer"], line) is None, answer["answer"]
+
+
+def test_the_keys_tab_test_reads_an_accepted_answer_only_up_to_a_limit(server, monkeypatch):
+    """An accepted answer is read up to key_routes.TEST_ANSWER_BYTES (the engine's default was 128 MB):
+    over it, the key still counts as accepted, and nothing of the body is shown."""
+    from banana_pack.nodes.key_routes import TEST_ANSWER_BYTES, try_key
+    from loopback import Reply
+
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", ECHO_KEY)
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url + "/v1beta")
+    huge = json.dumps({"models": [{"name": f"models/m{n}", "debug": "y" * 200} for n in range(TEST_ANSWER_BYTES // 200 + 10)]}).encode()
+    server.route("GET", r"/v1beta/models", Reply(200, body=huge, content_type="application/json"))
+    status, answer = run(try_key({"provider": "google"}))
+    assert status == 200 and answer["ok"] is True and answer["status"] == 200
+    assert "models/m0" not in answer["answer"] and f"{TEST_ANSWER_BYTES}-byte limit" in answer["answer"]
+
+
 # -- a gateway on this machine is never reached through a proxy -------------------------------------
 
 

@@ -166,9 +166,12 @@ def test_an_unreadable_ledger_does_not_waive_a_limit(google, tmp_path, isolated_
     monkeypatch.setenv("BANANA_SPEND_LIMIT_DAY", "5")
     isolated_config.mkdir(parents=True)
     (isolated_config / LEDGER_FILE).mkdir()  # a folder where the file should be: cannot be opened or moved aside
-    with pytest.raises(ConfigError, match="Cannot check the daily limit"):
+    with pytest.raises(ConfigError, match="Cannot check the daily limit") as refused:
         run(render(inputs(["ok"]), store_root=tmp_path))
     assert google.requests == []
+    # The message reaches /history (any page that reaches ComfyUI reads it): the ledger by its
+    # config-relative name, never its absolute path (home folder, user name).
+    assert "$BANANA_CONFIG_DIR/ledger.sqlite3 cannot be read" in str(refused.value) and str(tmp_path) not in str(refused.value)
 
 
 def test_a_limit_lowered_mid_run_does_not_abandon_work_in_flight(google, tmp_path, isolated_config, monkeypatch):

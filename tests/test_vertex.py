@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import builtins
 import json
+import traceback
+import uuid
 
 import pytest
 from banana_pack.providers import (
     AuthError,
+    BananaError,
     ConfigError,
     GenerationRequest,
     SafetyRejected,
@@ -123,6 +126,7 @@ def test_a_refused_key_is_an_auth_error_without_the_key(vertex):
         gen()
     text = str(caught.value) + (caught.value.hint or "")
     assert "banana@sa-project" in text and "PRIVATE KEY" not in text
+    assert "invalid_grant: Invalid JWT Signature." in text  # the endpoint's code and its words (error_description)
     assert vertex.hits("POST", GEN_PATH) == []
 
 
@@ -195,3 +199,85 @@ def test_the_key_file_path_is_not_a_secret_but_its_private_key_is(vertex, tmp_pa
     private_key = json.loads(key_file.read_text())["private_key"]
     assert redact(f"saved in {tmp_path}/output") == f"saved in {tmp_path}/output"
     assert "PRIVATE KEY" not in redact(f"oops: {private_key}")
+
+
+# -- the assertion and the access token are secrets too -----------------------------------------------
+
+
+class EchoingTokenEndpoint:
+    """A token endpoint (or a gateway in front of one) that echoes the form it was sent in its error."""
+
+    def __init__(self, status: int, shape: str) -> None:
+        self.status, self.shape, self.sent = status, shape, []
+
+    def __call__(self, req):
+        from urllib.parse import parse_qs
+
+        assertion = parse_qs(req.body.decode())["assertion"][0]
+        self.sent.append(assertion)
+        said = f"Bad request: grant_type=jwt-bearer&assertion={assertion}"
+        if self.shape == "text":
+            return Reply(self.status, body=said.encode(), content_type="text/plain")
+        if self.shape == "oauth":  # RFC 6749's error answer, as Google's token endpoint writes it
+            return Reply(self.status, {"error": "invalid_grant", "error_description": said})
+        return Reply(self.status, {"error": {"code": self.status, "message": said, "status": "INVALID_ARGUMENT"}})
+
+
+@pytest.mark.parametrize("status", [400, 501])  # the AuthError it becomes, and the engine's own error
+@pytest.mark.parametrize("shape", ["text", "google", "oauth"])
+def test_a_token_endpoint_echoing_the_signed_assertion_does_not_show_it(vertex, status, shape, caplog):
+    """The assertion is a bearer credential for an hour: whoever holds it gets access tokens for the account."""
+    endpoint = EchoingTokenEndpoint(status, shape)
+    vertex.route("POST", r"^/token$", endpoint)
+    with pytest.raises(BananaError) as caught:
+        gen()
+    (assertion,) = set(endpoint.sent)
+    signature = assertion.rsplit(".", 1)[1]
+    shown = "\n".join([str(caught.value), repr(caught.value), "".join(traceback.format_exception(caught.value))] + [r.getMessage() for r in caplog.records])
+    assert "Bad request" in str(caught.value)  # the endpoint's words are shown...
+    assert signature[:8] not in shown and signature[-8:] not in shown and signature[100:120] not in shown  # ...without the signature
+
+
+def test_a_token_answer_that_is_not_json_never_shows_the_access_token(vertex):
+    """Some OAuth servers answer form-encoded: the "expected JSON" error quoted the body, token and all."""
+    vertex.route("POST", r"^/token$", Reply(200, body=f"access_token={TOKEN}&expires_in=3599&token_type=Bearer".encode(), content_type="application/x-www-form-urlencoded"))
+    with pytest.raises(BananaError) as caught:
+        gen()
+    text = str(caught.value)
+    assert "token endpoint" in text and "JSON" in text
+    assert "loopback-access-token" not in text and "loopback-access-token" not in "".join(traceback.format_exception(caught.value))
+    assert vertex.hits("POST", GEN_PATH) == []
+
+
+class ShortLivedTokens(TokenEndpoint):
+    """Hands out a new token per grant, already expired (past redaction's grace): every call gets a new one."""
+
+    def __call__(self, req):
+        reply = super().__call__(req)
+        if reply.status != 200:
+            return reply
+        self.handed_out.append(f"ya29.{uuid.uuid4().hex}{uuid.uuid4().hex}")
+        return Reply(json={"access_token": self.handed_out[-1], "expires_in": -1000, "token_type": "Bearer"})
+
+
+def test_expired_tokens_leave_the_redaction_search_live_ones_and_keys_stay(vertex):
+    """A service account gets a new token and a new signed assertion every hour: registered forever,
+    they made every redaction (every log line) slower all day long. An expired one is dropped when the
+    next secret is registered; the live ones, and keys, stay."""
+    from banana_pack.providers.redaction import MARKER, redact, register_secret
+
+    tokens = ShortLivedTokens()
+    tokens.handed_out = []
+    vertex.route("POST", r"^/token$", tokens)
+    vertex.route("POST", GEN_PATH, Reply(json=fixture("gemini/success_single.json")))
+    key = "AIza-permanent-key-also-seen-as-a-token-42"
+    register_secret(key)
+    register_secret(key, expires_at=0)  # the same text later registered as expiring: a key stays a key
+    for _ in range(3):
+        gen()
+    first, second, last = tokens.handed_out
+    assert redact(f"old: {first} {second}") == f"old: {first} {second}"  # expired, dropped
+    assert redact(f"live: {last}") == f"live: {MARKER}"  # the newest stays until the next registration
+    assert redact(key) == MARKER
+    signatures = [r.body.decode().rsplit(".", 1)[1] for r in vertex.hits("POST", r"^/token$")]
+    assert len(signatures) == 3 and all(redact(s) == MARKER for s in signatures)  # assertions live an hour

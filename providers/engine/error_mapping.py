@@ -51,7 +51,7 @@ def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
     try:
         body = json.loads(content)
     except (ValueError, UnicodeDecodeError):
-        text = _decoded(content[:4000], content_type)[:2000]
+        text = decoded_text(content[:4000], content_type)[:2000]
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
         if "<html" in text.lower() or title:
             summary = f"an HTML page{': ' + title.group(1).strip() if title else ''} instead of JSON"
@@ -82,20 +82,22 @@ def is_provider_error(body: Any) -> bool:
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
 
 
-def _decoded(content: bytes, content_type: str) -> str:
-    """A non-JSON error page as text: in its declared charset, else by its byte-order mark, else UTF-8.
+def decoded_text(content: bytes, content_type: str) -> str:
+    """A body as text, for redaction: in its declared charset, else by its byte-order mark, else as
+    JSON's rules tell UTF-8 from BOM-less UTF-16 and UTF-32 (by where the NULs are).
 
     Read in the wrong one (UTF-16 as UTF-8), an echoed key comes out with a NUL between its
-    characters, which redaction does not match and a reader easily does; any NUL left is dropped."""
+    characters, which redaction does not match and a reader easily does; any NUL left is dropped.
+    A charset that spells text in other letters (UTF-7's base64) is undone here, before redaction."""
     charset = re.search(r"charset=[\"']?([\w.:-]+)", content_type or "", re.I)
-    encoding, start = (charset.group(1), 0) if charset else ("utf-8", 0)
+    encoding, start = (charset.group(1), 0) if charset else (json.detect_encoding(content[:4]), 0)
     for bom, name in _BOMS:
         if content.startswith(bom):
             encoding, start = name, len(bom)
             break
     try:
         text = content[start:].decode(encoding, "replace")
-    except LookupError:  # a charset Python does not know
+    except (LookupError, UnicodeError):  # a charset Python does not know, or cannot decode leniently (idna, undefined)
         text = content[start:].decode("utf-8", "replace")
     return text.replace("\x00", "")
 
@@ -127,8 +129,9 @@ def read_error_body(body: Any) -> ErrorEnvelope:
         envelope.flagged = bool(moderation or envelope.labels or metadata.get("flagged_input"))
         stage = str(moderation.get("moderation_stage") or "").lower()
         envelope.stage = stage if stage in ("input", "output") else "input" if metadata.get("flagged_input") else None
-    elif isinstance(err, str):  # Vydra: {"error": "...", "code": "..."}
-        envelope.message = err
+    elif isinstance(err, str):  # Vydra: {"error": "...", "code": "..."}; OAuth 2.0 (RFC 6749): a code, and error_description in words
+        described = body.get("error_description")
+        envelope.message = f"{err}: {described}" if isinstance(described, str) and described.strip() else err
     detail = body.get("detail")
     if isinstance(detail, list):  # fal / FastAPI validation errors
         parts = []

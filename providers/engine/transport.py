@@ -36,7 +36,7 @@ from .addresses import DownloadScope, bind_checks, checked_addresses, download_s
 from .auth import Credentials, host_of, origin, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
-from .error_mapping import request_id_in, error_for_status, is_provider_error, parse_error_body
+from .error_mapping import decoded_text, error_for_status, is_provider_error, parse_error_body, request_id_in
 from .policy import (
     CONNECTION_LOST,
     IDEMPOTENT,
@@ -121,7 +121,7 @@ class Response:
         try:
             return json.loads(self.content)
         except (ValueError, UnicodeDecodeError):
-            summary = parse_error_body(self.content).message
+            summary = parse_error_body(self.content, self.headers.get("content-type", "")).message
             error = MalformedResponse(
                 f"Expected JSON, got {summary} ({len(self.content)} bytes, content-type '{self.headers.get('content-type', '')}').",
                 provider=self.caller.provider,
@@ -131,6 +131,10 @@ class Response:
             if self.paid and 200 <= self.status < 300:
                 mark_maybe_billed(error, request_id_in(self.headers))
             raise error from None
+
+    def text(self) -> str:
+        """The body as text in its declared charset (or by its byte-order mark), as redaction needs it."""
+        return decoded_text(self.content, self.headers.get("content-type", ""))
 
     def json_object(self) -> dict:
         body = self.json()

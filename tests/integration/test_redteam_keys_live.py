@@ -204,3 +204,35 @@ def test_a_user_folder_inside_the_output_folder_never_serves_the_keys(comfyui_se
             assert GOOGLE_KEY not in served
     finally:
         client.close()
+
+
+# -- ComfyUI started with --enable-cors-header: every site may read every answer ---------------------
+
+
+@pytest.mark.parametrize("path", ["/nano_banana_bridge/jobs?status=0", "/nano_banana_bridge/keys", "/nano_banana_bridge/catalog", "/nano_banana_bridge/models?provider=google"])
+def test_with_cors_enabled_another_site_reads_none_of_the_packs_routes(path, cors_comfy):
+    """--enable-cors-header drops ComfyUI's own cross-site refusal and answers every request with
+    Access-Control-Allow-Origin, so a page on any site read the spend, the jobs and which keys are set
+    (and made the models route call the provider with the key). The pack's routes refuse another
+    site or origin themselves; its own pages (same origin, no Origin header on a read) still read them."""
+
+    def get(headers: dict) -> tuple[int, dict, dict]:
+        request = urllib.request.Request(cors_comfy.base_url + path, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return resp.status, dict(resp.headers), json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), json.loads(err.read() or b"{}")
+
+    status, headers, answer = get({"Origin": "https://attacker.example", "Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"})
+    assert headers.get("Access-Control-Allow-Origin") == "*"  # ComfyUI lets the browser hand the answer over...
+    assert status == 403 and set(answer) == {"error"}, answer  # ...so the pack answers nothing
+    assert get({"Origin": "http://localhost:1234"})[0] == 403  # another origin on this machine (Sec-Fetch-Site: same-site)
+    status, _, answer = get({})  # the pack's own panel
+    assert status == 200, answer
+
+
+@pytest.fixture(scope="module")
+def cors_comfy(comfyui_server_factory):
+    server = comfyui_server_factory(extra_env={"BANANA_GOOGLE_API_KEY": GOOGLE_KEY, "BANANA_GOOGLE_BASE_URL": "http://127.0.0.1:9/v1beta"}, extra_args=("--enable-cors-header", "*"))
+    return server
