@@ -81,6 +81,7 @@ class OutputBatch:
         # JPEG results of the frame size decode into these (one per lane, touched while idle),
         # not into fresh memory: see jpeg_rows.
         self._row_buffers: list[RowBuffer] = []
+        self._early: dict[Slot, asyncio.Future] = {}  # row-buffer decodes started from written()
 
     # -- arrivals (on the event loop) ------------------------------------------------------------
 
@@ -95,12 +96,31 @@ class OutputBatch:
                 self._spawn(self._take((index, number), blob))
         self._settle_target()
 
-    def _spawn(self, work) -> None:
+    def written(self, index: int, blobs: Sequence[bytes]) -> None:
+        """Item `index`'s images are written to disk, not yet made durable nor recorded (see
+        run_batch's on_written). The ones that decode through a row buffer, which takes no memory
+        (a JPEG of the frame size), start now; everything else waits for add()."""
+        if self._target is None or self._unforeseen or index in self._arrived:
+            return
+        for number, blob in enumerate(blobs[: self._expected[index]]):
+            slot = (index, number)
+            if slot not in self._early:
+                self._claimed.add(self._offsets[index] + number)
+                self._early[slot] = self._spawn(self._take_early(slot, blob))
+
+    async def _take_early(self, slot: Slot, blob: bytes) -> None:
+        async with self._lanes:
+            if not self._unforeseen:
+                await self._unfaulted(slot)
+                await self._decode_drawing(slot, blob)
+
+    def _spawn(self, work) -> asyncio.Task:
         task = asyncio.ensure_future(self._working(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         # A task cancelled (close()) before it started never runs `work`: close it, unawaited.
         task.add_done_callback(lambda done: work.close() if done.cancelled() else None)
+        return task
 
     def _frontier(self) -> int | None:
         """The item whose first image sets the frame size, once every item before it produced none."""
@@ -148,6 +168,11 @@ class OutputBatch:
             await asyncio.shield(current[1])
 
     async def _take(self, slot: Slot, blob: bytes) -> None:
+        early = self._early.pop(slot, None)
+        if early is not None:
+            await early  # before taking a lane: it needs one
+            if slot in self._drawn:
+                return
         async with self._lanes:
             if self._unforeseen or not await asyncio.to_thread(self._within_limit, blob):
                 self._unforeseen = True

@@ -264,6 +264,7 @@ async def render(
     async def finished(outcome: ItemOutcome) -> None:
         # The ledger row first (it never raises; SQLite, so off the loop): the images are saved and
         # cached already, so a crash while decoding (the OOM killer) neither pays twice nor hides a cost.
+        # (output.written may have started a row-buffer decode earlier: it takes no memory.)
         await asyncio.to_thread(spend.record_outcome, outcome, counts[outcome.index])
         output.add(outcome.index, [image.data for image in outcome.images])
     try:
@@ -273,7 +274,7 @@ async def render(
                 output.add(outcome.index, [image.data for image in outcome.images])
         else:
             with spend.guarded([item.count for item in items]):
-                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished)
+                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished, on_written=output.written)
         report = batch_report(outcomes, settings)
         report["delivery"] = inputs.delivery
         report["spend"] = await asyncio.to_thread(spend.summary)
