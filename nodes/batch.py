@@ -218,8 +218,12 @@ async def run_batch(
         """store.save's on_written for this item (called in its thread): hands the bytes to the loop."""
         if on_written is None:
             return None
-        blobs = [image.data for image in result.images]
-        return lambda: loop.call_soon_threadsafe(on_written, index, blobs)
+        hook, blobs = on_written, [image.data for image in result.images]
+
+        def hand_over() -> None:
+            loop.call_soon_threadsafe(hook, index, blobs)
+
+        return hand_over
 
     def update(status: str | None = None) -> None:
         if status is not None:
