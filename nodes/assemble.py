@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .jpeg_rows import RowBuffer, decode_drawing, new_row_buffer
 from .tensors import (
     ImageDecodeError,
     SizePolicy,
@@ -77,6 +78,10 @@ class OutputBatch:
         self._idle.set()
         self._prefaulter: asyncio.Task | None = None
         self._prefaulting: tuple[int, asyncio.Future] | None = None  # (frame, its fill)
+        # JPEG results of the frame size decode into these (one per lane, touched while idle),
+        # not into fresh memory: see jpeg_rows.
+        self._row_buffers: list[RowBuffer] = []
+        self._early: dict[Slot, asyncio.Future] = {}  # row-buffer decodes started from written()
 
     # -- arrivals (on the event loop) ------------------------------------------------------------
 
@@ -91,12 +96,31 @@ class OutputBatch:
                 self._spawn(self._take((index, number), blob))
         self._settle_target()
 
-    def _spawn(self, work) -> None:
+    def written(self, index: int, blobs: Sequence[bytes]) -> None:
+        """Item `index`'s images are written to disk, not yet made durable nor recorded (see
+        run_batch's on_written). The ones that decode through a row buffer, which takes no memory
+        (a JPEG of the frame size), start now; everything else waits for add()."""
+        if self._target is None or self._unforeseen or index in self._arrived:
+            return
+        for number, blob in enumerate(blobs[: self._expected[index]]):
+            slot = (index, number)
+            if slot not in self._early:
+                self._claimed.add(self._offsets[index] + number)
+                self._early[slot] = self._spawn(self._take_early(slot, blob))
+
+    async def _take_early(self, slot: Slot, blob: bytes) -> None:
+        async with self._lanes:
+            if not self._unforeseen:
+                await self._unfaulted(slot)
+                await self._decode_drawing(slot, blob)
+
+    def _spawn(self, work) -> asyncio.Task:
         task = asyncio.ensure_future(self._working(work))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         # A task cancelled (close()) before it started never runs `work`: close it, unawaited.
         task.add_done_callback(lambda done: work.close() if done.cancelled() else None)
+        return task
 
     def _frontier(self) -> int | None:
         """The item whose first image sets the frame size, once every item before it produced none."""
@@ -120,6 +144,12 @@ class OutputBatch:
 
     async def _prefault(self) -> None:
         assert self._frames is not None
+        for buffer in list(self._row_buffers):
+            await self._idle.wait()
+            if buffer in self._row_buffers:  # out of the pool while it is written
+                self._row_buffers.remove(buffer)
+                await asyncio.shield(asyncio.to_thread(buffer.touch))
+                self._row_buffers.append(buffer)
         for frame in range(len(self._frames)):
             await self._idle.wait()
             if frame in self._claimed:
@@ -138,6 +168,11 @@ class OutputBatch:
             await asyncio.shield(current[1])
 
     async def _take(self, slot: Slot, blob: bytes) -> None:
+        early = self._early.pop(slot, None)
+        if early is not None:
+            await early  # before taking a lane: it needs one
+            if slot in self._drawn:
+                return
         async with self._lanes:
             if self._unforeseen or not await asyncio.to_thread(self._within_limit, blob):
                 self._unforeseen = True
@@ -147,8 +182,10 @@ class OutputBatch:
                 return
             try:
                 if self._target is not None:
-                    picture, full_scale = await asyncio.to_thread(open_picture, blob)
                     await self._unfaulted(slot)
+                    if await self._decode_drawing(slot, blob):
+                        return
+                    picture, full_scale = await asyncio.to_thread(open_picture, blob)
                     await self._draw_now(slot, picture, full_scale)
                     return
                 self._opening += 1
@@ -186,6 +223,8 @@ class OutputBatch:
             # a machine whose memory is fragmented each huge-page fault then waits for compaction
             # (seconds per 4K frame of a multi-GB batch); small pages fault in steadily.
             self._frames = torch.empty((self._offsets[-1], height, width, 3), dtype=torch.float32).numpy()
+            buffers = (new_row_buffer((width, height)) for _ in range(min(DECODE_LANES, self._offsets[-1])))
+            self._row_buffers = [buffer for buffer in buffers if buffer is not None]
             self._prefaulter = asyncio.ensure_future(self._prefault())
         for slot, (picture, full_scale) in list(self._held.items()):
             del self._held[slot]
@@ -193,6 +232,19 @@ class OutputBatch:
         for slot, blob in list(self._deferred.items()):
             del self._deferred[slot]
             self._spawn(self._take(slot, blob))
+
+    async def _decode_drawing(self, slot: Slot, blob: bytes) -> bool:
+        """Decode a JPEG straight into its frame through a row buffer; False: take the ordinary path."""
+        if not self._row_buffers:
+            return False
+        assert self._frames is not None
+        buffer = self._row_buffers.pop()
+        frame = self._frames[self._offsets[slot[0]] + slot[1]]
+        drawn = await asyncio.to_thread(decode_drawing, blob, frame, buffer)
+        self._row_buffers.append(buffer)  # not when cancelled: its thread may still be writing into it
+        if drawn:
+            self._drawn.add(slot)
+        return drawn
 
     async def _draw(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
         async with self._lanes:
@@ -236,14 +288,19 @@ class OutputBatch:
 
         `check` sees all those images first (in a thread) and may raise to refuse them.
         """
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks))
-        await self._stop_prefaulting()
         slots = [(index, number) for index, blobs in kept for number in range(len(blobs))]
         if not slots:
             raise ValueError("no images to decode")
-        if check is not None:
-            await asyncio.to_thread(check, [blob for _, item_blobs in kept for blob in item_blobs])
+        # The check reads headers while the last decodes run, not after them.
+        checking = asyncio.ensure_future(asyncio.to_thread(check, [blob for _, item_blobs in kept for blob in item_blobs])) if check else None
+        try:
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks))
+        finally:
+            if checking is not None:
+                await checking
+        await self._stop_prefaulting()
+        self._row_buffers = []  # their memory goes back before the output is handed on
         for slot in slots:
             if slot in self._errors:
                 raise self._errors[slot]
@@ -251,6 +308,10 @@ class OutputBatch:
             self._frames = None  # let it go before the full-size fallback allocates its own
             blobs = [blob for _, item_blobs in kept for blob in item_blobs]
             return await asyncio.to_thread(decode_images, blobs, size_policy=self._policy)
+        if all(self._offsets[index] + number == position for position, (index, number) in enumerate(slots)):
+            frames, self._frames = self._frames, None  # nothing to move (no item fell short)
+            assert frames is not None
+            return torch.from_numpy(frames[: len(slots)])
         return torch.from_numpy(await asyncio.to_thread(self._compact, slots))
 
     def _compact(self, slots: list[Slot]) -> np.ndarray:

@@ -194,12 +194,15 @@ async def run_batch(
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
     on_finished: Callable[[ItemOutcome], Awaitable[None] | None] | None = None,
+    on_written: Callable[[int, list[bytes]], None] | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
     `on_finished` sees each outcome the moment its item ends (saved to disk first), in any order,
-    and may be a coroutine function.
+    and may be a coroutine function. `on_written` (item index, image bytes) is called on the loop
+    when the store has written an item's images, before fsync makes them durable and before its
+    cache entry and ledger row (so only work that takes no memory should start then).
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.
     """
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
@@ -208,6 +211,19 @@ async def run_batch(
     requests = [_request(item, settings) for item in items]
     fields = [_key_fields(spec.id, offer.model_id, r) for r in requests]
     keys = claim_keys(fields, items)
+
+    loop = asyncio.get_running_loop()
+
+    def written(index: int, result: GenerationResult) -> Callable[[], None] | None:
+        """store.save's on_written for this item (called in its thread): hands the bytes to the loop."""
+        if on_written is None:
+            return None
+        hook, blobs = on_written, [image.data for image in result.images]
+
+        def hand_over() -> None:
+            loop.call_soon_threadsafe(hook, index, blobs)
+
+        return hand_over
 
     def update(status: str | None = None) -> None:
         if status is not None:
@@ -277,7 +293,8 @@ async def run_batch(
             if store is not None:
                 extras = _extras(result)
                 try:
-                    paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras})  # on disk before any decoding
+                    # On disk before any decoding (on_written: once the bytes are written, while fsync makes them durable).
+                    paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras}, on_written=written(item.index, result))
                     name_saved(outcome, store, result, paths)
                     for image in result.thought_images:  # paid for too: kept by hash
                         await asyncio.to_thread(put_blob, store.root, image.data)

@@ -264,6 +264,7 @@ async def render(
     async def finished(outcome: ItemOutcome) -> None:
         # The ledger row first (it never raises; SQLite, so off the loop): the images are saved and
         # cached already, so a crash while decoding (the OOM killer) neither pays twice nor hides a cost.
+        # (output.written may have started a row-buffer decode earlier: it takes no memory.)
         await asyncio.to_thread(spend.record_outcome, outcome, counts[outcome.index])
         output.add(outcome.index, [image.data for image in outcome.images])
     try:
@@ -273,7 +274,7 @@ async def render(
                 output.add(outcome.index, [image.data for image in outcome.images])
         else:
             with spend.guarded([item.count for item in items]):
-                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished)
+                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished, on_written=output.written)
         report = batch_report(outcomes, settings)
         report["delivery"] = inputs.delivery
         report["spend"] = await asyncio.to_thread(spend.summary)
@@ -288,8 +289,16 @@ async def render(
         if any(o.status == CANCELLED for o in outcomes):
             raise Interrupted(report)
         kept = settle(outcomes, inputs.on_failure, saved_in=str(store.root) if store else None, report_file=str(report_file) if report_file else None)
-        # The conversation's blobs are written while the last images decode, not after.
+        # The conversation's blobs are written while the last images decode, not after; so is what
+        # the other outputs need.
         conversation_saved = asyncio.ensure_future(asyncio.to_thread(_next_conversation, inputs, kept, items, store))
+        texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]
+        if inputs.on_failure == FLAG:
+            texts = [f"[item {o.index + 1} {o.status}: {o.reason or ''}] {(o.message or '').splitlines()[0] if o.message else ''}".strip() for o in outcomes if o.status in (REFUSED, FAILED)] + texts
+        warnings = sorted({w for outcome in kept for w in outcome.warnings})
+        first_thought = next((o.thought_images[0] for o in kept if o.thought_images), None)
+        thought_image = empty_image() if first_thought is None else None
+        summary, shown_report = redact(_summary(report)), redact_data(report)
         try:
             try:
                 tensor = await output.result(
@@ -308,24 +317,20 @@ async def render(
     finally:
         output.close()
 
-    texts = [outcome.text.strip() for outcome in kept if outcome.text.strip()]
-    if inputs.on_failure == FLAG:
-        texts = [f"[item {o.index + 1} {o.status}: {o.reason or ''}] {(o.message or '').splitlines()[0] if o.message else ''}".strip() for o in outcomes if o.status in (REFUSED, FAILED)] + texts
-    warnings = sorted({w for outcome in kept for w in outcome.warnings})
-    thought_image = empty_image()
-    first_thought = next((o.thought_images[0] for o in kept if o.thought_images), None)
     if first_thought is None and inputs.include_thoughts and not any("include thoughts" in w for w in warnings):  # dropped: already said
         warnings.append("include_thoughts: the model returned no interim image this time, so thought_image is empty.")
     if first_thought is not None:
         try:
             thought_image = await asyncio.to_thread(decode_images, [first_thought.data], size_policy=inputs.size_policy)
         except ImageDecodeError as exc:
+            thought_image = empty_image()
             warnings.append(f"The thought image could not be decoded: {exc}")
+    assert thought_image is not None
     text = "\n\n".join(texts + ([f"Note: {w}" for w in warnings] if warnings else []))
     conversation = await conversation_saved
     if progress is not None:
-        progress.text(redact(_summary(report)), force=True)
-    return RenderOutput(images=tensor, text=redact(text), report=redact_data(report), thought_image=thought_image, conversation=conversation)
+        progress.text(summary, force=True)
+    return RenderOutput(images=tensor, text=redact(text), report=shown_report, thought_image=thought_image, conversation=conversation)
 
 
 def _next_conversation(inputs: RenderInputs, kept: list, items: list, store: ResultStore | None) -> dict[str, Any]:

@@ -40,7 +40,8 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from collections.abc import Callable
+from typing import Any, BinaryIO, Iterable, NamedTuple
 
 from ..providers.config import store_secret, warn_once
 from ..providers.engine.auth import without_userinfo
@@ -85,17 +86,52 @@ def request_key(fields: dict[str, Any], image_digests: Iterable[str]) -> str:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write beside the target and rename, so a crash never leaves a half file under the final name."""
+    _finish_write(_start_write(path, data))
+
+
+class _Writing(NamedTuple):
+    file: BinaryIO
+    temporary: str
+    path: Path
+
+
+def _start_write(path: Path, data: bytes) -> _Writing:
+    """The bytes in a new file beside `path`: the system has them (they outlive this process), but
+    they are neither durable nor under their name yet (_finish_write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    file = os.fdopen(fd, "wb")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        file.write(data)
+        file.flush()
     except BaseException:
+        file.close()
         Path(tmp).unlink(missing_ok=True)
         raise
+    return _Writing(file, tmp, path)
+
+
+def _finish_write(writing: _Writing) -> None:
+    """Durable first (fsync), then under its name (rename)."""
+    try:
+        with writing.file:
+            os.fsync(writing.file.fileno())
+        os.replace(writing.temporary, writing.path)
+    except BaseException:
+        Path(writing.temporary).unlink(missing_ok=True)
+        raise
+
+
+def _finish_writes(writings: list[_Writing]) -> None:
+    """_finish_write each; after a failure the rest are abandoned (closed, removed) and it is raised."""
+    for number, writing in enumerate(writings):
+        try:
+            _finish_write(writing)
+        except BaseException:
+            for left in writings[number + 1 :]:
+                left.file.close()
+                Path(left.temporary).unlink(missing_ok=True)
+            raise
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -209,7 +245,9 @@ class ResultStore:
 
     # -- saving on arrival ---------------------------------------------------------------------
 
-    def save(self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True) -> list[Path]:
+    def save(
+        self, key: str, result: GenerationResult, provenance: dict[str, Any], *, cache: bool = True, on_written: Callable[[], None] | None = None
+    ) -> list[Path]:
         """Write every image's original bytes, then the cache entry, then each sidecar; return the
         paths of result.images, then of result.extra_images.
 
@@ -218,20 +256,29 @@ class ResultStore:
         the images are on disk, what keeps a re-run from paying for them again follows first.
         Extra images (beyond the count asked for) are saved as `<stem>_extra<n>`, named in the
         sidecars, and are not part of the cache entry: a cached answer has the count asked for.
+        `on_written` is called (in this thread) once every image's bytes are written, before they
+        are made durable and renamed: what waits for the bytes to be on disk may start then.
         """
         now = dt.datetime.now()
         folder = _own_folder(self.root / now.strftime("%Y-%m-%d"))
         stem = f"{now:%H%M%S}_{_safe(result.provider)}_{key[:8]}_{uuid.uuid4().hex[:4]}"
-        paths: list[Path] = []
-        for n, image in enumerate(result.images):
-            path = folder / f"{stem}_{n}.{image.extension}"
-            _atomic_write(path, image.data)
-            paths.append(path)
-        extra_paths: list[Path] = []
-        for n, image in enumerate(result.extra_images):
-            path = folder / f"{stem}_extra{n}.{image.extension}"
-            _atomic_write(path, image.data)
-            extra_paths.append(path)
+        paths = [folder / f"{stem}_{n}.{image.extension}" for n, image in enumerate(result.images)]
+        extra_paths = [folder / f"{stem}_extra{n}.{image.extension}" for n, image in enumerate(result.extra_images)]
+        writings: list[_Writing] = []
+        try:
+            for path, image in zip([*paths, *extra_paths], [*result.images, *result.extra_images]):
+                writings.append(_start_write(path, image.data))
+        except BaseException:
+            for writing in writings:
+                writing.file.close()
+                Path(writing.temporary).unlink(missing_ok=True)
+            raise
+        if on_written is not None:
+            try:
+                on_written()
+            except Exception:  # noqa: BLE001 - a caller's hook must not stop the paid bytes from being made durable
+                log.exception("Nano Banana Bridge: the hook after writing a result failed; saving goes on")
+        _finish_writes(writings)
         sidecar = {
             **provenance,
             "provider": result.provider,

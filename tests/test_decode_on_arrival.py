@@ -10,9 +10,11 @@ import io
 import random
 import threading
 
+import numpy as np
 import pytest
 import torch
-from banana_pack.nodes import assemble
+from banana_pack.nodes import assemble, jpeg_rows
+from banana_pack.nodes import store as store_module
 from banana_pack.nodes.assemble import OutputBatch
 from banana_pack.nodes.render import RenderInputs, render
 from banana_pack.nodes.tensors import ImageDecodeError, decode_images, open_picture
@@ -54,6 +56,39 @@ def test_any_arrival_order_gives_the_batch_of_decoding_at_the_end(policy, seed):
     reference = decode_images([results[i][0] for i in range(7)], size_policy=policy)
     assert batch.shape == reference.shape == (7, sizes[0][1], sizes[0][0], 3)
     assert torch.equal(batch, reference)
+
+
+def jpeg_picture(width: int, height: int, seed: int) -> bytes:
+    """A noisy JPEG: rows differ, so a row drawn from the wrong place shows."""
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("policy", ["resize", "pad", "crop"])
+def test_jpeg_results_decoded_through_row_buffers_give_the_same_batch(monkeypatch, policy):
+    """Results of the frame size decode into reused row buffers (nodes/jpeg_rows.py), the others
+    the ordinary way: together, in any order, the batch of decoding them all at the end."""
+    monkeypatch.setattr(jpeg_rows, "_FEED_BYTES", 1000)  # many bands per image
+    through_rows = []
+    original = assemble.decode_drawing
+
+    def counted(blob, frame, buffer):
+        drawn = original(blob, frame, buffer)
+        through_rows.append(drawn)
+        return drawn
+
+    monkeypatch.setattr(assemble, "decode_drawing", counted)
+    rng = random.Random(7)
+    sizes = [(96, 64)] * 6 + [(64, 96), (50, 50)]
+    results = {i: [jpeg_picture(*sizes[i], i)] for i in range(len(sizes))}
+    order = list(range(len(sizes)))
+    rng.shuffle(order)
+    batch = asyncio.run(assemble_in(order, results, [1] * len(sizes), policy))
+    assert torch.equal(batch, decode_images([results[i][0] for i in range(len(sizes))], size_policy=policy))
+    if jpeg_rows.new_row_buffer((8, 8)) is not None:  # Pillow 11.2 and later
+        assert through_rows.count(True) >= 1 and through_rows.count(False) >= 1
 
 
 def test_failed_items_and_short_answers_are_compacted_out():
@@ -125,6 +160,63 @@ def test_render_decodes_out_of_order_results_into_input_order(server, monkeypatc
     assert waited == [True]  # a result was decoded while the first prompt was still running
     assert torch.equal(out.images, decode_images(list(blobs.values()), size_policy="pad"))
     assert [row["index"] for row in out.report["items"]] == list(range(6))
+
+
+@pytest.mark.skipif(jpeg_rows.new_row_buffer((8, 8)) is None, reason="this Pillow exports no Arrow arrays (before 11.2)")
+def test_only_a_frame_size_jpeg_decodes_before_its_file_is_durable(server, monkeypatch, tmp_path):
+    """Once a result's bytes are written, and while fsync makes them durable, a JPEG of the frame
+    size decodes through a row buffer (it takes no memory). Every other decode waits until the
+    item is saved: a crash while decoding must neither lose a paid image nor make a re-run pay."""
+    monkeypatch.setenv("BANANA_GOOGLE_API_KEY", "arrival-test-key-123")
+    monkeypatch.setenv("BANANA_GOOGLE_BASE_URL", server.url)
+    blobs = {"prompt 0": jpeg_picture(96, 64, 1), "prompt 1": jpeg_picture(96, 64, 2), "prompt 2": picture(96, 64, 3)}
+    names = {blob: prompt for prompt, blob in blobs.items()}
+
+    def handler(req: Recorded) -> Reply:
+        prompt = req.json()["contents"][0]["parts"][0]["text"]
+        body = fixture("gemini/success_single.json")
+        mime = "image/png" if prompt == "prompt 2" else "image/jpeg"
+        body["candidates"][0]["content"]["parts"][0]["inlineData"] = {"mimeType": mime, "data": base64.b64encode(blobs[prompt]).decode()}
+        return Reply(json=body, delay=0.4 * int(prompt.split()[-1]))  # they arrive in order
+
+    events: list[str] = []
+    row_decode_started = threading.Event()
+    waited_for_decode: list[bool] = []
+    finish_write, decode_drawing, opening = store_module._finish_write, assemble.decode_drawing, assemble.open_picture
+
+    durable_jpegs: list[object] = []
+
+    def finishing(writing):
+        suffix = writing.path.suffix
+        if suffix == ".jpg" and len(durable_jpegs) == 1:  # prompt 1's image (prompt 0's is durable)
+            waited_for_decode.append(row_decode_started.wait(timeout=10))
+        finish_write(writing)
+        if suffix == ".jpg":
+            durable_jpegs.append(writing.path)
+            events.append(f"durable prompt {len(durable_jpegs) - 1}")
+        elif suffix == ".png":
+            events.append("durable prompt 2")
+
+    def rows(blob, frame, buffer):
+        events.append(f"rows {names[blob]}")
+        if names[blob] == "prompt 1":
+            row_decode_started.set()
+        return decode_drawing(blob, frame, buffer)
+
+    def ordinary(blob):
+        events.append(f"open {names[blob]}")
+        return opening(blob)
+
+    server.route("POST", r":generateContent$", handler)
+    monkeypatch.setattr(store_module, "_finish_write", finishing)
+    monkeypatch.setattr(assemble, "decode_drawing", rows)
+    monkeypatch.setattr(assemble, "open_picture", ordinary)
+    out = run(render(RenderInputs(prompts=list(blobs), provider="google", model="Nano Banana Pro"), store_root=tmp_path))
+    assert waited_for_decode == [True]  # prompt 1's row decode ran while its file was being made durable
+    assert events.index("rows prompt 1") < events.index("durable prompt 1")
+    assert events.index("durable prompt 0") < events.index("open prompt 0")  # it set the frame size: the ordinary path
+    assert events.index("durable prompt 2") < events.index("open prompt 2")  # a PNG: only once it is durable
+    assert torch.equal(out.images, decode_images(list(blobs.values())))
 
 
 def test_close_before_the_decodes_start_leaves_no_coroutine_unawaited():

@@ -70,15 +70,38 @@ def test_save_writes_the_cache_entry_before_the_sidecars(tmp_path, monkeypatch):
     store = ResultStore(tmp_path)
     key = "a" * 64
     order: list[str] = []
-    write = store_module._atomic_write
+    finish = store_module._finish_write
 
-    def recording(path, data):
-        order.append("cache" if path.parent.name == ".cache" else path.suffix)
-        return write(path, data)
+    def recording(writing):  # every file is durable and under its name once this returns
+        finish(writing)
+        order.append("cache" if writing.path.parent.name == ".cache" else writing.path.suffix)
 
-    monkeypatch.setattr(store_module, "_atomic_write", recording)
+    monkeypatch.setattr(store_module, "_finish_write", recording)
     store.save(key, result_with(png(4, 4), png(5, 5)), {"prompt": "p"})
     assert order == [".png", ".png", "cache", ".json", ".json"]
+    assert store.lookup(key) is not None
+
+
+def test_save_calls_on_written_before_fsync_and_goes_on_when_it_fails(tmp_path, monkeypatch):
+    """on_written comes once every image's bytes are in their files, before any fsync; whatever it
+    does, the paid images are still made durable, named and cached."""
+    store = ResultStore(tmp_path)
+    key = "b" * 64
+    order: list[str] = []
+    real_fsync = store_module.os.fsync
+
+    def fsync(fd):
+        order.append("fsync")
+        return real_fsync(fd)
+
+    def hook():
+        order.append("written")
+        raise RuntimeError("the loop is closed")
+
+    monkeypatch.setattr(store_module.os, "fsync", fsync)
+    paths = store.save(key, result_with(png(4, 4), png(5, 5)), {"prompt": "p"}, on_written=hook)
+    assert order[0] == "written" and order.count("written") == 1 and "fsync" in order
+    assert [p.read_bytes() for p in paths] == [png(4, 4), png(5, 5)]
     assert store.lookup(key) is not None
 
 
