@@ -46,6 +46,7 @@ DECODE_LANES = 2
 HELD_SHARE = 0.2
 
 Slot = tuple[int, int]  # (item index, image index within the item)
+_JPEG_START = b"\xff\xd8\xff"  # only JPEGs can take the row path (jpeg_rows), so only they start early
 
 
 class OutputBatch:
@@ -104,7 +105,7 @@ class OutputBatch:
             return
         for number, blob in enumerate(blobs[: self._expected[index]]):
             slot = (index, number)
-            if slot not in self._early:
+            if blob.startswith(_JPEG_START) and slot not in self._early:
                 self._claimed.add(self._offsets[index] + number)
                 self._early[slot] = self._spawn(self._take_early(slot, blob))
 
