@@ -224,7 +224,9 @@ class OutputBatch:
             # a machine whose memory is fragmented each huge-page fault then waits for compaction
             # (seconds per 4K frame of a multi-GB batch); small pages fault in steadily.
             self._frames = torch.empty((self._offsets[-1], height, width, 3), dtype=torch.float32).numpy()
-            buffers = (new_row_buffer((width, height)) for _ in range(min(DECODE_LANES, self._offsets[-1])))
+            # Only results still to come can use one (a one-image run has none to touch).
+            to_come = sum(count for index, count in enumerate(self._expected) if index not in self._arrived)
+            buffers = (new_row_buffer((width, height)) for _ in range(min(DECODE_LANES, to_come)))
             self._row_buffers = [buffer for buffer in buffers if buffer is not None]
             self._prefaulter = asyncio.ensure_future(self._prefault())
         for slot, (picture, full_scale) in list(self._held.items()):

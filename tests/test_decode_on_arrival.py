@@ -81,11 +81,26 @@ def test_jpeg_results_decoded_through_row_buffers_give_the_same_batch(monkeypatc
 
     monkeypatch.setattr(assemble, "decode_drawing", counted)
     rng = random.Random(7)
-    sizes = [(96, 64)] * 6 + [(64, 96), (50, 50)]
+    sizes = [(96, 64)] * 6 + [(64, 96), (50, 50)]  # two of other sizes take the ordinary path
     results = {i: [jpeg_picture(*sizes[i], i)] for i in range(len(sizes))}
-    order = list(range(len(sizes)))
-    rng.shuffle(order)
-    batch = asyncio.run(assemble_in(order, results, [1] * len(sizes), policy))
+    later = list(range(2, len(sizes)))
+    rng.shuffle(later)
+
+    async def scenario():
+        output = OutputBatch([1] * len(sizes), policy)
+        output.add(1, results[1])  # held: the frame size is item 0's
+        output.add(0, results[0])
+        for _ in range(1000):  # the rest arrive once the frame size is known, as in a real batch
+            if output._target is not None:
+                break
+            await asyncio.sleep(0.01)
+        for index in later:
+            output.written(index, results[index])  # on disk, not yet durable: the row path may start
+            await asyncio.sleep(0)
+            output.add(index, results[index])
+        return await output.result([(index, results[index]) for index in range(len(sizes))])
+
+    batch = asyncio.run(scenario())
     assert torch.equal(batch, decode_images([results[i][0] for i in range(len(sizes))], size_policy=policy))
     if jpeg_rows.new_row_buffer((8, 8)) is not None:  # Pillow 11.2 and later
         assert through_rows.count(True) >= 1 and through_rows.count(False) >= 1
