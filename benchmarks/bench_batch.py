@@ -6,7 +6,8 @@
    not exceed 8) and the CPU per image.
 2. Tail: 16 jobs with 4096x4096 results (JPEG, as the 4K presets send) whose latencies spread
    between 8 and 16 s (Nano Banana Pro takes tens of seconds for 4K; spread, as a provider's are). Target: from the provider's last answer to the node's
-   return at most one 4K decode (measured here on the same image). Peak memory against the
+   return at most one 4K decode (measured here on the same image). Also what the same image
+   costs through the batch's row path alone (nodes/jpeg_rows.py). Peak memory against the
    output tensor plus one image (target <= 1.25).
 3. Polling: an asynchronous preset (EvoLink's task API) whose job is done the moment it is
    submitted. Target: the node returns within 1 s of the job's completion.
@@ -178,6 +179,7 @@ def tail() -> None:
         decode_images([blob])
         decodes.append(time.perf_counter() - started)
     one_decode, tail_seconds = statistics.median(decodes), returned - max(answered)
+    row_path = row_path_seconds(blob)
     alone = []  # the same answer as a one-job run: all the node can do after any answer
     for run in range(3):
         with tempfile.TemporaryDirectory() as folder:
@@ -192,8 +194,32 @@ def tail() -> None:
           f"4096x4096 JPEG results ({len(blob) / 2**20:.1f} MiB each), output {final_bytes / 2**30:.2f} GiB")
     print(f"last answer -> return {tail_seconds:6.3f} s   one 4K decode {one_decode:.3f} s   ratio {tail_seconds / one_decode:.2f}   target <= 1: {verdict(tail_seconds <= one_decode)}")
     print(f"                              one-job run, answer -> return {one_answer:.3f} s   ratio {tail_seconds / one_answer:.2f}  (the answer's transfer, parse, save and decode)")
+    if row_path is not None:
+        print(f"                              the same JPEG through a row buffer (nodes/jpeg_rows.py), memory touched: {row_path:.3f} s   ratio {row_path / one_decode:.2f}")
     note = "" if reset else "  (peak RSS could not be reset: an earlier peak may inflate this)"
     print(f"peak memory          {(peak - baseline) / 2**30:6.2f} GiB   / (output + one image) = {memory:.3f}   target <= 1.25: {verdict(memory <= 1.25)}{note}")
+
+
+def row_path_seconds(blob: bytes) -> float | None:
+    """What a batch's last JPEG costs the node once its bytes are in hand: decoded into a row
+    buffer and converted into a frame, both touched while the batch waited (median of 3)."""
+    import numpy as np
+    from banana_pack.nodes.jpeg_rows import decode_drawing, new_row_buffer
+    from PIL import Image
+
+    size = Image.open(io.BytesIO(blob)).size
+    buffer = new_row_buffer(size)
+    if buffer is None:  # Pillow before 11.2: batches take the ordinary path
+        return None
+    buffer.touch()
+    frame = np.zeros((size[1], size[0], 3), dtype=np.float32)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        if not decode_drawing(blob, frame, buffer):
+            return None
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def polling() -> None:
