@@ -83,12 +83,14 @@ class OutputBatch:
         # not into fresh memory: see jpeg_rows.
         self._row_buffers: list[RowBuffer] = []
         self._early: dict[Slot, asyncio.Future] = {}  # row-buffer decodes started from written()
+        self._handed: dict[int, int] = {}  # item -> images handed over so far (written() or add())
 
     # -- arrivals (on the event loop) ------------------------------------------------------------
 
     def add(self, index: int, blobs: Sequence[bytes]) -> None:
         """Item `index` finished with these images (none if it failed); decoding starts now."""
         self._arrived[index] = len(blobs)
+        self._handed[index] = min(len(blobs), self._expected[index])
         if len(blobs) > self._expected[index]:
             self._unforeseen = True
         for number, blob in enumerate(blobs):
@@ -101,6 +103,7 @@ class OutputBatch:
         """Item `index`'s images are written to disk, not yet made durable nor recorded (see
         run_batch's on_written). The ones that decode through a row buffer, which takes no memory
         (a JPEG of the frame size), start now; everything else waits for add()."""
+        self._handed[index] = min(len(blobs), self._expected[index])
         if self._target is None or self._unforeseen or index in self._arrived:
             return
         for number, blob in enumerate(blobs[: self._expected[index]]):
@@ -243,11 +246,21 @@ class OutputBatch:
         assert self._frames is not None
         buffer = self._row_buffers.pop()
         frame = self._frames[self._offsets[slot[0]] + slot[1]]
-        drawn = await asyncio.to_thread(decode_drawing, blob, frame, buffer)
-        self._row_buffers.append(buffer)  # not when cancelled: its thread may still be writing into it
+        decoding = asyncio.ensure_future(asyncio.to_thread(decode_drawing, blob, frame, buffer))
+        if self._is_last(slot):
+            self._row_buffers.clear()  # no other image will need one: freed now, beside this decode
+        drawn = await decoding
+        if not self._is_last(slot):
+            self._row_buffers.append(buffer)  # not when cancelled: its thread may still be writing into it
         if drawn:
             self._drawn.add(slot)
         return drawn
+
+    def _is_last(self, slot: Slot) -> bool:
+        """Whether every item has handed over its images and all but `slot` are drawn."""
+        return len(self._handed) == len(self._expected) and all(
+            (index, number) in self._drawn or (index, number) == slot for index, count in self._handed.items() for number in range(count)
+        )
 
     async def _draw(self, slot: Slot, picture: Image.Image, full_scale: int) -> None:
         async with self._lanes:

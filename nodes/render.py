@@ -258,7 +258,9 @@ async def render(
         return RenderOutput(images=None, text=text, report=report)
     counts = {item.index: item.count for item in items}
 
-    # Results are decoded into the output batch as they arrive, not after the last one.
+    # Results are decoded into the output batch as they arrive, not after the last one; the blank
+    # thought_image is made now, not beside the last decode.
+    blank_thought = empty_image()
     output = OutputBatch([item.count for item in items], inputs.size_policy, pixel_limit=pixel_limit)
 
     async def finished(outcome: ItemOutcome) -> None:
@@ -297,8 +299,11 @@ async def render(
             texts = [f"[item {o.index + 1} {o.status}: {o.reason or ''}] {(o.message or '').splitlines()[0] if o.message else ''}".strip() for o in outcomes if o.status in (REFUSED, FAILED)] + texts
         warnings = sorted({w for outcome in kept for w in outcome.warnings})
         first_thought = next((o.thought_images[0] for o in kept if o.thought_images), None)
-        thought_image = empty_image() if first_thought is None else None
-        summary, shown_report = redact(_summary(report)), redact_data(report)
+        thought_image = blank_thought if first_thought is None else None
+        # batch_report redacted the items; what was added since is redacted here (the whole report
+        # again took milliseconds of the cores the last decode needs).
+        added = {key: report[key] for key in ("delivery", "spend", "save_folder", "report_file") if key in report}
+        summary, shown_report = redact(_summary(report)), {**report, **redact_data(added)}
         try:
             try:
                 tensor = await output.result(
