@@ -38,9 +38,9 @@ import stat
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, BinaryIO, Iterable, NamedTuple
 
 from ..providers.config import store_secret, warn_once
@@ -123,15 +123,20 @@ def _finish_write(writing: _Writing) -> None:
 
 
 def _finish_writes(writings: list[_Writing]) -> None:
-    """_finish_write each; after a failure the rest are abandoned (closed, removed) and it is raised."""
+    """_finish_write each; after a failure the rest are abandoned and it is raised."""
     for number, writing in enumerate(writings):
         try:
             _finish_write(writing)
         except BaseException:
-            for left in writings[number + 1 :]:
-                left.file.close()
-                Path(left.temporary).unlink(missing_ok=True)
+            _abandon(writings[number + 1 :])
             raise
+
+
+def _abandon(writings: list[_Writing]) -> None:
+    """Close and remove started writes that will not be finished."""
+    for writing in writings:
+        writing.file.close()
+        Path(writing.temporary).unlink(missing_ok=True)
 
 
 def _json_bytes(data: Any) -> bytes:
@@ -269,9 +274,7 @@ class ResultStore:
             for path, image in zip([*paths, *extra_paths], [*result.images, *result.extra_images]):
                 writings.append(_start_write(path, image.data))
         except BaseException:
-            for writing in writings:
-                writing.file.close()
-                Path(writing.temporary).unlink(missing_ok=True)
+            _abandon(writings)
             raise
         if on_written is not None:
             try:
