@@ -51,8 +51,10 @@ def build_conversation(
     model_text: str,
     model_parts: list[dict[str, Any]] | None,
     result_images: list[GeneratedImage],
+    result_files: list[Path] | None = None,
 ) -> dict[str, Any]:
-    """The conversation after one more exchange; writes its images into the store by hash."""
+    """The conversation after one more exchange; writes its images into the store by hash
+    (result_files: where the result images were saved, to link instead of writing them again)."""
     user_parts: list[dict[str, Any]] = [{"text": prompt}]
     user_parts += [{"image": put_blob(store_root, image.data), "mime": image.mime} for image in user_images]
     signed = model_parts is not None
@@ -61,8 +63,9 @@ def build_conversation(
     parts: list[dict[str, Any]] = []
     for part in model_parts:
         if "image" in part:
-            image = result_images[int(part["image"])]
-            entry: dict[str, Any] = {"image": put_blob(store_root, image.data), "mime": image.mime}
+            number = int(part["image"])
+            source = result_files[number] if result_files and number < len(result_files) else None
+            entry: dict[str, Any] = {"image": put_blob(store_root, result_images[number].data, source), "mime": result_images[number].mime}
         else:
             entry = {"text": redact(str(part.get("text") or ""))}  # the model's words may echo a key: the output is shown
         if part.get("thought_signature"):

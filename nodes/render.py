@@ -354,6 +354,7 @@ def _next_conversation(inputs: RenderInputs, kept: list, items: list, store: Res
         model_text=first.text,
         model_parts=first.model_parts,
         result_images=first.images,
+        result_files=[store.output_root / name for name in first.files],
     )
 
 

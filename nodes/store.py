@@ -437,12 +437,36 @@ def blob_path(root: str | os.PathLike, digest: str) -> Path:
     return Path(root) / ".blobs" / digest[:2] / digest
 
 
-def put_blob(root: str | os.PathLike, data: bytes) -> str:
-    """Keep `data` under its hash (once); return the hash."""
+def put_blob(root: str | os.PathLike, data: bytes, source: str | os.PathLike | None = None) -> str:
+    """Keep `data` under its hash (once); return the hash.
+
+    `source`, a file said to hold the same bytes (a saved result), becomes the blob as a hard link:
+    no second copy on disk, and no second write and fsync beside a batch's last decode. It is in
+    the output folder, which anything may have rewritten since: the link is used only when it is a
+    regular file whose bytes hash right; otherwise the bytes are written as usual. (Rewriting the
+    saved file in place later changes the blob too; read_blob's hash check then calls it missing.)
+    """
     digest = hashlib.sha256(data).hexdigest()
-    if read_blob(root, digest) is None:
+    if read_blob(root, digest) is None and not (source is not None and _link_blob(root, digest, Path(source), len(data))):
         _atomic_write(blob_path(root, digest), data)
     return digest
+
+
+def _link_blob(root: str | os.PathLike, digest: str, source: Path, size: int) -> bool:
+    """Make `source` the blob `digest` by a hard link; False (and nothing left behind) when it cannot be."""
+    target = blob_path(root, digest)
+    linked = target.parent / f".tmp-{uuid.uuid4().hex}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, linked, follow_symlinks=False)  # the file itself, never where a planted symlink points
+        found = os.lstat(linked)
+        if not stat.S_ISREG(found.st_mode) or found.st_size != size or hashlib.sha256(linked.read_bytes()).hexdigest() != digest:
+            raise OSError("not the same bytes")
+        os.replace(linked, target)
+        return True
+    except OSError:  # another filesystem, no hard links there, a rewritten or vanished file
+        linked.unlink(missing_ok=True)
+        return False
 
 
 def read_blob(root: str | os.PathLike, digest: str) -> bytes | None:

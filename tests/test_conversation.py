@@ -86,6 +86,16 @@ def test_it_works_across_a_restart_through_the_result_store(google, tmp_path):
     assert [c["role"] for c in google.requests[-1].json()["contents"]] == ["user", "model", "user"]
 
 
+def test_the_result_image_is_kept_once_the_saved_file_is_the_blob(google, tmp_path):
+    root = tmp_path / "s"
+    first = step("a cat", root)
+    digest = first.conversation["turns"][1]["parts"][1]["image"]
+    saved = [p for p in root.rglob("*") if p.is_file() and ".blobs" not in p.parts and p.suffix in (".png", ".jpg", ".jpeg", ".webp")]
+    assert len(saved) == 1 and saved[0].stat().st_ino == blob_path(root, digest).stat().st_ino  # one file on disk, two names
+    assert read_blob(root, digest) == saved[0].read_bytes()
+    assert not list(blob_path(root, digest).parent.glob(".tmp-*"))
+
+
 def test_a_changed_image_in_the_store_is_never_sent(google, tmp_path):
     root = tmp_path / "s"
     first = step("a cat", root)

@@ -269,3 +269,41 @@ def test_two_runs_of_one_request_at_once_keep_separate_journal_entries(fal, tmp_
     fal_job(fal, "twin-2", done=True, width=7)
     (a,) = run(run_batch(items, FAL, store=ResultStore(store_root)))
     assert a.status == OK and len(fal.hits("POST", rf"^/{FAL_APP}$")) == 2  # attached, not resubmitted
+
+
+@pytest.mark.parametrize("tamper", ["rewritten", "symlink", "missing", "grown"])
+def test_a_blob_is_linked_only_to_a_saved_file_that_still_holds_its_bytes(tmp_path, tamper):
+    """The conversation links its result image to the saved file instead of writing it twice; that
+    file is in the output folder, so whatever is there now is checked before it becomes the blob."""
+    from banana_pack.nodes.store import blob_path, put_blob, read_blob
+
+    data = png_bytes(6, 4)
+    saved = tmp_path / "out" / "result.png"
+    saved.parent.mkdir()
+    elsewhere = tmp_path / "elsewhere.png"
+    elsewhere.write_bytes(data)
+    if tamper == "rewritten":
+        saved.write_bytes(png_bytes(7, 4))
+    elif tamper == "symlink":
+        saved.symlink_to(elsewhere)  # the same bytes, but not a file of the store's
+    elif tamper == "grown":
+        saved.write_bytes(data + b"\0" * 4096)
+    digest = put_blob(tmp_path / "store", data, source=saved)
+    blob = blob_path(tmp_path / "store", digest)
+    assert read_blob(tmp_path / "store", digest) == data and not blob.is_symlink()
+    assert blob.stat().st_nlink == 1 and blob.stat().st_ino != elsewhere.stat().st_ino  # written, not linked
+    assert not list(blob.parent.glob(".tmp-*"))
+    if saved.exists() and not saved.is_symlink():
+        assert saved.read_bytes() != data  # the planted file is left as it was
+
+
+def test_a_blob_linked_to_its_saved_file_shares_it(tmp_path):
+    from banana_pack.nodes.store import blob_path, put_blob, read_blob
+
+    data = png_bytes(6, 4)
+    saved = tmp_path / "out" / "result.png"
+    saved.parent.mkdir()
+    saved.write_bytes(data)
+    digest = put_blob(tmp_path / "store", data, source=saved)
+    assert blob_path(tmp_path / "store", digest).stat().st_ino == saved.stat().st_ino
+    assert read_blob(tmp_path / "store", digest) == data
