@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -196,6 +197,7 @@ async def run_batch(
     on_finished: Callable[[ItemOutcome], Awaitable[None] | None] | None = None,
     on_written: Callable[[int, list[bytes]], None] | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
+    output_root: Path | None = None,
 ) -> list[ItemOutcome]:
     """Run every item concurrently; return their outcomes in input order. Never raises for one item.
 
@@ -204,9 +206,10 @@ async def run_batch(
     when the store has written an item's images, before fsync makes them durable and before its
     cache entry and ledger row (so only work that takes no memory should start then).
     resolved: the run's (provider, model), resolved once by the caller and passed to every call.
+    output_root: ComfyUI's output folder, whose save folders' job journals are looked through too.
     """
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
-    journal = store if store is not None else await asyncio.to_thread(job_journal_without_store)
+    journal = await asyncio.to_thread(job_journals, store, output_root)
     progress = BatchProgress(total=len(items))
     requests = [_request(item, settings) for item in items]
     fields = [_key_fields(spec.id, offer.model_id, r) for r in requests]
@@ -247,14 +250,13 @@ async def run_batch(
 
         def on_task(handle: dict) -> None:
             outcome.request_id = job_id(handle)  # known from the submit on, so even a cancelled item names its job
-            if journal is not None:
-                journal.remember_task(key, handle, provenance)
+            journal.remember_task(key, handle, provenance)
 
         ctx = CallContext(
             cancel_check=cancel_check,
             on_status=lambda text: update(f"item {item.index + 1}: {text}"),
             on_task=on_task,
-            resume_task=await asyncio.to_thread(journal.pending_task, key) if journal is not None else None,
+            resume_task=await asyncio.to_thread(journal.pending_task, key),
         )
         outcome.request_id = job_id(ctx.resume_task)
 
@@ -275,8 +277,7 @@ async def run_batch(
             try:
                 result = await serve(ctx)
             except Refusal:
-                if journal is not None:
-                    journal.forget_task(key)  # that job is over; a re-run is a new request
+                journal.forget_task(key)  # that job is over; a re-run is a new request
                 raise
             except BananaError as exc:
                 if ctx.resume_task is None:
@@ -287,8 +288,7 @@ async def run_batch(
                     say_journal_kept(exc, outcome.request_id)
                     raise
                 # The provider says the journaled job expired or failed: run it anew.
-                if journal is not None:  # (a resumed task implies a journal)
-                    journal.forget_task(key)
+                journal.forget_task(key)
                 result = await serve(replace(ctx, resume_task=None))
             if store is not None:
                 extras = _extras(result)
@@ -296,12 +296,13 @@ async def run_batch(
                     # On disk before any decoding (on_written: once the bytes are written, while fsync makes them durable).
                     paths = await asyncio.to_thread(store.save, key, result, {**provenance, **extras}, on_written=written(item.index, result))
                     name_saved(outcome, store, result, paths)
+                    await asyncio.to_thread(journal.forget_elsewhere, key)  # collected (store.save forgot the run's own entry)
                     for image in result.thought_images:  # paid for too: kept by hash
                         await asyncio.to_thread(put_blob, store.root, image.data)
                 except OSError as exc:  # the folder is unusable (a planted file in its place): keep the paid images in the graph
                     result.warnings.append(redact(f"Not saved to {store.view_path(store.root)}: {type(exc).__name__}: {exc.strerror or exc}. The images are in this node's output only."))
-            elif journal is not None:
-                await asyncio.to_thread(journal.forget_task, key)  # collected: store.save does this where there is a store
+            else:
+                await asyncio.to_thread(journal.forget_task, key)  # collected
             if store is None and result.extra_images:
                 result.warnings.append(
                     f"{len(result.extra_images)} extra image(s) beyond the {item.count} asked for came with this answer (paid for); "
@@ -325,8 +326,8 @@ async def run_batch(
         except UnusableImage as exc:
             if store is not None and exc.payloads:
                 outcome.files = await asyncio.to_thread(save_unusable, store, key, exc, provenance)
-            elif journal is not None and exc.payloads:
-                await asyncio.to_thread(journal.forget_task, key)  # its answer arrived: collected, as store.save records
+            if exc.payloads:  # its answer arrived: collected (store.save forgot the run's own entry)
+                await asyncio.to_thread(journal.forget_task if store is None else journal.forget_elsewhere, key)
             outcome.status, outcome.reason, outcome.message, outcome.error = FAILED, exc.kind, str(exc), exc
             progress.failed += 1
         except BananaError as exc:
@@ -425,6 +426,72 @@ def job_journal_without_store() -> ResultStore | None:
         return None
     tidy_once(root)  # expired entries go, as in a save folder at its first use
     return ResultStore(root)
+
+
+MAX_SAVE_FOLDERS_WITH_JOURNALS = 50  # looked through (and listed by the jobs tab) under the output folder
+
+
+def save_folders_with_journals(base: Path | None) -> list[Path]:
+    """The save folders directly under ComfyUI's output folder that hold a job journal (sorted, at most 50)."""
+    if base is None:
+        return []
+    try:
+        with os.scandir(base) as entries:  # an output folder holds thousands of files: no stat for those
+            folders = sorted(Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+    return [folder for folder in folders if (folder / ".journal").is_dir()][:MAX_SAVE_FOLDERS_WITH_JOURNALS]
+
+
+class JobJournals:
+    """Where a run journals the jobs it submits (its save folder, or the config folder without one), and
+    the other journals this install keeps: a re-run whose save_to was changed or emptied still attaches
+    to the job an earlier run paid for, instead of paying again. Entries are signed with the install's
+    secret and bound to their request key, so another folder's journal is as trusted as the run's own."""
+
+    def __init__(self, own: ResultStore | None, others: list[ResultStore]) -> None:
+        self.own = own
+        self._others = others
+        self._found_elsewhere: dict[str, ResultStore] = {}
+        self._lock = threading.Lock()
+
+    def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
+        if self.own is not None:
+            self.own.remember_task(key, handle, provenance)
+
+    def pending_task(self, key: str) -> dict[str, Any] | None:
+        """The handle journaled for this request: in the run's own journal, else in any other."""
+        for journal in [j for j in (self.own,) if j is not None] + self._others:
+            handle = journal.pending_task(key)
+            if handle is not None:
+                if journal is not self.own:
+                    with self._lock:
+                        self._found_elsewhere[key] = journal
+                return handle
+        return None
+
+    def forget_task(self, key: str) -> None:
+        """The job is over (collected, refused, or ended by the provider): in every journal that held it."""
+        if self.own is not None:
+            self.own.forget_task(key)
+        self.forget_elsewhere(key)
+
+    def forget_elsewhere(self, key: str) -> None:
+        """After store.save (which forgets the run's own entry): the entry the job was found under elsewhere."""
+        with self._lock:
+            journal = self._found_elsewhere.pop(key, None)
+        if journal is not None:
+            journal.forget_task(key)
+
+
+def job_journals(store: ResultStore | None, output_root: Path | None) -> JobJournals:
+    """The run's journals: its own, then the config folder's (runs without save_to), then the save folders'."""
+    without_store = job_journal_without_store()
+    own = store if store is not None else without_store
+    roots = ([without_store.root] if without_store is not None and store is not None else []) + save_folders_with_journals(output_root)
+    own_root = own.root.resolve() if own is not None else None
+    others = [ResultStore(root) for root in dict.fromkeys(roots) if root.resolve() != own_root]
+    return JobJournals(own, others)
 
 
 def job_is_over(error: BananaError) -> bool:

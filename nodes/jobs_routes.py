@@ -31,7 +31,7 @@ from ..providers.errors import BananaError, ConfigError
 from ..providers.failover import HANDLE_KEY_SLOT, HANDLE_PROVIDER
 from ..providers.protocols import gemini_batch
 from ..providers.redaction import redact
-from .batch import journal_without_store_root
+from .batch import journal_without_store_root, save_folders_with_journals
 from .batch_mode import supports_batch
 from .comfy_glue import output_dir
 from .key_routes import guarded_read, guarded_write
@@ -99,8 +99,7 @@ def _job(root: Path, path: Path, folder: str | None = None) -> dict[str, Any] | 
 
 def _roots(base: Path) -> list[tuple[Path, str | None]]:
     """Every journal to list: the save folders under `base`, then the config folder's (runs without save_to)."""
-    saved = [p for p in sorted(base.iterdir()) if p.is_dir() and (p / ".journal").is_dir()][:50] if base.is_dir() else []
-    roots: list[tuple[Path, str | None]] = [(p, None) for p in saved]
+    roots: list[tuple[Path, str | None]] = [(p, None) for p in save_folders_with_journals(base)]
     config_root = journal_without_store_root()
     if config_root is not None and (config_root / ".journal").is_dir():
         roots.append((config_root, CONFIG_FOLDER_LABEL))

@@ -276,7 +276,7 @@ async def render(
                 output.add(outcome.index, [image.data for image in outcome.images])
         else:
             with spend.guarded([item.count for item in items]):
-                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished, on_written=output.written)
+                outcomes = await run_batch(items, settings, store=store, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), on_finished=finished, on_written=output.written, output_root=output_root)
         report = batch_report(outcomes, settings)
         report["delivery"] = inputs.delivery
         report["spend"] = await asyncio.to_thread(spend.summary)

@@ -556,3 +556,61 @@ def test_without_save_to_a_job_whose_answer_was_unusable_is_not_attached_again(f
     fal.route("GET", rf"^/files/{RID}\.png$", Reply(body=b"\x00 not an image" * 8, content_type="image/png"))
     assert once(FAL, None).reason == "unusable_image"
     assert not list((isolated_config / "jobs" / ".journal").glob("*.json"))
+
+
+# -- a re-run with another save_to still finds the job ------------------------------------------------
+
+
+def test_a_rerun_with_save_to_set_attaches_to_the_job_journaled_without_it(fal, isolated_config, tmp_path):
+    """A run without save_to journals its job in the config folder; the user then sets save_to and
+    queues again. The run looked only in its save folder's journal, and paid for the job again."""
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    assert once(FAL, None).status == "failed"
+    (entry,) = (isolated_config / "jobs" / ".journal").glob("*.json")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    second = once(FAL, tmp_path / "saved")
+    assert second.status == "ok" and second.files
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+    assert not entry.exists(), "the collected job stays journaled in the config folder"
+    assert not list((tmp_path / "saved" / ".journal").glob("*.json"))
+
+
+@pytest.mark.parametrize("second_save_to", ["other", None], ids=["another save_to", "save_to emptied"])
+def test_a_rerun_with_another_or_no_save_to_attaches_to_the_job_of_a_save_folder(fal, isolated_config, tmp_path, second_save_to):
+    """Through the node's render(): the job journaled in one save folder under ComfyUI's output folder
+    is collected by a re-run that saves elsewhere, or nowhere."""
+    from banana_pack.nodes.render import RenderInputs, render
+
+    output = tmp_path / "output"
+    output.mkdir()
+    inputs = RenderInputs(provider="fal", model="Nano Banana Pro", prompts=["a lighthouse"], seed=11, resolution="1K")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    with pytest.raises(BananaError):
+        run(render(inputs, store_root=output / "first", output_root=output))
+    (entry,) = (output / "first" / ".journal").glob("*.json")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    done = run(render(inputs, store_root=output / second_save_to if second_save_to else None, output_root=output))
+    assert tuple(done.images.shape[:3]) == (1, 5, 7)
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+    assert not entry.exists(), "the collected job stays journaled in the first save folder"
+
+
+def test_a_journal_entry_planted_in_another_save_folder_is_not_attached(fal, isolated_config, tmp_path):
+    """Other folders' journals are read as the run's own: only entries this install signed for this request."""
+    from banana_pack.nodes.render import RenderInputs, render
+
+    output = tmp_path / "output"
+    planted = output / "planted" / ".journal"
+    planted.mkdir(parents=True)
+    inputs = RenderInputs(provider="fal", model="Nano Banana Pro", prompts=["a lighthouse"], seed=11, resolution="1K")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    with pytest.raises(BananaError):
+        run(render(inputs, store_root=output / "first", output_root=output))
+    (entry,) = (output / "first" / ".journal").glob("*.json")
+    forged = entry.read_text().replace(f"/requests/{RID}", "/requests/someone-elses-job")
+    (planted / entry.name).write_text(forged)
+    entry.unlink()
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    run(render(inputs, store_root=output / "second", output_root=output))
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 2  # a fresh request: the forged entry was never used
+    assert not fal.hits("GET", r"someone-elses-job")
