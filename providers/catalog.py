@@ -448,7 +448,9 @@ PRESETS: tuple[ProviderSpec, ...] = (
         models=(
             _offer(NANO_BANANA, "fal-ai/nano-banana", edit_model_id="fal-ai/nano-banana/edit", max_count=4, temperature=False, system_prompt=False, prices={"": 0.039}),
             _offer(NANO_BANANA_PRO, "fal-ai/nano-banana-pro", edit_model_id="fal-ai/nano-banana-pro/edit", max_count=4, temperature=False, system_prompt=False, web_search=False, prices={"1K": 0.15, "2K": 0.15, "4K": 0.30}),
-            _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False),
+            # fal's page (fal.ai/models/fal-ai/nano-banana-2/edit/llms.txt): $0.08 per image at 1K, 0.75x at 0.5K,
+            # 1.5x at 2K, 2x at 4K; web search adds $0.015 and high thinking $0.002, which the list price leaves out.
+            _offer(NANO_BANANA_2, "fal-ai/nano-banana-2", edit_model_id="fal-ai/nano-banana-2/edit", max_count=4, temperature=False, system_prompt=False, prices={"0.5K": 0.06, "1K": 0.08, "2K": 0.12, "4K": 0.16}),
         ),
         key_env=("FAL_KEY",),
         key_help="https://fal.ai/dashboard/keys",

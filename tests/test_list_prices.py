@@ -25,7 +25,17 @@ GOOGLE = {
     ("Nano Banana 2", "4K"): 0.151,
 }
 # https://fal.ai/models/fal-ai/nano-banana and https://fal.ai/models/fal-ai/nano-banana-pro: per image; 4K costs double.
-FAL = {("Nano Banana", ""): 0.039, ("Nano Banana Pro", "1K"): 0.15, ("Nano Banana Pro", "2K"): 0.15, ("Nano Banana Pro", "4K"): 0.30}
+# https://fal.ai/models/fal-ai/nano-banana-2/edit/llms.txt: $0.08 at 1K; 0.5K 0.75x, 2K 1.5x, 4K 2x.
+FAL = {
+    ("Nano Banana", ""): 0.039,
+    ("Nano Banana Pro", "1K"): 0.15,
+    ("Nano Banana Pro", "2K"): 0.15,
+    ("Nano Banana Pro", "4K"): 0.30,
+    ("Nano Banana 2", "0.5K"): 0.08 * 0.75,
+    ("Nano Banana 2", "1K"): 0.08,
+    ("Nano Banana 2", "2K"): 0.08 * 1.5,
+    ("Nano Banana 2", "4K"): 0.08 * 2,
+}
 # https://www.vydra.ai/docs/models/nano-banana: 8 credits per image.
 VYDRA = {("Nano Banana", ""): 8}
 
@@ -52,6 +62,7 @@ def test_the_badges_prices_are_the_providers_list_prices(provider, prices, unit)
         ("google", "Nano Banana Pro", "4K", 1, GOOGLE[("Nano Banana Pro", "4K")]),
         ("fal", "Nano Banana Pro", "2K", 3, 3 * FAL[("Nano Banana Pro", "2K")]),  # fal's own n: one call, three images
         ("fal", "Nano Banana", None, 2, 2 * FAL[("Nano Banana", "")]),
+        ("fal", "Nano Banana 2", "4K", 1, FAL[("Nano Banana 2", "4K")]),
     ],
 )
 def test_a_runs_cost_is_the_list_price_times_the_images_it_returned(server, monkeypatch, provider, model, resolution, count, expected):
