@@ -89,7 +89,8 @@ _ended_outside: contextvars.ContextVar[bool] = contextvars.ContextVar("banana_en
 
 def _untracked(awaitable: Awaitable[Any]) -> asyncio.Future:
     """A task that asyncio.run()'s shutdown does not cancel on its own (it cancels only what
-    all_tasks() lists): whoever awaits it decides, so a paid exchange can be awaited to its end."""
+    all_tasks() lists): whoever awaits it decides, so a paid exchange can be awaited to its end.
+    (Python 3.14 keeps native tasks in per-thread lists; its _unregister_task unlinks them from those.)"""
     task = asyncio.ensure_future(awaitable)
     unregister = getattr(asyncio.tasks, "_unregister_task", None)
     if unregister is not None:
