@@ -24,6 +24,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ..providers.catalog import ModelOffer, ProviderSpec
@@ -43,9 +44,11 @@ from .batch import (
     BatchProgress,
     BatchSettings,
     ItemOutcome,
+    JobJournals,
     _key_fields,
     _request,
     claim_keys,
+    job_journals,
     name_saved,
     release_keys,
 )
@@ -116,7 +119,9 @@ async def run_batch_mode(
     cancel_check: Callable[[], bool] | None = None,
     on_update: Callable[[BatchProgress], None] | None = None,
     resolved: tuple[ProviderSpec, ModelOffer] | None = None,
+    output_root: Path | None = None,
 ) -> list[ItemOutcome]:
+    """output_root: ComfyUI's output folder, whose save folders' journals are looked through for the batch too."""
     spec, offer = resolved or resolve(settings.provider, settings.model, settings.model_id_override)
     check_batch_provider(spec)
     if store is None:
@@ -134,11 +139,15 @@ async def run_batch_mode(
     # provider_call, like every other path: a service-account credential becomes an access token (never sent itself).
     call = await provider_call(replace(spec, max_wait=max_wait), offer, ctx, get_engine())
 
+    # A re-queue with save_to changed still finds the batch journaled in the earlier folder: no second batch.
+    journals = await asyncio.to_thread(job_journals, store, output_root)
     with claimed_requests(items, settings, spec.id, offer) as requests:
-        return await _run(call, items, requests, settings, store, spend, progress, update)
+        return await _run(call, items, requests, settings, store, journals, spend, progress, update)
 
 
-async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: BatchSettings, store: ResultStore, spend: RunSpend, progress: BatchProgress, update) -> list[ItemOutcome]:
+async def _run(
+    call: ProviderCall, items: list[BatchItem], requests, settings: BatchSettings, store: ResultStore, journals: JobJournals, spend: RunSpend, progress: BatchProgress, update
+) -> list[ItemOutcome]:
     spec, offer = call.provider, call.model
     prepared: list[tuple[BatchItem, Any, str, dict[str, Any], list[str]]] = []
     for item, (request, key, provenance) in zip(items, requests):
@@ -148,7 +157,7 @@ async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: B
     journal_key = run_key([key for _, _, key, _, _ in prepared])
     by_entry = {entry_key(item.index, key): (item, request, key, provenance, warnings) for item, request, key, provenance, warnings in prepared}
 
-    journaled = await asyncio.to_thread(store.pending_task, journal_key)
+    journaled = await asyncio.to_thread(journals.pending_task, journal_key)
     handle: dict[str, Any] | None = journaled if isinstance(journaled, dict) and isinstance(journaled.get("keys"), list) else None
     if handle is not None and not isinstance(handle.get("batch"), str) and isinstance(handle.get("display_name"), str):
         # The create's answer was lost: the batch may exist. Find it by its display name before sending anything.
@@ -156,7 +165,7 @@ async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: B
         found = await gemini_batch.find_by_display_name(call, handle["display_name"])
         handle = {**handle, "batch": found} if found else None
         if handle is not None:
-            await asyncio.to_thread(store.remember_task, journal_key, handle, {"delivery": "batch", "provider": spec.id, "model_id": offer.model_id, "display_name": handle["display_name"]})
+            await asyncio.to_thread(journals.remember_task, journal_key, handle, {"delivery": "batch", "provider": spec.id, "model_id": offer.model_id, "display_name": handle["display_name"]})
     in_batch = [k for k in handle["keys"] if k in by_entry] if handle is not None and isinstance(handle.get("batch"), str) else []
     handle = handle if in_batch else None
     # Items not in the journaled batch: from the cache (saved on an earlier run), else into a new batch.
@@ -179,7 +188,7 @@ async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: B
         if todo:
             for entry in todo:  # a journaled batch always holds every uncached item: anything else is a damaged journal
                 _fail(outcomes[by_entry[entry][0].index], progress, BananaError("This item is not in the journaled batch; queue the run again to render it."))
-        await _wait_and_collect(call, store, spend, handle, by_entry, outcomes, progress, update, journal_key)
+        await _wait_and_collect(call, store, journals, spend, handle, by_entry, outcomes, progress, update, journal_key)
     elif todo:
         counts = [by_entry[e][0].count for e in todo]
         with spend.guarded(counts):
@@ -190,7 +199,7 @@ async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: B
             handle = {"batch": None, "display_name": display_name, "input_file": input_file, "keys": todo, "model_id": offer.model_id}
             # Journaled before the create is sent (by display name), and again with the batch's name the
             # moment Google answers: a lost answer, a lost process or a re-queue always finds this batch.
-            await asyncio.to_thread(store.remember_task, journal_key, handle, provenance)
+            await asyncio.to_thread(journals.remember_task, journal_key, handle, provenance)
             try:
                 handle["batch"] = await gemini_batch.create(call, offer.model_id, body)
             except BananaError as exc:
@@ -198,12 +207,12 @@ async def _run(call: ProviderCall, items: list[BatchItem], requests, settings: B
                     exc.hint = f"{exc.hint}\nQueue the same run again: it looks for the batch '{display_name}' at Google and attaches to it instead of submitting again."
                     exc.args = (str(exc),)
                 else:
-                    await asyncio.to_thread(store.forget_task, journal_key)  # answered with an error: no batch exists
+                    await asyncio.to_thread(journals.forget_task, journal_key)  # answered with an error: no batch exists
                 raise
-            await asyncio.to_thread(store.remember_task, journal_key, handle, provenance)
+            await asyncio.to_thread(journals.remember_task, journal_key, handle, provenance)
             progress.in_flight = len(todo)
             update(f"Submitted {handle['batch']} ({len(todo)} requests)")
-            await _wait_and_collect(call, store, spend, handle, by_entry, outcomes, progress, update, journal_key)
+            await _wait_and_collect(call, store, journals, spend, handle, by_entry, outcomes, progress, update, journal_key)
     return [outcomes[item.index] for item in items]
 
 
@@ -215,7 +224,7 @@ def _fail(outcome: ItemOutcome, progress: BatchProgress, error: BananaError, sta
         progress.failed += 1
 
 
-async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, progress, update, journal_key) -> None:
+async def _wait_and_collect(call, store, journals, spend, handle, by_entry, outcomes, progress, update, journal_key) -> None:
     name = handle["batch"]
     keys = [k for k in handle["keys"] if k in by_entry]
     progress.in_flight = len(keys)
@@ -285,6 +294,6 @@ async def _wait_and_collect(call, store, spend, handle, by_entry, outcomes, prog
     progress.in_flight = 0
     update()
     if state is not None and state.done:
-        await asyncio.to_thread(store.forget_task, journal_key)  # every answer is saved: the job is over
+        await asyncio.to_thread(journals.forget_task, journal_key)  # every answer is saved: the job is over (wherever it was journaled)
         if handle.get("input_file"):
             await call.cleanup("DELETE", handle["input_file"], "delete the batch's requests file")

@@ -271,7 +271,7 @@ async def render(
         output.add(outcome.index, [image.data for image in outcome.images])
     try:
         if inputs.delivery == BATCH:
-            outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer))
+            outcomes = await run_batch_mode(items, settings, store=store, spend=spend, cancel_check=cancel_check, on_update=on_update, resolved=(spec, offer), output_root=output_root)
             for outcome in outcomes:  # a batch's results arrive together (its ledger rows are written as they are saved)
                 output.add(outcome.index, [image.data for image in outcome.images])
         else:

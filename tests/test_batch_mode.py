@@ -98,6 +98,25 @@ def test_attach_after_restart_never_submits_twice(google, tmp_path, monkeypatch)
     assert len(google.requests) == before and {row["status"] for row in third.report["items"]} == {"cached"}
 
 
+def test_a_requeue_with_another_save_to_attaches_to_the_batch_instead_of_creating_one(google, tmp_path, monkeypatch):
+    """The batch is journaled in the first run's save folder; the user changes save_to and queues again.
+    The re-queue looked only in its own folder's journal and created (and paid for) a second batch."""
+    fake = FakeBatchMode(google, states=[PENDING, RUNNING]).install()
+    monkeypatch.setenv("BANANA_GOOGLE_BATCH_MAX_WAIT", "0.3")
+    output = tmp_path / "output"
+    prompts = ["cat 1", "cat 2"]
+    with pytest.raises(BananaError, match="still running at Google"):
+        run(render(inputs(prompts), store_root=output / "first", output_root=output))
+    (entry,) = (output / "first" / ".journal").glob("*.json")
+    (batch,) = fake.batches.values()
+    batch.states = [SUCCEEDED]
+    second = run(render(inputs(prompts), store_root=output / "second", output_root=output))
+    assert len(google.hits("POST", CREATE)) == 1, "a second batch was created (and paid for)"
+    assert [row["status"] for row in second.report["items"]] == [OK, OK]
+    assert all(row["files"][0].startswith("second/") for row in second.report["items"])  # saved where the re-queue saves
+    assert not entry.exists() and not list((output / "second" / ".journal").glob("*.json"))
+
+
 def test_interrupt_cancels_the_batch_and_keeps_what_finished(google, tmp_path):
     fake = FakeBatchMode(google, states=[PENDING, RUNNING, RUNNING, RUNNING, RUNNING], partial=1).install()
     polls = {"n": 0}
