@@ -7,13 +7,16 @@ Runs go to the loopback fakes of every preset; the user's keys are the only thin
 from __future__ import annotations
 
 import asyncio
+import shutil
 import json
 
 import pytest
 
 from banana_pack.nodes.auto_pick import MAX_BODY, auto_pick
 from banana_pack.nodes.key_routes import guarded_query
-from banana_pack.nodes.render import RenderInputs, render
+from banana_pack.nodes.catalog_view import model_label
+from banana_pack.nodes.option_specs import resolve_options
+from banana_pack.nodes.render import RenderInputs, render, request_options
 from banana_pack.nodes.routes import catalog_summary
 from banana_pack.providers.config import env_name
 from fake_providers import key_for
@@ -60,9 +63,6 @@ def test_an_option_moves_auto_and_the_route_names_where_the_run_goes(server, mon
     assert pick()["provider"] == keys[0]  # without the option: the first keyed one, as the catalog says
     answer = pick(options=options)
     assert answer["provider"] == expected
-    from banana_pack.nodes.option_specs import resolve_options
-    from banana_pack.nodes.render import request_options
-
     inputs = RenderInputs(prompts=["a paper boat"], provider="auto", model="Nano Banana 2", **request_options(resolve_options(options)))
     assert ran_on(run(render(inputs, store_root=None))) == [expected]
 
@@ -142,3 +142,22 @@ def test_the_route_refuses_other_sites_non_json_and_large_bodies(monkeypatch):
     assert ask(b" " * (MAX_BODY + 1))[0] == 400
     assert ask(b"[" * 5000 + b"]" * 5000)[0] == 400  # nesting deeper than the parser goes
     assert ask(b"{not json")[0] == 400
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_badge_prices_the_provider_the_run_uses(server, monkeypatch):
+    """The badge given the route's answer shows the price the run's report gives (the frontend's badgeFor, run by node)."""
+    from test_badge_matches_report import badge  # imported here: that module skips itself without node
+
+    only_key(server, monkeypatch, "fal")
+    monkeypatch.setenv(env_name("google", "API_KEY"), key_for("google"))
+    monkeypatch.setenv("BANANA_PROVIDER_ORDER", "fal")
+    options = {"safety_harassment": "BLOCK_ONLY_HIGH", "use_cache": False}  # fal takes no safety settings
+    answer = pick(options=options)
+    settings = {"providerId": "auto", "model": model_label("Nano Banana 2"), "resolution": "1K", "count": 1, "promptText": "a paper boat"}
+    by_model, shown = badge(**settings), badge(**settings, autoPick=answer)
+    inputs = RenderInputs(prompts=["a paper boat"], provider="auto", model="Nano Banana 2", resolution="1K", **request_options(resolve_options(options)))
+    out = run(render(inputs, store_root=None))
+    assert ran_on(out) == [answer["provider"]] == ["google"]
+    assert out.report["cost"] == pytest.approx(shown["total"], rel=0.01) and out.report["cost_unit"] == shown["unit"] == "usd"
+    assert by_model["total"] == pytest.approx(0.08) and shown["total"] == pytest.approx(0.067)  # by model alone it showed fal's price
