@@ -176,7 +176,7 @@ def run_provider(inputs: RenderInputs, *, prompt: str, history: tuple[Turn, ...]
     that offers the model and can run the request (Batch Mode for delivery "batch", then every check of
     check_request); a named provider is checked the same way (what it cannot do comes first: a key
     would not change it). Raises the BananaError a run would. Sends nothing and reads no key value
-    (has_key), so the frontend's "auto -> <provider>" asks the same question (routes.auto_pick).
+    (has_key), so the frontend's "auto -> <provider>" asks the same question (auto_pick.py).
     `references` may be stand-ins (sizes only, no bytes)."""
 
     def fits(spec: ProviderSpec, offer: ModelOffer) -> None:
@@ -230,9 +230,8 @@ async def render(
     await asyncio.to_thread(_check_inputs, inputs.images)
 
     spec, offer = run_provider(inputs, prompt=prompts[0], history=history, references=_stand_in_references(inputs))
-    if inputs.provider != AUTO_PROVIDER:
-        if not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
-            check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
+    if inputs.provider != AUTO_PROVIDER and not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
+        check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
     pixel_limit = max_decoded_pixels()
 
     images = _flatten(inputs.images)

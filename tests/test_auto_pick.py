@@ -140,7 +140,7 @@ def test_the_route_refuses_other_sites_non_json_and_large_bodies(monkeypatch):
     assert ask(body, **{"Sec-Fetch-Site": "cross-site"})[0] == 403
     assert ask(body, **{"Content-Type": "text/plain"})[0] == 415  # what a form on another site could send
     assert ask(b" " * (MAX_BODY + 1))[0] == 400
-    assert ask(b"[" * 5000 + b"]" * 5000)[0] == 400  # nesting deeper than the parser goes
+    assert ask(b"[" * 5000 + b"]" * 5000) == (400, {"error": f"Send a JSON body of at most {MAX_BODY} bytes."})  # nesting deeper than the parser goes
     assert ask(b"{not json")[0] == 400
 
 
