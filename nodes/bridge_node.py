@@ -22,11 +22,9 @@ from ..providers.redaction import redact
 from .catalog_view import MODEL_ORDER, model_capabilities, model_from_choice, model_label
 from .comfy_glue import NodeProgress, current_prompt_id, output_dir, raise_interrupt
 from .conversation import store_folder_of
-from .option_specs import MAIN_INPUTS_BY_NAME, MAIN_INPUT_SPECS, SPECS_BY_NAME, generation_options, resolve_options
+from .option_specs import MAIN_INPUTS_BY_NAME, MAIN_INPUT_SPECS, SPECS_BY_NAME, resolve_options
 from .options import Options, widget
-from .render import Interrupted, RenderInputs, render, report_json
-
-RUN_REQUEST_FIELDS = frozenset(RenderInputs.__dataclass_fields__)
+from .render import Interrupted, RenderInputs, render, report_json, request_options
 
 log = logging.getLogger("nano_banana_bridge")
 
@@ -174,7 +172,7 @@ class NanoBananaBridge(io.ComfyNode):
             prompt_per_line=bool(_main_input(kw, "prompt_per_line")),
             seed=int(_main_input(kw, "seed")),
             count=int(_main_input(kw, "count")),
-            **_request_options(opts),
+            **request_options(opts),
             conversation=conversation,
             conversation_root=_store_root(store_folder_of(conversation) or "") if conversation is not None else None,
             store_folder=save_to,
@@ -202,13 +200,6 @@ class NanoBananaBridge(io.ComfyNode):
 
             return io.NodeOutput(ExecutionBlocker(None), redact(out.text), report_json(out.report), ExecutionBlocker(None), out.conversation)
         return io.NodeOutput(out.images, redact(out.text), report_json(out.report), out.thought_image, out.conversation)
-
-
-def _request_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """The resolved options as RenderInputs fields: an option named like a field travels as it is; the rest are converted here."""
-    fields = {name: value for name, value in opts.items() if name in RUN_REQUEST_FIELDS}
-    fields.update(generation_options(opts), temperature=_temperature(opts["temperature"]), model_id_override=opts["model_id_override"].strip())
-    return fields
 
 
 def _store_root(save_to: str):
@@ -263,7 +254,3 @@ def _images(model_values: Any) -> list[list]:
             number = int(name.rsplit("_", 1)[-1]) if name.rsplit("_", 1)[-1].isdigit() else 0
             slots.setdefault(number, []).extend(item for item in (slot if isinstance(slot, list) else [slot]) if item is not None)
     return [slots[n] for n in sorted(slots) if slots[n]]
-
-
-def _temperature(value: float) -> float | None:
-    return None if value is None or abs(float(value) - 1.0) < 1e-9 else float(value)

@@ -308,16 +308,29 @@ async def guarded_read(web, request, answer: Callable[[], Any]):
 async def guarded_write(web, request, handler: Callable[[Any], Any]):
     """A POST that writes or spends: refused unless refuse_write allows it, with a JSON body of at
     most MAX_BODY bytes; `handler(body)` (plain or async) gives the (status, JSON) answer."""
-    refused = refuse_write(request.remote, request.headers)
+    return await _json_post(web, request, handler, refuse_write(request.remote, request.headers), MAX_BODY)
+
+
+async def guarded_query(web, request, handler: Callable[[Any], Any], max_body: int = MAX_BODY):
+    """A POST that only reads (a question too large for a query string): refused to another site or
+    origin like a GET, and taken only as JSON (which no page on another site sends without the
+    browser asking first), with a body of at most `max_body` bytes; `handler(body)` gives (status, JSON)."""
+    refused = refuse_cross_origin(request.headers)
+    if not refused and not request.headers.get("Content-Type", "").lower().startswith("application/json"):
+        refused = 415, {"error": "Send JSON (Content-Type: application/json)."}
+    return await _json_post(web, request, handler, refused, max_body)
+
+
+async def _json_post(web, request, handler: Callable[[Any], Any], refused: tuple[int, dict] | None, max_body: int):
     if refused:
         return json_answer(web, *refused)
-    raw = await request.content.read(MAX_BODY + 1)
+    raw = await request.content.read(max_body + 1)
     try:
-        if len(raw) > MAX_BODY:
+        if len(raw) > max_body:
             raise ValueError("too large")
         body = json.loads(raw or b"null")
-    except ValueError:
-        return json_answer(web, 400, {"error": f"Send a JSON body of at most {MAX_BODY} bytes."})
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+        return json_answer(web, 400, {"error": f"Send a JSON body of at most {max_body} bytes."})
     result = handler(body)
     return json_answer(web, *(await result if asyncio.iscoroutine(result) else result))
 

@@ -28,7 +28,7 @@ from ..providers.redaction import redact, redact_data
 from .batch import CANCELLED, FLAG, REFUSED, FAILED, BatchProgress, BatchSettings, ItemOutcome, RunSettings, batch_report, expand_items, run_batch, settle, split_prompts
 from .batch_mode import batch_discount, check_batch_provider, run_batch_mode
 from .dry_run import dry_run_report
-from .option_specs import EACH_IMAGE, REFERENCES
+from .option_specs import EACH_IMAGE, REFERENCES, generation_options
 from .guard import money
 from .assemble import OutputBatch
 from .conversation import build_conversation, load_history, unsaved_conversation
@@ -171,6 +171,37 @@ def _stand_in_references(inputs: RenderInputs) -> tuple[ImageInput, ...]:
     return tuple(ImageInput(b"", "image/png", int(t.shape[-2]), int(t.shape[-3])) for t in tensors)
 
 
+def run_provider(inputs: RenderInputs, *, prompt: str, history: tuple[Turn, ...], references: tuple[ImageInput, ...]) -> tuple[ProviderSpec, ModelOffer]:
+    """The provider and offer a run of these settings uses. For "auto": the first provider with a key
+    that offers the model and can run the request (Batch Mode for delivery "batch", then every check of
+    check_request); a named provider is checked the same way (what it cannot do comes first: a key
+    would not change it). Raises the BananaError a run would. Sends nothing and reads no key value
+    (has_key), so the frontend's "auto -> <provider>" asks the same question (auto_pick.py).
+    `references` may be stand-ins (sizes only, no bytes)."""
+
+    def fits(spec: ProviderSpec, offer: ModelOffer) -> None:
+        if inputs.delivery == BATCH:
+            check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
+        check_request(spec, offer, inputs.settings(spec.id, history=history, fallback=(), failover_on_refusal=False).request(prompt, references, seed=inputs.seed))
+
+    spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None, fits=fits)
+    if inputs.provider != AUTO_PROVIDER:
+        fits(spec, offer)
+    return spec, offer
+
+
+def request_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Resolved options (option_specs.resolve_options) as RenderInputs fields: an option named like a
+    field travels as it is; the rest are converted here."""
+    fields = {name: value for name, value in opts.items() if name in RenderInputs.__dataclass_fields__}
+    fields.update(generation_options(opts), temperature=_temperature(opts["temperature"]), model_id_override=opts["model_id_override"].strip())
+    return fields
+
+
+def _temperature(value: float) -> float | None:
+    return None if value is None or abs(float(value) - 1.0) < 1e-9 else float(value)
+
+
 def _encode(images: list[torch.Tensor], max_pixels: int, fmt: EncodeFormat) -> list[ImageInput]:
     encoded = (encode_image(image, max_pixels=max_pixels, fmt=fmt) for image in images)
     return [ImageInput(e.data, e.mime, e.width, e.height) for e in encoded]
@@ -198,18 +229,9 @@ async def render(
     history = await asyncio.to_thread(load_history, inputs.conversation, inputs.conversation_root) if inputs.conversation is not None else ()
     await asyncio.to_thread(_check_inputs, inputs.images)
 
-    def fits(spec: ProviderSpec, offer: ModelOffer) -> None:
-        """Whether this provider can run the request (for "auto": the first with a key that can is used)."""
-        if inputs.delivery == BATCH:
-            check_batch_provider(spec)  # before any encoding: say at once that this provider has no Batch Mode
-        sizes = _stand_in_references(inputs)
-        check_request(spec, offer, inputs.settings(spec.id, history=history, fallback=(), failover_on_refusal=False).request(prompts[0], sizes, seed=inputs.seed))
-
-    spec, offer = resolve(inputs.provider, inputs.model, inputs.model_id_override or None, fits=fits)
-    if inputs.provider != AUTO_PROVIDER:
-        fits(spec, offer)  # what the named provider cannot do comes first: a key would not change it
-        if not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
-            check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
+    spec, offer = run_provider(inputs, prompt=prompts[0], history=history, references=_stand_in_references(inputs))
+    if inputs.provider != AUTO_PROVIDER and not inputs.dry_run:  # a dry run works without a key (and says a real run would stop there)
+        check_key_for_run(spec, inputs.model, batch_delivery=inputs.delivery == BATCH)
     pixel_limit = max_decoded_pixels()
 
     images = _flatten(inputs.images)

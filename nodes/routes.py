@@ -1,4 +1,5 @@
-"""A read-only HTTP route for the frontend: which providers offer which models, and which have a key.
+"""Read-only HTTP routes for the frontend: which providers offer which models, which have a key, and
+(auto_pick.py) which provider "auto" uses for a node's settings.
 
 It never returns a key, only whether one is configured and where it would be looked up; and no
 absolute paths. A broken keys.json or providers.json is an `error` field in the JSON answer
@@ -22,7 +23,10 @@ from ..providers.config import (
 )
 from ..providers.errors import BananaError, ConfigError
 from .batch_mode import batch_discount, supports_batch
-from .key_routes import guarded_read
+from .auto_pick import MAX_BODY as AUTO_MAX_BODY
+from .auto_pick import ROUTE as AUTO_ROUTE
+from .auto_pick import auto_pick
+from .key_routes import guarded_query, guarded_read
 from .server_routes import register_once
 
 log = logging.getLogger("nano_banana_bridge")
@@ -110,6 +114,10 @@ def register_routes(routes, web) -> None:
     @routes.get(ROUTE)
     async def catalog(request):
         return await guarded_read(web, request, catalog_answer)
+
+    @routes.post(AUTO_ROUTE)  # which provider "auto" uses for a node's settings: reads only
+    async def auto(request):
+        return await guarded_query(web, request, auto_pick, AUTO_MAX_BODY)
 
     @routes.get(MODELS_ROUTE)
     async def models(request):  # a refresh calls the provider with the key: never for another site

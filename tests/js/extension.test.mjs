@@ -21,6 +21,9 @@ const catalogWith = (falKey) => ({
 });
 
 let served = catalogWith(false);
+// POST /nano_banana_bridge/auto as the server answers it: here, a connected conversation moves auto to fal.
+const asked = [];
+const autoAnswer = (query) => ({ model: query.model, provider: query.conversation ? "fal" : "google" });
 const extensions = [];
 const toasts = [];
 globalThis.window = { LGraphBadge: class { constructor(options) { Object.assign(this, options); } } };
@@ -30,7 +33,13 @@ globalThis.comfyStubs = {
     extensionManager: { toast: { add: (t) => toasts.push(t) }, registerSidebarTab: () => {} },
     graph: { nodes: [], setDirtyCanvas: () => {} },
   },
-  api: { fetchApi: async () => ({ ok: true, json: async () => structuredClone(served) }) },
+  api: {
+    fetchApi: async (path, init) => {
+      if (path !== "/nano_banana_bridge/auto") return { ok: true, json: async () => structuredClone(served) };
+      asked.push(JSON.parse(init.body));
+      return { ok: true, json: async () => autoAnswer(JSON.parse(init.body)) };
+    },
+  },
 };
 await import("../../web/js/nano_banana_bridge.js");
 const bridge = extensions.find((e) => e.name === "nano_banana_bridge.provider_models");
@@ -109,4 +118,29 @@ test("the model list narrows to the provider's models in the Vue-nodes view too 
   await settle(() => model.options.values[0] === FLASH);
   assert.deepEqual(model.options.values, [FLASH]); // what the canvas lists
   assert.ok(modelWrites.includes("values"), "written through the reactive entry, so the Vue-nodes select lists it");
+});
+
+test("auto names the provider the server answers for the node's settings, in both views, and asks again when a link changes", async () => {
+  served = catalogWith(true);
+  await bridge.setup();
+  const { node, provider } = bridgeNode("auto");
+  await bridge.nodeCreated(node);
+  badgeText(node); // a draw asks (after the settings settle)
+  await settle(() => provider._state.nbbKeyStatus);
+  assert.equal(provider.options.getOptionLabel("auto"), "auto → google");
+  assert.equal(asked.at(-1).conversation, false);
+  const marked = provider._state.nbbKeyStatus;
+  node.inputs.push({ name: "conversation", link: 7 }, { name: "model.images.image_1", link: 8 }); // connected in the graph
+  assert.equal(badgeText(node), "~$0.134/image"); // google's, until the server answers
+  await settle(() => provider._state.nbbKeyStatus > marked);
+  assert.equal(asked.at(-1).conversation, true);
+  assert.equal(asked.at(-1).references, 1);
+  assert.equal(provider.options.optionLabel("auto"), "auto → fal"); // the Vue-nodes view's label: its mark changed, so it redraws
+  assert.equal(provider.options.getOptionLabel("auto"), "auto → fal");
+  assert.equal(badgeText(node), "~$0.15/image"); // fal's price
+  const count = asked.length;
+  badgeText(node);
+  await new Promise((r) => setTimeout(r, 400));
+  assert.equal(asked.length, count, "redraws with the same settings ask nothing");
+  served = catalogWith(false);
 });

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { badgeFor, carryOver, createCatalogStore, keyStatusChanged, keyStatusText, legacyOptions, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
+import { autoQuery, badgeFor, carryOver, createAutoPicker, createCatalogStore, keyStatusChanged, keyStatusText, legacyOptions, promptCount, providerLabel, stableModel } from "../../web/js/nbb_logic.js";
 
 const offer = (prices, resolutions = ["1K", "2K", "4K"], unit = "usd") => ({ resolutions, prices, price_unit: unit, aspect_ratios: [], max_refs: 14 });
 const catalog = {
@@ -164,4 +164,71 @@ test("key status changes are told apart from other catalog changes (prices, mode
   assert.equal(keyStatusChanged(catalog, cheaper), false);
   assert.equal(keyStatusChanged(catalog, withKey(true)), true); // fal got a key (and auto now picks it)
   assert.equal(keyStatusChanged(null, catalog), true);
+});
+
+// "auto" as the server answers it for the node's settings (POST /nano_banana_bridge/auto): fal has no
+// key here, so an answer naming it is the server's, not the catalog's pick by model alone.
+const pro = "Nano Banana Pro (Gemini 3 Pro Image)";
+
+test("auto: the label and the badge name the provider the server answers for these settings", () => {
+  const pick = { model: "Nano Banana Pro", provider: "gw" };
+  assert.equal(providerLabel(catalog, "auto", pro), "auto → google"); // no answer yet: by model alone
+  assert.equal(providerLabel(catalog, "auto", pro, pick), "auto → gw");
+  assert.equal(badgeFor({ ...base, providerId: "auto" }).text, "~$0.134/image");
+  assert.equal(badgeFor({ ...base, providerId: "auto", autoPick: pick }).text, "price unknown"); // gw's price, not google's
+  assert.equal(badgeFor({ ...base, providerId: "auto", autoPick: { model: "Nano Banana Pro", provider: "fal" }, resolution: "1K" }).text, "no key · ~$0.15/image");
+  // An answer for another model (the model changed since) is not used; nor is one for a named provider.
+  assert.equal(providerLabel(catalog, "auto", "Nano Banana 2 (Gemini 3.1 Flash Image)", pick), "auto (no key)");
+  assert.equal(providerLabel(catalog, "google", pro, pick), "google");
+  assert.equal(badgeFor({ ...base, autoPick: pick }).text, "~$0.134/image");
+});
+
+test("auto: when no keyed provider can run the settings, both say so", () => {
+  const none = { model: "Nano Banana Pro", provider: null, reason: "unfit", error: "Thinking level HIGH is not available" };
+  assert.equal(providerLabel(catalog, "auto", pro, none), "auto (none fits)");
+  assert.deepEqual(badgeFor({ ...base, providerId: "auto", autoPick: none }), { text: "no keyed provider fits", level: "error", images: 1, total: null, unit: null });
+  assert.equal(providerLabel(catalog, "auto", pro, { ...none, reason: "no_key" }), "auto (no key)");
+  assert.equal(badgeFor({ ...base, providerId: "auto", autoPick: { ...none, reason: "invalid" } }).text, "invalid setting");
+});
+
+test("auto: the question carries only what decides the provider, clipped", () => {
+  const query = autoQuery({ model: pro, aspectRatio: "16:9", resolution: "2K", count: "3", imageMode: "references", references: 2, conversation: 1, options: { system_prompt: `  ${"x".repeat(900)}`, thinking_level: "HIGH", temperature: 0.5 } });
+  assert.deepEqual(Object.keys(query).sort(), ["aspect_ratio", "conversation", "count", "image_mode", "model", "options", "references", "resolution"]);
+  assert.equal(query.model, "Nano Banana Pro");
+  assert.equal(query.options.system_prompt.length, 500);
+  assert.equal(query.options.thinking_level, "HIGH");
+  assert.equal(query.conversation, true);
+  assert.equal(query.count, 3);
+  assert.equal(autoQuery({ model: pro }).options, null); // no options node: the defaults
+});
+
+test("auto: asked once per settings, after they settle; the newest answer wins; a failure keeps the last", async () => {
+  const asked = [];
+  const replies = [];
+  const shown = [];
+  const picker = createAutoPicker((query) => {
+    asked.push(query);
+    return new Promise((resolve) => replies.push(resolve));
+  }, (answer) => shown.push(answer.provider), 5);
+  const settle = () => new Promise((r) => setTimeout(r, 30));
+  assert.equal(picker.ask("a", { n: 1 }), true);
+  assert.equal(picker.ask("b", { n: 2 }), true); // changed again before the delay: only this one is asked
+  assert.equal(picker.ask("b", { n: 2 }), false); // a redraw with the same settings asks nothing
+  await settle();
+  assert.deepEqual(asked, [{ n: 2 }]);
+  picker.ask("c", { n: 3 });
+  await settle();
+  replies[1]({ provider: "newer" });
+  await settle();
+  replies[0]({ provider: "older" }); // the slower earlier answer arrives last
+  await settle();
+  assert.deepEqual(shown, ["newer"]);
+  assert.equal(picker.answer.provider, "newer");
+  picker.forget(); // the catalog changed: the same settings are asked again
+  picker.ask("c", { n: 3 });
+  await settle();
+  replies[2](null); // the route failed
+  await settle();
+  assert.equal(picker.answer.provider, "newer");
+  assert.equal(asked.length, 3);
 });

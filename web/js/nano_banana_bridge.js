@@ -6,14 +6,18 @@
 // nbb_logic.js (tested with node --test).
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { badgeFor, carryOver, createCatalogStore, keyStatusChanged, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
+import { autoQuery, badgeFor, carryOver, createAutoPicker, createCatalogStore, keyStatusChanged, keyStatusText, legacyOptions, providerLabel, stableModel } from "./nbb_logic.js";
 
 const NODE_ID = "NanoBananaBridge";
 const OPTIONS_ID = "NanoBananaOptions";
 const SUB_WIDGETS = /^model\.(aspect_ratio|resolution)$/;
+const AUTO_ROUTE = "/nano_banana_bridge/auto";
+const IMAGE_INPUT = /(^|\.)image_\d+$/;
+const AUTO_WATCH_MS = 1000;
 const BADGE_COLORS = { ok: ["#dfe8d0", "#2f4a1e"], warn: ["#f3e6c4", "#5a4a1a"], error: ["#f6d6d6", "#6b2222"] };
 
 let shownConfigError = null;
+let catalogGeneration = 0; // each catalog answer (keys, providers.json) may change whom "auto" uses: ask again
 
 // The catalog (providers, models, prices, who has a key), refreshed when key status may have changed.
 const catalog = createCatalogStore(
@@ -24,6 +28,7 @@ const catalog = createCatalogStore(
       shownConfigError = data.error;
       toast("warn", "Nano Banana Bridge configuration", data.error);
     }
+    catalogGeneration++;
     if (previous && keyStatusChanged(previous, data)) showKeyStatus();
     app.graph?.setDirtyCanvas?.(true, true);
   }
@@ -47,18 +52,53 @@ const reactiveOptions = (w) => w._state?.options ?? w.options;
 // (frontend 1.43's widget store; without one the canvas redraws by itself anyway).
 const keyStatusMark = (node) => widget(node, "provider")?._state?.nbbKeyStatus;
 
-function showKeyStatus() {
-  for (const node of app.graph?.nodes ?? []) {
-    const state = node.comfyClass === NODE_ID ? widget(node, "provider")?._state : null;
-    if (state) state.nbbKeyStatus = (state.nbbKeyStatus ?? 0) + 1;
-  }
+function markChanged(node) {
+  const state = widget(node, "provider")?._state;
+  if (state) state.nbbKeyStatus = (state.nbbKeyStatus ?? 0) + 1;
 }
 
-// A setting of the options node connected to this node's `options` input (undefined without one).
-function optionValue(node, name) {
+function showKeyStatus() {
+  for (const node of app.graph?.nodes ?? []) if (node.comfyClass === NODE_ID) markChanged(node);
+}
+
+// The Nano Banana Options node connected to this node's `options` input (null without one).
+function optionsNode(node) {
   const slot = node.inputs?.findIndex((input) => input.name === "options") ?? -1;
   const source = slot >= 0 ? node.getInputNode?.(slot) : null;
-  return source && (source.comfyClass ?? source.type) === OPTIONS_ID ? widget(source, name)?.value : undefined;
+  return source && (source.comfyClass ?? source.type) === OPTIONS_ID ? source : null;
+}
+
+// A setting of the connected options node (undefined without one).
+const optionValue = (node, name) => widget(optionsNode(node) ?? {}, name)?.value;
+
+const linked = (input) => input.link !== null && input.link !== undefined;
+
+// Whom "auto" uses for this node's settings, as the server answers (the run's own check: a
+// conversation, a thinking level or Batch Mode can move it off the catalog's pick by model alone).
+// Asked, debounced, whenever what decides it changes (checked on each draw and every AUTO_WATCH_MS,
+// so a change on the options node or a link counts in both views); null until the first answer.
+function autoPick(node) {
+  if (widget(node, "provider")?.value !== "auto" || !catalog.data) return null;
+  node._nbbAutoPicker ??= createAutoPicker(
+    (query) => api.fetchApi(AUTO_ROUTE, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(query), cache: "no-store" }).then((r) => (r.ok ? r.json() : null)),
+    () => {
+      markChanged(node); // the Vue-nodes view redraws the label and the badge
+      node.setDirtyCanvas?.(true, true);
+    }
+  );
+  const options = optionsNode(node);
+  const query = autoQuery({
+    model: widget(node, "model")?.value,
+    aspectRatio: widget(node, "model.aspect_ratio")?.value,
+    resolution: widget(node, "model.resolution")?.value,
+    count: widget(node, "count")?.value,
+    imageMode: widget(node, "image_mode")?.value,
+    references: (node.inputs ?? []).filter((input) => IMAGE_INPUT.test(input.name ?? "") && linked(input)).length,
+    conversation: (node.inputs ?? []).some((input) => input.name === "conversation" && linked(input)),
+    options: options ? Object.fromEntries((options.widgets ?? []).filter((w) => w.name).map((w) => [w.name, w.value])) : null,
+  });
+  node._nbbAutoPicker.ask(`${catalogGeneration}|${JSON.stringify(query)}`, query);
+  return node._nbbAutoPicker.answer;
 }
 
 function badgeState(node) {
@@ -73,6 +113,7 @@ function badgeState(node) {
     promptText: widget(node, "prompt")?.value,
     promptPerLine: widget(node, "prompt_per_line")?.value,
     imageMode: widget(node, "image_mode")?.value,
+    autoPick: autoPick(node),
   });
 }
 
@@ -237,6 +278,11 @@ app.registerExtension({
       type: "custom",
       render: (root) => renderKeysTab(root),
     });
+    // Settings the draws do not see change (the Vue-nodes view draws only what changed): look for them.
+    const watch = setInterval(() => {
+      for (const node of app.graph?.nodes ?? []) if (node.comfyClass === NODE_ID) autoPick(node);
+    }, AUTO_WATCH_MS);
+    watch?.unref?.(); // (node's test runner: let the process end)
     if (data && !data.providers.some((p) => p.has_key)) {
       toast("info", "Nano Banana Bridge: no API key yet", 'Add one in the "Nano Banana keys" tab (key icon in the sidebar); it is saved in a file only you can read.');
     }
@@ -292,12 +338,12 @@ app.registerExtension({
       applyProvider(node, value, true);
       return result;
     };
-    // Both views show "fal (no key)" / "auto → google" (the value stays the plain id): the canvas (and the
+    // Both views show "fal (no key)" / "auto → google" (whom auto uses for these settings: autoPick; the value stays the plain id): the canvas (and the
     // Vue-nodes view of later frontends) asks getOptionLabel; frontend 1.43's Vue-nodes view passes the
     // widget's options to its PrimeVue Select as props, where optionLabel names each option.
     const label = (value) => {
       keyStatusMark(node);
-      return providerLabel(catalog.data, value, widget(node, "model")?.value);
+      return providerLabel(catalog.data, value, widget(node, "model")?.value, autoPick(node));
     };
     Object.assign(providerWidget.options, { getOptionLabel: label, optionLabel: label });
     watchModel(node);

@@ -23,12 +23,72 @@ export function formatAmount(total, unit) {
   return `${Number(total.toFixed(4))} ${unit}`;
 }
 
-// Which provider runs the call: the chosen one, or for "auto" the one the server would pick
-// (the first with a key that offers the model; null when none has a key).
-export function effectiveProvider(catalog, providerId, model) {
+// Whom "auto" uses: the server's answer for the node's current settings (POST /nano_banana_bridge/auto,
+// the run's own check: a conversation, an option or Batch Mode can move it) when it is for this model,
+// else the catalog's pick by model alone (before the first answer, or when the route failed).
+// Returns {id, reason}: id null with reason "no_key", "unfit" (no keyed provider can run these
+// settings) or "invalid" (a setting no provider takes).
+export function autoProvider(catalog, model, autoPick) {
+  const name = stableModel(model);
+  if (autoPick && autoPick.model === name && "provider" in autoPick) return { id: autoPick.provider ?? null, reason: autoPick.provider ? null : autoPick.reason ?? "no_key" };
+  const id = catalog?.auto?.[name] ?? null;
+  return { id, reason: id ? null : "no_key" };
+}
+
+// Which provider runs the call: the chosen one, or for "auto" the one the server picks (autoProvider).
+export function effectiveProvider(catalog, providerId, model, autoPick) {
   if (!catalog) return null;
-  const id = providerId === "auto" ? catalog.auto?.[model] : providerId;
+  const id = providerId === "auto" ? autoProvider(catalog, model, autoPick).id : providerId;
   return catalog.providers.find((p) => p.id === id) ?? null;
+}
+
+const AUTO_NONE = { no_key: "no key", unfit: "no keyed provider fits", invalid: "invalid setting" };
+
+// What the node asks POST /nano_banana_bridge/auto: only what decides the provider, clipped (the
+// server checks it again, as it checks a run). `references`: connected image inputs (a batch counts
+// as one here: its size is known only when it runs); `options`: the connected options node's values.
+// The seed is left out: no provider refuses one, and "randomize" would ask again after every run.
+export function autoQuery({ model, aspectRatio, resolution, count, imageMode, references, conversation, options }) {
+  const clipped = options && typeof options === "object" ? Object.fromEntries(Object.entries(options).map(([k, v]) => [k, typeof v === "string" ? v.trim().slice(0, 500) : v])) : null;
+  return { model: stableModel(model), aspect_ratio: aspectRatio ?? null, resolution: resolution ?? null, count: Number(count) || 1, image_mode: imageMode ?? null, references: Number(references) || 0, conversation: Boolean(conversation), options: clipped };
+}
+
+// Per node, the newest settings' answer: ask(key, query) asks `fetchPick(query)` `delay` ms after the
+// last change of `key` (the settings' JSON), once; a slower earlier answer never replaces a later
+// one, and a failed one (null) keeps what was shown. onAnswer(answer) on each accepted answer.
+export function createAutoPicker(fetchPick, onAnswer = () => {}, delay = 250) {
+  let asked = null;
+  let timer = null;
+  let issued = 0;
+  let applied = 0;
+  let answer = null;
+  return {
+    get answer() {
+      return answer;
+    },
+    ask(key, query) {
+      if (key === asked) return false;
+      asked = key;
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        const ticket = ++issued;
+        Promise.resolve()
+          .then(() => fetchPick(query))
+          .catch(() => null)
+          .then((result) => {
+            if (result && ticket > applied) {
+              applied = ticket;
+              answer = result;
+              onAnswer(result);
+            }
+          });
+      }, delay);
+      return true;
+    },
+    forget() {
+      asked = null;  // the next ask() asks again (the catalog changed: keys, providers.json)
+    },
+  };
 }
 
 // The badge for the node's current settings:
@@ -38,16 +98,17 @@ export function effectiveProvider(catalog, providerId, model) {
 //   With delivery "batch" (Google Batch Mode, set on a connected options node) the price is the
 //   provider's Batch Mode share of it (half, on Google), as the run's ledger records it.
 // Returns {text, level: "ok" | "warn" | "error", images, total, unit}.
-export function badgeFor({ catalog, providerId, model, resolution, count, promptText, promptPerLine, imageMode, delivery }) {
+export function badgeFor({ catalog, providerId, model, resolution, count, promptText, promptPerLine, imageMode, delivery, autoPick }) {
   if (!catalog) return null;
   const name = stableModel(model);
   const images = promptCount(promptText, promptPerLine) * Math.max(1, Number(count) || 1);
   const perImage = imageMode === "each image";
   const scope = perImage ? ` per input image${images > 1 ? ` (${images} images each)` : ""}` : images > 1 ? ` for ${images} images` : "/image";
-  const provider = effectiveProvider(catalog, providerId, name);
+  const provider = effectiveProvider(catalog, providerId, name, autoPick);
   if (!provider) {
-    const known = providerId === "auto" || catalog.providers.some((p) => p.id === providerId);
-    return { text: known ? "no key" : `unknown provider ${providerId}`, level: "error", images, total: null, unit: null };
+    const auto = providerId === "auto" ? autoProvider(catalog, name, autoPick) : null;
+    const text = auto ? AUTO_NONE[auto.reason] ?? "no key" : catalog.providers.some((p) => p.id === providerId) ? "no key" : `unknown provider ${providerId}`;
+    return { text, level: "error", images, total: null, unit: null };
   }
   const offer = provider.models?.[name];
   if (!offer) return { text: `${provider.display_name} does not offer ${name}`, level: "error", images, total: null, unit: null };
@@ -129,12 +190,13 @@ export function legacyOptions(values) {
   return Object.fromEntries(LEGACY_OPTION_ORDER.map((name, i) => [name, tail[i]]));
 }
 
-// The provider widget's label: which providers have a key, and whom "auto" picks for the model.
-export function providerLabel(catalog, providerId, model) {
+// The provider widget's label: which providers have a key, and whom "auto" uses for the node's
+// settings (autoProvider: the server's answer, else by model alone).
+export function providerLabel(catalog, providerId, model, autoPick) {
   if (!catalog || !providerId) return providerId ?? "";
   if (providerId === "auto") {
-    const picked = catalog.auto?.[stableModel(model)];
-    return picked ? `auto → ${picked}` : "auto (no key)";
+    const { id, reason } = autoProvider(catalog, model, autoPick);
+    return id ? `auto → ${id}` : reason === "no_key" ? "auto (no key)" : "auto (none fits)";
   }
   const provider = catalog.providers.find((p) => p.id === providerId);
   return provider && !provider.has_key ? `${providerId} (no key)` : providerId;
