@@ -144,3 +144,15 @@ test("auto names the provider the server answers for the node's settings, in bot
   assert.equal(asked.length, count, "redraws with the same settings ask nothing");
   served = catalogWith(false);
 });
+
+test("an options node connected through Reroute nodes is read, as a run gets its options through them", async () => {
+  const { node } = bridgeNode("google");
+  await bridge.nodeCreated(node);
+  assert.equal(badgeText(node), "~$0.134/image");
+  const options = { comfyClass: "NanoBananaOptions", widgets: [{ name: "delivery", value: "batch" }] };
+  const inner = { type: "Reroute", getInputNode: () => options };
+  const outer = { type: "Reroute", getInputNode: () => inner };
+  node.inputs.push({ name: "options", link: 9 });
+  node.getInputNode = (slot) => (node.inputs[slot]?.name === "options" ? outer : null);
+  assert.equal(badgeText(node), "Google Gemini API has no Batch Mode"); // the catalog here gives google no batch_discount
+});

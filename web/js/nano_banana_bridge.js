@@ -61,10 +61,12 @@ function showKeyStatus() {
   for (const node of app.graph?.nodes ?? []) if (node.comfyClass === NODE_ID) markChanged(node);
 }
 
-// The Nano Banana Options node connected to this node's `options` input (null without one).
+// The Nano Banana Options node connected to this node's `options` input (null without one), also
+// through Reroute nodes: they pass the link on, so a run gets the options through them too.
 function optionsNode(node) {
   const slot = node.inputs?.findIndex((input) => input.name === "options") ?? -1;
-  const source = slot >= 0 ? node.getInputNode?.(slot) : null;
+  let source = slot >= 0 ? node.getInputNode?.(slot) : null;
+  for (let hops = 0; source && (source.comfyClass ?? source.type) === "Reroute" && hops < 64; hops++) source = source.getInputNode?.(0) ?? null;
   return source && (source.comfyClass ?? source.type) === OPTIONS_ID ? source : null;
 }
 
