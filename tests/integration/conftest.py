@@ -77,3 +77,16 @@ def comfyui_server(comfyui_instance):
     client: ComfyUIClient = comfyui_instance.client()
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def thinking_gemini():
+    """A loopback Gemini that signs its answers and rejects a continuation without the signatures (as
+    the API does), for one test module."""
+    from gemini_thinking_fake import ThinkingGemini
+    from loopback import LoopbackServer
+
+    server = LoopbackServer().start()
+    server.fake = ThinkingGemini(server)
+    yield server
+    server.stop()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from gemini_thinking_fake import ThinkingGemini
-from loopback import LoopbackServer
 
 from .test_conversation_live import bridge
 from .test_node_ui_live import post
@@ -22,11 +20,8 @@ FAL_KEY = "fal-live-auto-pick-key-1414213562"
 
 
 @pytest.fixture(scope="module")
-def provider():
-    server = LoopbackServer().start()
-    server.fake = ThinkingGemini(server)
-    yield server
-    server.stop()
+def provider(thinking_gemini):
+    return thinking_gemini
 
 
 @pytest.fixture(scope="module")

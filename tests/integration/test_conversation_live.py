@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from gemini_thinking_fake import ThinkingGemini
-from loopback import LoopbackServer
 from PIL import Image
 
 from .comfyui_harness import status_message
@@ -23,11 +21,8 @@ NODE = "NanoBananaBridge"
 
 
 @pytest.fixture(scope="module")
-def provider():
-    server = LoopbackServer().start()
-    server.fake = ThinkingGemini(server)
-    yield server
-    server.stop()
+def provider(thinking_gemini):
+    return thinking_gemini
 
 
 @pytest.fixture(scope="module")
