@@ -450,21 +450,21 @@ class JobJournals:
     secret and bound to their request key, so another folder's journal is as trusted as the run's own."""
 
     def __init__(self, own: ResultStore | None, others: list[ResultStore]) -> None:
-        self.own = own
-        self._others = others
+        self._own = own
+        self._in_order = ([own] if own is not None else []) + others  # where pending_task looks
         self._found_elsewhere: dict[str, ResultStore] = {}
         self._lock = threading.Lock()
 
     def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
-        if self.own is not None:
-            self.own.remember_task(key, handle, provenance)
+        if self._own is not None:
+            self._own.remember_task(key, handle, provenance)
 
     def pending_task(self, key: str) -> dict[str, Any] | None:
         """The handle journaled for this request: in the run's own journal, else in any other."""
-        for journal in [j for j in (self.own,) if j is not None] + self._others:
+        for journal in self._in_order:
             handle = journal.pending_task(key)
             if handle is not None:
-                if journal is not self.own:
+                if journal is not self._own:
                     with self._lock:
                         self._found_elsewhere[key] = journal
                 return handle
@@ -472,8 +472,8 @@ class JobJournals:
 
     def forget_task(self, key: str) -> None:
         """The job is over (collected, refused, or ended by the provider): in every journal that held it."""
-        if self.own is not None:
-            self.own.forget_task(key)
+        if self._own is not None:
+            self._own.forget_task(key)
         self.forget_elsewhere(key)
 
     def forget_elsewhere(self, key: str) -> None:
