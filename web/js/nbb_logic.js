@@ -54,39 +54,28 @@ export function autoQuery({ model, aspectRatio, resolution, count, imageMode, re
 }
 
 // Per node, the newest settings' answer: ask(key, query) asks `fetchPick(query)` `delay` ms after the
-// last change of `key` (the settings' JSON), once; a slower earlier answer never replaces a later
-// one, and a failed one (null) keeps what was shown. onAnswer(answer) on each accepted answer.
+// last change of `key` (the settings' JSON), once; as with the catalog (createCatalogStore), a slower
+// earlier answer never replaces a later one, and a failed one (null) keeps what was shown.
+// onAnswer(answer) on each accepted answer.
 export function createAutoPicker(fetchPick, onAnswer = () => {}, delay = 250) {
   let asked = null;
   let timer = null;
-  let issued = 0;
-  let applied = 0;
-  let answer = null;
+  let query = null;
+  const latest = createCatalogStore(() => fetchPick(query), (answer) => onAnswer(answer));
   return {
     get answer() {
-      return answer;
+      return latest.data;
     },
-    ask(key, query) {
+    ask(key, next) {
       if (key === asked) return false;
       asked = key;
+      query = next; // read when the timer fires: always the last settings asked for
       clearTimeout(timer);
-      timer = setTimeout(() => {
-        const ticket = ++issued;
-        Promise.resolve()
-          .then(() => fetchPick(query))
-          .catch(() => null)
-          .then((result) => {
-            if (result && ticket > applied) {
-              applied = ticket;
-              answer = result;
-              onAnswer(result);
-            }
-          });
-      }, delay);
+      timer = setTimeout(() => latest.refresh(), delay);
       return true;
     },
     forget() {
-      asked = null;  // the next ask() asks again (the catalog changed: keys, providers.json)
+      asked = null; // the next ask() asks again (the catalog changed: keys, providers.json)
     },
   };
 }
