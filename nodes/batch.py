@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -22,13 +21,12 @@ from typing import Any
 
 from ..providers.catalog import FAMILY_GATED, ModelOffer, ProviderSpec, option_rule
 from ..providers.client import resolve
-from ..providers.config import config_dir, warn_once
 from ..providers.engine import CallContext
-from ..providers.errors import BananaError, Cancelled, ConfigError, InvalidRequest, Refusal, UnusableImage
+from ..providers.errors import BananaError, Cancelled, InvalidRequest, Refusal, UnusableImage
 from ..providers.failover import generate_with_failover
 from ..providers.outcome import GeneratedImage, GenerationRequest, GenerationResult, ImageInput, Turn, inspect_image
 from ..providers.redaction import redact, redact_data
-from .housekeeping import tidy_once
+from .journals import job_journals
 from .store import ResultStore, put_blob, read_blob, request_key
 
 # Statuses in the report.
@@ -401,97 +399,6 @@ def claim_keys(fields: list[dict[str, Any]], items: list[BatchItem]) -> list[str
 def release_keys(keys: list[str]) -> None:
     with _claims_lock:
         _claimed.difference_update(keys)
-
-
-JOURNAL_WITHOUT_STORE = "jobs"  # under the pack's config folder
-
-
-def journal_without_store_root() -> Path | None:
-    """Where a run without a result store (save_to empty) journals its accepted asynchronous jobs: the
-    pack's config folder, never ComfyUI's output folder (config_dir refuses a folder ComfyUI serves).
-    None when the config folder is refused."""
-    try:
-        return config_dir() / JOURNAL_WITHOUT_STORE
-    except ConfigError as exc:
-        warn_once("Nano Banana Bridge: no job journal without save_to (%s); a re-run cannot attach to an accepted job.", exc.headline())
-        return None
-
-
-def job_journal_without_store() -> ResultStore | None:
-    """The journal of a run without a result store, so a re-run after a stop, a timeout or a crash
-    attaches to its accepted jobs instead of paying again. Only journal entries are written there,
-    signed like a save folder's (the jobs tab lists them too)."""
-    root = journal_without_store_root()
-    if root is None:
-        return None
-    tidy_once(root)  # expired entries go, as in a save folder at its first use
-    return ResultStore(root)
-
-
-MAX_SAVE_FOLDERS_WITH_JOURNALS = 50  # looked through (and listed by the jobs tab) under the output folder
-
-
-def save_folders_with_journals(base: Path | None) -> list[Path]:
-    """The save folders directly under ComfyUI's output folder that hold a job journal (sorted, at most 50)."""
-    if base is None:
-        return []
-    try:
-        with os.scandir(base) as entries:  # an output folder holds thousands of files: no stat for those
-            folders = sorted(Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False))
-    except OSError:
-        return []
-    return [folder for folder in folders if (folder / ".journal").is_dir()][:MAX_SAVE_FOLDERS_WITH_JOURNALS]
-
-
-class JobJournals:
-    """Where a run journals the jobs it submits (its save folder, or the config folder without one), and
-    the other journals this install keeps: a re-run whose save_to was changed or emptied still attaches
-    to the job an earlier run paid for, instead of paying again. Entries are signed with the install's
-    secret and bound to their request key, so another folder's journal is as trusted as the run's own."""
-
-    def __init__(self, own: ResultStore | None, others: list[ResultStore]) -> None:
-        self._own = own
-        self._in_order = ([own] if own is not None else []) + others  # where pending_task looks
-        self._found_elsewhere: dict[str, ResultStore] = {}
-        self._lock = threading.Lock()
-
-    def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
-        if self._own is not None:
-            self._own.remember_task(key, handle, provenance)
-
-    def pending_task(self, key: str) -> dict[str, Any] | None:
-        """The handle journaled for this request: in the run's own journal, else in any other."""
-        for journal in self._in_order:
-            handle = journal.pending_task(key)
-            if handle is not None:
-                if journal is not self._own:
-                    with self._lock:
-                        self._found_elsewhere[key] = journal
-                return handle
-        return None
-
-    def forget_task(self, key: str) -> None:
-        """The job is over (collected, refused, or ended by the provider): in every journal that held it."""
-        if self._own is not None:
-            self._own.forget_task(key)
-        self.forget_elsewhere(key)
-
-    def forget_elsewhere(self, key: str) -> None:
-        """After store.save (which forgets the run's own entry): the entry the job was found under elsewhere."""
-        with self._lock:
-            journal = self._found_elsewhere.pop(key, None)
-        if journal is not None:
-            journal.forget_task(key)
-
-
-def job_journals(store: ResultStore | None, output_root: Path | None) -> JobJournals:
-    """The run's journals: its own, then the config folder's (runs without save_to), then the save folders'."""
-    without_store = job_journal_without_store()
-    own = store if store is not None else without_store
-    roots = ([without_store.root] if without_store is not None and store is not None else []) + save_folders_with_journals(output_root)
-    own_root = own.root.resolve() if own is not None else None
-    others = [ResultStore(root) for root in dict.fromkeys(roots) if root.resolve() != own_root]
-    return JobJournals(own, others)
 
 
 def job_is_over(error: BananaError) -> bool:

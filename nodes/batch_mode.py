@@ -44,14 +44,13 @@ from .batch import (
     BatchProgress,
     BatchSettings,
     ItemOutcome,
-    JobJournals,
     _key_fields,
     _request,
     claim_keys,
-    job_journals,
     name_saved,
     release_keys,
 )
+from .journals import JobJournals, job_journals
 from .spend import RunSpend
 from .store import ResultStore
 

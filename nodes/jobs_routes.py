@@ -2,7 +2,8 @@
 
   GET  /nano_banana_bridge/jobs          pending journaled jobs (provider, task id, age, status) and
                                          spend per day and provider for the last 30 days
-  POST /nano_banana_bridge/jobs/cancel   {"id": "<save folder>/<journal key>"}, or "config:<journal key>"
+  POST /nano_banana_bridge/jobs/cancel   {"id": "<save folder>/<journal key>"} (the folder may be nested:
+                                         `a/b/<key>`), or "config:<journal key>"
                                          for a run without save_to (journaled in the config folder):
                                          cancel that job at the provider, where it allows it (Google
                                          batches, fal queue jobs)
@@ -31,7 +32,7 @@ from ..providers.errors import BananaError, ConfigError
 from ..providers.failover import HANDLE_KEY_SLOT, HANDLE_PROVIDER
 from ..providers.protocols import gemini_batch
 from ..providers.redaction import redact
-from .batch import journal_without_store_root, save_folders_with_journals
+from .journals import journal_without_store_root, save_folder_name, save_folder_with_journal, save_folders_with_journals
 from .batch_mode import supports_batch
 from .comfy_glue import output_dir
 from .key_routes import guarded_read, guarded_write
@@ -47,7 +48,6 @@ MAX_JOURNAL_BYTES = 256 * 1024
 MAX_JOBS = 200
 STATUS_TIMEOUT = 8.0
 _KEY = re.compile(r"^[0-9a-f]{64}$")
-_FOLDER = re.compile(r"^[^/\\]{1,200}$")
 # Jobs of runs without save_to, journaled in the config folder: their ids have no slash, so no save folder's can match.
 CONFIG_ID = "config:"
 CONFIG_FOLDER_LABEL = "(save_to empty)"
@@ -64,9 +64,10 @@ def _journal_files(root: Path) -> list[Path]:
     return sorted((p for p in folder.glob("*.json") if _KEY.match(p.stem) and p.is_file() and p.stat().st_size <= MAX_JOURNAL_BYTES), key=lambda p: p.stat().st_mtime)
 
 
-def _job(root: Path, path: Path, folder: str | None = None) -> dict[str, Any] | None:
-    """The panel's row for one journal entry; folder None: a save folder (its name), else the label of
-    the config folder's journal (runs without save_to), whose ids are CONFIG_ID + key."""
+def _job(root: Path, path: Path, folder: str, in_config: bool = False) -> dict[str, Any] | None:
+    """The panel's row for one journal entry: `folder` is a save folder's name under the output folder
+    (`a` or `a/b`; ids are `<folder>/<key>`), or with in_config the label of the config folder's journal
+    (runs without save_to), whose ids are CONFIG_ID + key."""
     entry = ResultStore(root).journal_entry(path.stem)  # only entries this install wrote and signed
     if entry is None:
         return None
@@ -83,8 +84,8 @@ def _job(root: Path, path: Path, folder: str | None = None) -> dict[str, Any] | 
     # handle says which (failover.HANDLE_PROVIDER), and only that provider's key may act on it.
     served_by = handle.get(HANDLE_PROVIDER) if isinstance(handle.get(HANDLE_PROVIDER), str) else provenance.get("provider")
     return {
-        "id": f"{root.name}/{path.stem}" if folder is None else f"{CONFIG_ID}{path.stem}",
-        "folder": root.name if folder is None else folder,
+        "id": f"{CONFIG_ID}{path.stem}" if in_config else f"{folder}/{path.stem}",
+        "folder": folder,
         "provider": _text(served_by, 40),
         "model": _text(provenance.get("model_id"), 80),
         "kind": "batch" if is_batch else "job",
@@ -97,36 +98,32 @@ def _job(root: Path, path: Path, folder: str | None = None) -> dict[str, Any] | 
     }
 
 
-def _roots(base: Path) -> list[tuple[Path, str | None]]:
-    """Every journal to list: the save folders under `base`, then the config folder's (runs without save_to)."""
-    roots: list[tuple[Path, str | None]] = [(p, None) for p in save_folders_with_journals(base)]
+def _roots(base: Path) -> list[tuple[Path, str, bool]]:
+    """Every journal to list (folder, its name, whether it is the config folder's): the save folders a
+    re-run looks through, then the config folder's (runs without save_to)."""
+    roots = [(p, name, False) for p in save_folders_with_journals(base) if (name := save_folder_name(base, p)) is not None]
     config_root = journal_without_store_root()
     if config_root is not None and (config_root / ".journal").is_dir():
-        roots.append((config_root, CONFIG_FOLDER_LABEL))
+        roots.append((config_root, CONFIG_FOLDER_LABEL, True))
     return roots
 
 
 def _find(job_id: Any, base: Path) -> tuple[Path, str, dict[str, Any], dict[str, Any]] | None:
     if not isinstance(job_id, str):
         return None
-    folder: str | None = None
     if "/" not in job_id and job_id.startswith(CONFIG_ID):
-        key, folder = job_id[len(CONFIG_ID) :], CONFIG_FOLDER_LABEL
-        config_root = journal_without_store_root()
-        if config_root is None or not _KEY.match(key):
-            return None
-        root = config_root
+        key, folder, in_config = job_id[len(CONFIG_ID) :], CONFIG_FOLDER_LABEL, True
+        found = journal_without_store_root()
     else:
-        if job_id.count("/") != 1:
-            return None
-        name, key = job_id.split("/")
-        if not _FOLDER.match(name) or name in (".", "..") or not _KEY.match(key):
-            return None
-        root = base / name
+        folder, _, key = job_id.rpartition("/")
+        found, in_config = save_folder_with_journal(base, folder), False  # inside the output folder, no link on the way
+    if found is None or not _KEY.match(key):
+        return None
+    root = found
     path = root / ".journal" / f"{key}.json"
     if not path.is_file() or path.stat().st_size > MAX_JOURNAL_BYTES:
         return None
-    job = _job(root, path, folder)
+    job = _job(root, path, folder, in_config)
     handle = ResultStore(root).pending_task(key)
     return (root, key, handle, job) if job and isinstance(handle, dict) else None
 
@@ -158,11 +155,11 @@ async def jobs_summary(with_status: bool = True, base: Path | None = None) -> di
     """Pending jobs under every save folder of `base` (ComfyUI's output folder), and the ledger's spend."""
     jobs: list[dict[str, Any]] = []
     checks = []
-    for root, folder in await asyncio.to_thread(_roots, base or output_dir()):
+    for root, folder, in_config in await asyncio.to_thread(_roots, base or output_dir()):
         for path in await asyncio.to_thread(_journal_files, root):
             if len(jobs) >= MAX_JOBS:
                 break
-            job = await asyncio.to_thread(_job, root, path, folder)
+            job = await asyncio.to_thread(_job, root, path, folder, in_config)
             if job is None:
                 continue
             jobs.append(job)

@@ -84,7 +84,7 @@ def request_key(fields: dict[str, Any], image_digests: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write beside the target and rename, so a crash never leaves a half file under the final name."""
     _finish_write(_start_write(path, data))
 
@@ -189,7 +189,7 @@ class ResultStore:
     def _write_entry(self, path: Path, kind: str, key: str, body: dict[str, Any]) -> None:
         body = redact_data(_plain(body))
         entry = {"version": ENTRY_VERSION, "kind": kind, "key": key, "body": body, "mac": _mac(self._key_secret(), kind, key, body)}
-        _atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False).encode("utf-8"))
+        atomic_write(path, json.dumps(entry, indent=2, ensure_ascii=False).encode("utf-8"))
 
     def _read_entry(self, path: Path, kind: str, key: str, *, quiet: bool = False) -> dict[str, Any] | None:
         """The body of an authentic entry of this kind for this key; None (logged once, unless quiet) for anything else."""
@@ -310,7 +310,7 @@ class ResultStore:
             details = {"file": path.name, "index": n, "mime": image.mime, "width": image.width, "height": image.height, "source_url": without_userinfo(image.source_url) if image.source_url else None}
             if n >= len(paths):
                 details["extra"] = True  # beyond the count asked for: not in the node's output
-            _atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
+            atomic_write(path.with_suffix(".json"), _json_bytes({**sidecar, **details}))
         self.forget_task(key)
         return paths + extra_paths
 
@@ -394,7 +394,7 @@ class ResultStore:
 
     def save_report(self, report: dict[str, Any]) -> Path:
         path = _own_folder(self.root / "reports") / f"{dt.datetime.now():%Y%m%d-%H%M%S}_{uuid.uuid4().hex[:6]}.json"
-        _atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
+        atomic_write(path, _json_bytes({**report, "report_file": self.view_path(path)}))
         return path
 
 
@@ -448,7 +448,7 @@ def put_blob(root: str | os.PathLike, data: bytes, source: str | os.PathLike | N
     """
     digest = hashlib.sha256(data).hexdigest()
     if read_blob(root, digest) is None and not (source is not None and _link_blob(root, digest, Path(source), len(data))):
-        _atomic_write(blob_path(root, digest), data)
+        atomic_write(blob_path(root, digest), data)
     return digest
 
 

@@ -614,3 +614,92 @@ def test_a_journal_entry_planted_in_another_save_folder_is_not_attached(fal, iso
     run(render(inputs, store_root=output / "second", output_root=output))
     assert len(fal.hits("POST", FAL_SUBMIT)) == 2  # a fresh request: the forged entry was never used
     assert not fal.hits("GET", r"someone-elses-job")
+
+
+def _fail_then_collect(fal, inputs, first_root, second_root, output):
+    """A run into `first_root` whose job's status check fails (journaled), then a re-run into `second_root`."""
+    from banana_pack.nodes.render import render
+
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    with pytest.raises(BananaError):
+        run(render(inputs, store_root=first_root, output_root=output))
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(json=fixture("fal/status_completed.json")))
+    return run(render(inputs, store_root=second_root, output_root=output))
+
+
+@pytest.mark.parametrize("second_save_to", ["projects/b", "other", None], ids=["a sibling", "another folder", "save_to emptied"])
+def test_a_rerun_attaches_to_the_job_of_a_nested_save_folder(fal, isolated_config, tmp_path, second_save_to):
+    """save_to `projects/a`: its journal is not directly under the output folder, so the scan of the
+    output folder's subfolders missed it and the re-run paid again. The index in the config folder names it."""
+    from banana_pack.nodes.render import RenderInputs
+
+    output = tmp_path / "output"
+    output.mkdir()
+    inputs = RenderInputs(provider="fal", model="Nano Banana Pro", prompts=["a lighthouse"], seed=11, resolution="1K")
+    done = _fail_then_collect(fal, inputs, output / "projects" / "a", output / second_save_to if second_save_to else None, output)
+    assert tuple(done.images.shape[:3]) == (1, 5, 7)
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+    assert not list((output / "projects" / "a" / ".journal").glob("*.json")), "the collected job stays journaled"
+    assert not list(output.glob("*.json")), "the index belongs in the config folder, not the output folder"
+
+
+def test_folders_planted_in_the_output_folder_do_not_hide_the_users_save_folder(fal, isolated_config, tmp_path):
+    """Anyone who reaches ComfyUI can create folders in the output folder. Sixty planted folders with
+    journals sorted before the user's, and the lookup read only the first fifty it found."""
+    from banana_pack.nodes.journals import MAX_SAVE_FOLDERS_WITH_JOURNALS
+    from banana_pack.nodes.render import RenderInputs
+
+    output = tmp_path / "output"
+    for n in range(MAX_SAVE_FOLDERS_WITH_JOURNALS + 10):
+        (output / f"aa{n:03d}" / ".journal").mkdir(parents=True)
+    inputs = RenderInputs(provider="fal", model="Nano Banana Pro", prompts=["a lighthouse"], seed=11, resolution="1K")
+    done = _fail_then_collect(fal, inputs, output / "zz_mine", output / "other", output)
+    assert tuple(done.images.shape[:3]) == (1, 5, 7)
+    assert len(fal.hits("POST", FAL_SUBMIT)) == 1, "the re-run submitted (and paid for) the job again"
+
+
+def test_the_index_names_only_real_folders_inside_the_output_folder(isolated_config, tmp_path):
+    """The index only says where to look; what it names must still be a folder with a journal inside
+    the output folder, reached through no link, and an oversized index is not read."""
+    import json
+
+    from banana_pack.nodes.journals import SAVE_FOLDER_INDEX, record_save_folder, save_folders_with_journals
+
+    output, outside = tmp_path / "output", tmp_path / "outside"
+    for folder in (output / "kept" / "deep", outside, output / "plain"):
+        (folder / ".journal").mkdir(parents=True)
+    (output / "link").symlink_to(outside, target_is_directory=True)
+    (output / "nojournal").mkdir()
+    index = isolated_config / "jobs" / SAVE_FOLDER_INDEX
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_text(json.dumps(["../outside", str(outside), "link", "kept/../plain", "nojournal", "kept\\deep", 7, "kept/deep"]))
+    assert save_folders_with_journals(output) == [output / "kept" / "deep", output / "plain"]
+    record_save_folder(output, output / "plain")  # newest first; what leads nowhere goes
+    assert json.loads(index.read_text()) == ["plain", "kept/deep"]
+    assert save_folders_with_journals(output) == [output / "plain", output / "kept" / "deep"]
+    record_save_folder(output, outside)  # not under the output folder: not recorded
+    assert json.loads(index.read_text()) == ["plain", "kept/deep"]
+    index.write_text(json.dumps(["kept/deep"] + ["x" * 900] * 100))  # over 64 KB
+    assert save_folders_with_journals(output) == [output / "plain"]
+
+
+def test_the_jobs_tab_lists_and_cancels_the_job_of_a_nested_save_folder(fal, isolated_config, tmp_path):
+    """The tab lists what a re-run looks through, nested folders too, and cancels by the folder's name."""
+    from banana_pack.nodes.jobs_routes import cancel_job, jobs_summary
+    from banana_pack.nodes.render import RenderInputs, render
+
+    output = tmp_path / "output"
+    output.mkdir()
+    inputs = RenderInputs(provider="fal", model="Nano Banana Pro", prompts=["a lighthouse"], seed=11, resolution="1K")
+    fal.route("GET", rf"/requests/{RID}/status$", Reply(503, body=b"busy", content_type="text/plain"))
+    with pytest.raises(BananaError):
+        run(render(inputs, store_root=output / "projects" / "a", output_root=output))
+    (job,) = run(jobs_summary(base=output, with_status=False))["jobs"]
+    key = job["id"].rsplit("/", 1)[1]
+    assert job["id"] == f"projects/a/{key}" and job["folder"] == "projects/a" and job["task_id"] == RID
+    (output / "elsewhere").symlink_to(output / "projects" / "a", target_is_directory=True)
+    for forged in (f"projects/../projects/a/{key}", f"elsewhere/{key}", f"/projects/a/{key}", f"projects/b/{key}"):
+        assert run(cancel_job({"id": forged}, base=output))[0] == 404, forged
+    fal.route("PUT", rf"/requests/{RID}/cancel$", Reply(json={"status": "CANCELLATION_REQUESTED"}))
+    assert run(cancel_job({"id": job["id"]}, base=output))[0] == 200
+    assert len(fal.hits("PUT", rf"/requests/{RID}/cancel$")) == 1
