@@ -111,15 +111,17 @@ def _roots(base: Path) -> list[tuple[Path, str, bool]]:
 def _find(job_id: Any, base: Path) -> tuple[Path, str, dict[str, Any], dict[str, Any]] | None:
     if not isinstance(job_id, str):
         return None
-    if "/" not in job_id and job_id.startswith(CONFIG_ID):
-        key, folder, in_config = job_id[len(CONFIG_ID) :], CONFIG_FOLDER_LABEL, True
-        found = journal_without_store_root()
+    in_config = "/" not in job_id and job_id.startswith(CONFIG_ID)
+    if in_config:
+        folder, key = CONFIG_FOLDER_LABEL, job_id[len(CONFIG_ID) :]
     else:
         folder, _, key = job_id.rpartition("/")
-        found, in_config = save_folder_with_journal(base, folder), False  # inside the output folder, no link on the way
-    if found is None or not _KEY.match(key):
+    if not _KEY.match(key):
         return None
-    root = found
+    # A save folder's name is used only when it leads, through no link, to a journal inside the output folder.
+    root = journal_without_store_root() if in_config else save_folder_with_journal(base, folder)
+    if root is None:
+        return None
     path = root / ".journal" / f"{key}.json"
     if not path.is_file() or path.stat().st_size > MAX_JOURNAL_BYTES:
         return None
