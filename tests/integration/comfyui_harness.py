@@ -55,14 +55,15 @@ class ComfyUIError(RuntimeError):
 
 
 class PromptRejected(ComfyUIError):
-    """POST /prompt answered 400: the prompt failed validation."""
+    """POST /prompt answered 400: the prompt failed validation. `why` is added to the message (for a
+    node type ComfyUI does not know: the log lines saying why the pack did not load)."""
 
-    def __init__(self, status: int, body: Any):
+    def __init__(self, status: int, body: Any, why: str = ""):
         self.status = status
         self.body = body
         self.error = body.get("error") if isinstance(body, dict) else body
         self.node_errors = body.get("node_errors", {}) if isinstance(body, dict) else {}
-        super().__init__(f"/prompt answered {status}: {json.dumps(body)[:4000]}")
+        super().__init__(f"/prompt answered {status}: {json.dumps(body)[:4000]}{why}")
 
 
 def free_port() -> int:
@@ -214,7 +215,9 @@ class ComfyUIClient:
             body["prompt_id"] = prompt_id
         status, resp = self._request("POST", "/prompt", body)
         if status != 200:
-            raise PromptRejected(status, resp)
+            error = resp.get("error") if isinstance(resp, dict) else None
+            missing_node = isinstance(error, dict) and error.get("type") == "missing_node_type"
+            raise PromptRejected(status, resp, self.server.import_failures() if missing_node and self.server else "")
         return resp["prompt_id"]
 
     def history(self, prompt_id: str | None = None) -> dict[str, Any]:
@@ -471,6 +474,12 @@ class ComfyUIServer:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+    def import_failures(self) -> str:
+        """ComfyUI's log lines about custom nodes that did not load (a missing requirement in its
+        Python, such as httpx, makes every prompt fail with an unknown node type)."""
+        lines = [line for line in self.log_text().splitlines() if any(mark in line for mark in ("Cannot import", "Error while calling comfy_entrypoint", "IMPORT FAILED"))]
+        return ("\n----- why custom nodes did not load (ComfyUI log) -----\n" + "\n".join(lines[:20])) if lines else ""
 
     def log_tail(self, lines: int = 80) -> str:
         text = self.log_text().splitlines()
