@@ -26,11 +26,12 @@ const asked = [];
 const autoAnswer = (query) => ({ model: query.model, provider: query.conversation ? "fal" : "google" });
 const extensions = [];
 const toasts = [];
+const removedToasts = [];
 globalThis.window = { LGraphBadge: class { constructor(options) { Object.assign(this, options); } } };
 globalThis.comfyStubs = {
   app: {
     registerExtension: (extension) => extensions.push(extension),
-    extensionManager: { toast: { add: (t) => toasts.push(t) }, registerSidebarTab: () => {} },
+    extensionManager: { toast: { add: (t) => toasts.push(t), remove: (t) => removedToasts.push(t) }, registerSidebarTab: () => {} },
     graph: { nodes: [], setDirtyCanvas: () => {} },
   },
   api: {
@@ -107,6 +108,23 @@ test("a key saved in the keys tab shows in the Vue-nodes view too: the badge and
   assert.equal(provider._state.nbbKeyStatus, 1);
   served = catalogWith(false);
   globalThis.comfyStubs.app.graph.nodes = [];
+});
+
+test("the no-key toast goes once the key is saved, instead of staying its 8 s", async () => {
+  const { node, provider } = bridgeNode("google");
+  await bridge.nodeCreated(node);
+  provider.callback("fal"); // fal has no key: a warning
+  await settle(() => toasts.some((t) => t.summary === "No API key for fal.ai"));
+  const warning = toasts.find((t) => t.summary === "No API key for fal.ai");
+  assert.ok(warning, "choosing a provider without a key warns");
+  provider.callback("google"); // a refresh in which fal still has no key: the warning stays
+  await new Promise((r) => setTimeout(r, 50));
+  assert.ok(!removedToasts.includes(warning));
+  served = catalogWith(true); // the keys tab saved fal's key and refreshed the catalog
+  provider.callback("google");
+  await settle(() => removedToasts.includes(warning));
+  assert.ok(removedToasts.includes(warning), "the warning about a key that is now there was taken down");
+  served = catalogWith(false);
 });
 
 test("the model list narrows to the provider's models in the Vue-nodes view too (written through the reactive entry)", async () => {

@@ -29,6 +29,7 @@ const catalog = createCatalogStore(
       toast("warn", "Nano Banana Bridge configuration", data.error);
     }
     catalogGeneration++;
+    takeDownAnsweredKeyToasts(data);
     if (previous && keyStatusChanged(previous, data)) showKeyStatus();
     app.graph?.setDirtyCanvas?.(true, true);
   }
@@ -36,9 +37,30 @@ const catalog = createCatalogStore(
 const refreshCatalog = () => catalog.refresh();
 
 function toast(severity, summary, detail) {
+  const message = { severity, summary, detail, life: 8000 };
   const t = app.extensionManager?.toast;
-  if (t?.add) t.add({ severity, summary, detail, life: 8000 });
+  if (t?.add) t.add(message);
   else console.warn(`[Nano Banana Bridge] ${summary}: ${detail}`);
+  return message;
+}
+
+// "No API key" toasts on screen, with the provider each is about (null: any): once the catalog says the
+// key is there (saved in the keys tab, which refreshes it), they go, instead of staying their 8 s.
+const keyToasts = new Map();
+
+function keyToast(providerId, summary, detail) {
+  const message = toast(providerId ? "warn" : "info", summary, detail);
+  keyToasts.set(message, providerId);
+  setTimeout(() => keyToasts.delete(message), message.life).unref?.();
+}
+
+function takeDownAnsweredKeyToasts(data) {
+  for (const [message, providerId] of keyToasts) {
+    const answered = providerId ? data.providers.some((p) => p.id === providerId && p.has_key) : data.providers.some((p) => p.has_key);
+    if (!answered) continue;
+    app.extensionManager?.toast?.remove?.(message);
+    keyToasts.delete(message);
+  }
 }
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
@@ -130,7 +152,7 @@ async function applyProvider(node, providerId, announce) {
   const allowed = provider ? modelWidget._nbbAllModels.filter((m) => stableModel(m) in provider.models) : modelWidget._nbbAllModels;
   if (allowed.length) reactiveOptions(modelWidget).values = allowed;
   if (announce && provider && !provider.has_key) {
-    toast("warn", `No API key for ${provider.display_name}`, `Set it in the "Nano Banana keys" tab (key icon in the sidebar), or set ${provider.key_env.join(" or ")} before starting ComfyUI.`);
+    keyToast(provider.id, `No API key for ${provider.display_name}`, `Set it in the "Nano Banana keys" tab (key icon in the sidebar), or set ${provider.key_env.join(" or ")} before starting ComfyUI.`);
   }
   node.setDirtyCanvas?.(true, true);
 }
@@ -286,7 +308,7 @@ app.registerExtension({
     }, AUTO_WATCH_MS);
     watch?.unref?.(); // (node's test runner: let the process end)
     if (data && !data.providers.some((p) => p.has_key)) {
-      toast("info", "Nano Banana Bridge: no API key yet", 'Add one in the "Nano Banana keys" tab (key icon in the sidebar); it is saved in a file only you can read.');
+      keyToast(null, "Nano Banana Bridge: no API key yet", 'Add one in the "Nano Banana keys" tab (key icon in the sidebar); it is saved in a file only you can read.');
     }
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
