@@ -77,6 +77,22 @@ def drop() -> Action:
     return lambda wire: wire.drop()
 
 
+def closes_when_idle(idle: float, then: Action) -> Action:
+    """A server whose keep-alive timeout is `idle` seconds, at its worst: a request on a connection
+    idle that long is read and dropped unanswered, as when the server's close crosses it on the wire
+    (the client cannot tell that from a provider that failed while generating)."""
+
+    def act(wire: Wire) -> None:
+        answered = getattr(wire._handler, "answered_at", None)
+        if answered is not None and time.monotonic() - answered >= idle:
+            wire.drop()
+            return
+        then(wire)
+        wire._handler.answered_at = time.monotonic()
+
+    return act
+
+
 def truncated(status: int = 200, declared: int = 1000, sent: bytes = b'{"candidates": [{"content": ', headers: dict[str, str] | None = None) -> Action:
     """Declare `declared` bytes of body, send fewer, close: an answer cut off in transit."""
 

@@ -26,7 +26,7 @@ from banana_pack.providers.client import ProviderCall
 from banana_pack.providers.engine import get_engine, transport
 from banana_pack.providers.errors import BananaError, ConfigError
 from helpers import png_bytes, point_at, run
-from hostile import HostileServer, drip, endless, gzip_bomb, redirect, reply
+from hostile import HostileServer, closes_when_idle, drip, endless, gzip_bomb, redirect, reply
 from loopback import fixture
 
 GOOGLE_KEY = "hostile-google-key-0123456789"
@@ -323,3 +323,23 @@ def test_the_fal_allowlist(url, allowed):
     creds = Credentials(provider="fal", scheme="key", key=FAL_KEY, base_url="https://queue.fal.run", auth_hosts=("*.fal.run",))
     assert creds.allows(url) is allowed
     assert FAL_KEY not in repr(creds)
+
+
+def test_a_connection_about_to_be_closed_for_idleness_is_not_reused(google):
+    """Servers close idle keep-alive connections after a few seconds (Node and uvicorn after 5, httpx's
+    own default expiry). A request sent on one as the close crosses it is lost before the provider
+    answers, and the pack must then say it may have been billed instead of resending it: a false
+    alarm for a re-queue that came at that moment. Here the close comes at 4.5 s (a server's 5 s, less
+    the time a request spends on the wire): a connection idle that long is not reused."""
+    import asyncio
+
+    google.route("POST", GEN, closes_when_idle(4.5, reply(200, fixture("gemini/success_single.json"))))
+
+    async def two_runs_apart():
+        first = await generate("google", "Nano Banana Pro", GenerationRequest(prompt="a cat"))
+        await asyncio.sleep(4.6)
+        return first, await generate("google", "Nano Banana Pro", GenerationRequest(prompt="a dog"))
+
+    first, second = run(two_runs_apart())
+    assert first.images and second.images
+    assert google.count("POST", GEN) == 2

@@ -61,6 +61,12 @@ log = logging.getLogger("nano_banana_bridge")
 install_log_filter("nano_banana_bridge", "httpx", "httpcore", "httpcore.connection", "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks")
 
 CONNECT_TIMEOUT = 15.0
+# Servers close idle keep-alive connections after a few seconds (Node and uvicorn after 5, httpx's
+# own default expiry). A paid request sent on one as the close crosses it is lost unanswered and may
+# not be resent (it may have been billed): a connection idle this long is not reused. A second below
+# 5 s (a request's time on the wire, with margin), yet above the catalog's polling cadences (at most
+# 3 s), so a job's polls keep their connection.
+KEEPALIVE_EXPIRY = 4.0
 CANCEL_CHECK_INTERVAL = 0.2  # how often a cancel flag is looked at: well inside the 1 s promise
 STATUS_INTERVAL = 1.0
 MAX_DOWNLOAD_BYTES = 80 * 1024 * 1024  # one result image, downloaded or inline base64
@@ -249,7 +255,7 @@ class HttpEngine:
         client = self._clients.get(loop)
         if client is None or client.is_closed:
             client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=KEEPALIVE_EXPIRY),
                 timeout=httpx.Timeout(connect=CONNECT_TIMEOUT, read=360.0, write=120.0, pool=None),
                 follow_redirects=False,  # API calls: a key must not follow a redirect to another host
                 headers={"Accept-Encoding": ACCEPT_ENCODING},  # what bodies.read_limited can decode
