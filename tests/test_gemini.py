@@ -350,3 +350,24 @@ def test_error_envelope_with_http_200_is_typed(google, body, error_type):
     with pytest.raises(error_type) as info:
         gen()
     assert body["error"]["message"] in str(info.value) and len(google.requests) == 1
+
+
+@pytest.mark.parametrize("charset", ["gbk", "gb18030", "big5", "shift_jis"])
+def test_an_answer_in_its_declared_non_utf8_charset_is_read(google, charset):
+    """JSON is UTF-8 by its RFC, but a reseller's gateway may declare and send another charset (a
+    Chinese one, for the model's words). Read as UTF-8 it failed as 'not JSON', a paid answer whose
+    image was there called unreadable and 'may have been billed'."""
+    body = fixture("gemini/success_single.json")
+    words = {"big5": "圖像已生成", "shift_jis": "画像を生成しました"}.get(charset, "图像已生成")
+    body["candidates"][0]["content"]["parts"].insert(0, {"text": words})
+    google.route("POST", GEN_PATH, Reply(body=json.dumps(body, ensure_ascii=False).encode(charset), content_type=f"application/json; charset={charset}"))
+    result = gen()
+    assert [im.data for im in result.images] == [YELLOW_PNG]
+    assert words in result.text
+
+
+def test_an_answer_that_is_no_text_in_its_declared_charset_is_still_refused(google):
+    google.route("POST", GEN_PATH, Reply(body=b'{"candidates": "\xff\xfe\xfd', content_type="application/json; charset=no-such-charset"))
+    with pytest.raises(MalformedResponse) as caught:
+        gen()
+    assert caught.value.maybe_billed

@@ -114,6 +114,9 @@ def _ended_by_user(ctx: CallContext) -> bool:
         return True
 
 
+_CHARSET = re.compile(r"charset=[\"']?([\w.:-]{1,40})", re.I)
+
+
 @dataclass
 class Response:
     status: int
@@ -124,10 +127,19 @@ class Response:
     paid: bool = False  # the answer to a paid request: an unreadable one may still have been billed
 
     def json(self) -> Any:
-        """The body as JSON; a gateway's HTML page or a truncated body becomes MalformedResponse."""
+        """The body as JSON; a gateway's HTML page or a truncated body becomes MalformedResponse.
+
+        JSON is UTF-8 (or UTF-16/32, which json.loads tells apart); a body that is not, in a charset
+        its Content-Type declares (a reseller's gbk, say), is read in that one."""
         try:
-            return json.loads(self.content)
-        except (ValueError, UnicodeDecodeError):
+            try:
+                return json.loads(self.content)
+            except UnicodeDecodeError:
+                declared = _CHARSET.search(self.headers.get("content-type", ""))
+                if declared is None:
+                    raise
+                return json.loads(self.content.decode(declared.group(1)))
+        except (ValueError, LookupError, UnicodeError):
             summary = parse_error_body(self.content, self.headers.get("content-type", "")).message
             error = MalformedResponse(
                 f"Expected JSON, got {summary} ({len(self.content)} bytes, content-type '{self.headers.get('content-type', '')}').",
