@@ -371,3 +371,14 @@ def test_an_answer_that_is_no_text_in_its_declared_charset_is_still_refused(goog
     with pytest.raises(MalformedResponse) as caught:
         gen()
     assert caught.value.maybe_billed
+
+
+def test_an_error_in_its_declared_charset_is_read_as_the_providers_own(google):
+    """A reseller's 429 in gbk saying the balance is empty: read as its JSON envelope, so the message is
+    the provider's words and the error is a quota error (not retried), not a page of unknown text."""
+    envelope = {"error": {"message": "余额不足，请充值", "type": "insufficient_quota", "code": "insufficient_quota"}}
+    google.route("POST", GEN_PATH, Reply(429, body=json.dumps(envelope, ensure_ascii=False).encode("gbk"), content_type="application/json; charset=gbk"))
+    with pytest.raises(QuotaOrRateLimited) as caught:
+        gen()
+    assert caught.value.exhausted and "Provider said: 余额不足，请充值\n" in str(caught.value)  # its words, not its raw JSON
+    assert len(google.requests) == 1, "an empty balance is not retried"

@@ -46,11 +46,27 @@ def _dict(value: Any) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+_CHARSET = re.compile(r"charset=[\"']?([\w.:-]{1,40})", re.I)
+
+
+def loads_json(content: bytes, content_type: str = "") -> Any:
+    """JSON is UTF-8 (or UTF-16/32, which json.loads tells apart); a body that is not, in a charset
+    its Content-Type declares (a reseller's gbk, say), is read in that one. ValueError (which
+    UnicodeError is), or LookupError for a charset Python does not know, when it is no JSON."""
+    try:
+        return json.loads(content)
+    except UnicodeDecodeError:
+        declared = _CHARSET.search(content_type or "")
+        if declared is None:
+            raise
+        return json.loads(content.decode(declared.group(1)))
+
+
 def parse_error_body(content: bytes, content_type: str = "") -> ErrorEnvelope:
     """Read the error envelopes in use: Google's, OpenAI's and new-api's, OpenRouter's, fal's, Vydra's, EvoLink's."""
     try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
+        body = loads_json(content, content_type)
+    except (ValueError, LookupError):
         text = decoded_text(content[:4000], content_type)[:2000]
         title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
         if "<html" in text.lower() or title:
@@ -89,7 +105,7 @@ def decoded_text(content: bytes, content_type: str) -> str:
     Read in the wrong one (UTF-16 as UTF-8), an echoed key comes out with a NUL between its
     characters, which redaction does not match and a reader easily does; any NUL left is dropped.
     A charset that spells text in other letters (UTF-7's base64) is undone here, before redaction."""
-    charset = re.search(r"charset=[\"']?([\w.:-]+)", content_type or "", re.I)
+    charset = _CHARSET.search(content_type or "")
     encoding, start = (charset.group(1), 0) if charset else (json.detect_encoding(content[:4]), 0)
     for bom, name in _BOMS:
         if content.startswith(bom):

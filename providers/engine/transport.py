@@ -36,7 +36,7 @@ from .addresses import DownloadScope, bind_checks, checked_addresses, download_s
 from .auth import Credentials, host_of, origin, without_userinfo
 from .bodies import ACCEPT_ENCODING, BadEncoding, BodyTooLarge, read_limited
 from .context import CallContext, Caller
-from .error_mapping import decoded_text, error_for_status, is_provider_error, parse_error_body, request_id_in
+from .error_mapping import decoded_text, error_for_status, is_provider_error, loads_json, parse_error_body, request_id_in
 from .policy import (
     CONNECTION_LOST,
     IDEMPOTENT,
@@ -114,9 +114,6 @@ def _ended_by_user(ctx: CallContext) -> bool:
         return True
 
 
-_CHARSET = re.compile(r"charset=[\"']?([\w.:-]{1,40})", re.I)
-
-
 @dataclass
 class Response:
     status: int
@@ -129,17 +126,10 @@ class Response:
     def json(self) -> Any:
         """The body as JSON; a gateway's HTML page or a truncated body becomes MalformedResponse.
 
-        JSON is UTF-8 (or UTF-16/32, which json.loads tells apart); a body that is not, in a charset
-        its Content-Type declares (a reseller's gbk, say), is read in that one."""
+        A body in a charset its Content-Type declares is read in that one (error_mapping.loads_json)."""
         try:
-            try:
-                return json.loads(self.content)
-            except UnicodeDecodeError:
-                declared = _CHARSET.search(self.headers.get("content-type", ""))
-                if declared is None:
-                    raise
-                return json.loads(self.content.decode(declared.group(1)))
-        except (ValueError, LookupError, UnicodeError):
+            return loads_json(self.content, self.headers.get("content-type", ""))
+        except (ValueError, LookupError):
             summary = parse_error_body(self.content, self.headers.get("content-type", "")).message
             error = MalformedResponse(
                 f"Expected JSON, got {summary} ({len(self.content)} bytes, content-type '{self.headers.get('content-type', '')}').",
