@@ -5,8 +5,8 @@ empty, in the pack's config folder; a re-run of the same request attaches to tha
 paying again. The re-run may save elsewhere than the run that paid, so it looks through every
 journal this install keeps: its own, the config folder's, then the save folders that hold one.
 
-Which save folders: first those an index in the config folder names (each run that journals a job
-in a save folder puts it first there; nested folders such as `a/b` too), then the folders directly
+Which save folders: first those an index in the config folder names (each run with a save folder
+puts it first there; nested folders such as `a/b` too), then the folders directly
 under the output folder that hold a journal. The index comes first because anyone who can reach
 ComfyUI can create folders in the output folder (its upload route): found by a scan alone, planted
 folders could crowd the user's own out of the ones looked through. The index only says where to
@@ -19,6 +19,7 @@ import json
 import os
 import stat
 import threading
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -102,14 +103,18 @@ def _indexed_names(path: Path) -> list[str]:
 
 
 def record_save_folder(base: Path, folder: Path) -> None:
-    """Put `folder` (under `base`) first in the index: a run journaled a job there. Never raises: the
-    job is journaled either way, and the scan still finds a folder directly under `base`."""
+    """Put `folder` (under `base`) first in the index: a run saves there, and journals there any job it
+    submits. Never raises: the job is journaled either way, and the scan still finds a folder directly
+    under `base`."""
     name, path = save_folder_name(base, folder), _index_path()
     if name is None or path is None:
         return
     with _index_lock:
-        # What no longer leads to a journal (a folder deleted, a hand edit) goes on the way.
-        names = [name] + [other for other in _indexed_names(path) if other != name and save_folder_with_journal(base, other) is not None]
+        indexed = _indexed_names(path)
+        if indexed[:1] == [name]:
+            return  # the same folder as the last run: nothing to write
+        # What no longer leads to a journal (a folder deleted, a hand edit, a run that journaled nothing) goes on the way.
+        names = [name] + [other for other in indexed if other != name and save_folder_with_journal(base, other) is not None]
         try:
             atomic_write(path, json.dumps(names[:MAX_INDEXED_SAVE_FOLDERS]).encode())
         except OSError as exc:
@@ -118,43 +123,36 @@ def record_save_folder(base: Path, folder: Path) -> None:
 
 def save_folders_with_journals(base: Path | None) -> list[Path]:
     """The save folders whose journals a re-run and the jobs tab look through (at most 50): those the
-    index names, newest first, then the folders directly under `base` that hold a journal, sorted."""
+    index names, newest first, then the folders directly under `base` that hold a journal, sorted; each
+    by the same rule (save_folder_with_journal), so the jobs tab can act on every folder it lists."""
     if base is None:
         return []
     path = _index_path()
-    indexed = [folder for name in (_indexed_names(path) if path is not None else []) if (folder := save_folder_with_journal(base, name)) is not None]
+    names = _indexed_names(path) if path is not None else []
     try:
         with os.scandir(base) as entries:  # an output folder holds thousands of files: no stat for those
-            scanned = sorted(Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=False))
+            names += sorted(entry.name for entry in entries if entry.is_dir(follow_symlinks=False))
     except OSError:
-        scanned = []
-    known = set(indexed)
-    found = indexed + [folder for folder in scanned if folder not in known and (folder / ".journal").is_dir()]
-    return list(dict.fromkeys(found))[:MAX_SAVE_FOLDERS_WITH_JOURNALS]
+        pass
+    found = (save_folder_with_journal(base, name) for name in dict.fromkeys(names))
+    return list(islice((folder for folder in found if folder is not None), MAX_SAVE_FOLDERS_WITH_JOURNALS))
 
 
 class JobJournals:
     """Where a run journals the jobs it submits (its save folder, or the config folder without one), and
     the other journals this install keeps: a re-run whose save_to was changed or emptied still attaches
     to the job an earlier run paid for, instead of paying again. Entries are signed with the install's
-    secret and bound to their request key, so another folder's journal is as trusted as the run's own.
-    `index_base`: the output folder, when the run's own journal is a save folder to record in the index."""
+    secret and bound to their request key, so another folder's journal is as trusted as the run's own."""
 
-    def __init__(self, own: ResultStore | None, others: list[ResultStore], index_base: Path | None = None) -> None:
+    def __init__(self, own: ResultStore | None, others: list[ResultStore]) -> None:
         self._own = own
         self._in_order = ([own] if own is not None else []) + others  # where pending_task looks
         self._found_elsewhere: dict[str, ResultStore] = {}
         self._lock = threading.Lock()
-        self._index_base = index_base if own is not None else None
 
     def remember_task(self, key: str, handle: dict[str, Any], provenance: dict[str, Any]) -> None:
-        if self._own is None:
-            return
-        self._own.remember_task(key, handle, provenance)
-        with self._lock:
-            base, self._index_base = self._index_base, None  # once a run
-        if base is not None:
-            record_save_folder(base, self._own.root)
+        if self._own is not None:
+            self._own.remember_task(key, handle, provenance)
 
     def pending_task(self, key: str) -> dict[str, Any] | None:
         """The handle journaled for this request: in the run's own journal, else in any other."""
@@ -182,10 +180,13 @@ class JobJournals:
 
 
 def job_journals(store: ResultStore | None, output_root: Path | None) -> JobJournals:
-    """The run's journals: its own, then the config folder's (runs without save_to), then the save folders'."""
+    """The run's journals: its own, then the config folder's (runs without save_to), then the save
+    folders'. A run's save folder goes first in the index here (a thread; not on the event loop)."""
+    if store is not None and output_root is not None:
+        record_save_folder(output_root, store.root)
     without_store = job_journal_without_store()
     own = store if store is not None else without_store
     roots = ([without_store.root] if without_store is not None and store is not None else []) + save_folders_with_journals(output_root)
     own_root = own.root.resolve() if own is not None else None
     others = [ResultStore(root) for root in dict.fromkeys(roots) if root.resolve() != own_root]
-    return JobJournals(own, others, index_base=output_root if store is not None else None)
+    return JobJournals(own, others)

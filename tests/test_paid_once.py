@@ -670,6 +670,8 @@ def test_the_index_names_only_real_folders_inside_the_output_folder(isolated_con
         (folder / ".journal").mkdir(parents=True)
     (output / "link").symlink_to(outside, target_is_directory=True)
     (output / "nojournal").mkdir()
+    (output / "linked_journal").mkdir()  # found by the scan, its journal a link elsewhere: not listed either
+    (output / "linked_journal" / ".journal").symlink_to(outside / ".journal", target_is_directory=True)
     index = isolated_config / "jobs" / SAVE_FOLDER_INDEX
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text(json.dumps(["../outside", str(outside), "link", "kept/../plain", "nojournal", "kept\\deep", 7, "kept/deep"]))
